@@ -1,0 +1,42 @@
+"""Find the Go-built peers that `make peers` puts in the cache outside the repo.
+
+In CI (CI=true) a missing peer is a failure, never a skip: a skip would hide it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+VERSIONS = {
+    "kubernetes": os.environ.get("K8S_VERSION", "v1.37.2"),
+    "etcd": os.environ.get("ETCD_VERSION", "v3.7.3"),
+    "csi-sanity": os.environ.get("CSI_SANITY_VERSION", "v5.6.0"),
+    "azure-provider": os.environ.get("AZURE_PROVIDER_VERSION", "v1.8.2"),
+}
+BINARIES = {
+    "kube-apiserver": ("kubernetes", "kube-apiserver"),
+    "kube-controller-manager": ("kubernetes", "kube-controller-manager"),
+    "etcd": ("etcd", "etcd"),
+    "csi-sanity": ("csi-sanity", "csi-sanity"),
+    "azure-provider": ("azure-provider", "secrets-store-csi-driver-provider-azure"),
+}
+
+
+def peers_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(os.environ.get("PEERS_DIR", default / "secrets-store-csi-peers"))
+
+
+def peer(binary: str) -> Path:
+    """Path of a peer binary; fails under CI=true, skips elsewhere, when it is not built."""
+    group, name = BINARIES[binary]
+    path = peers_dir() / f"{group}-{VERSIONS[group]}" / name
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    message = f"test peer {binary} missing at {path}: run `make peers`"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
