@@ -1,0 +1,35 @@
+"""`python -m csi_driver` / `secrets-store-csi-driver`: upstream's flags, then serve."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import disable_created_metrics
+
+from . import __version__
+from .config import parse_args
+from .goflags import FlagError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+    except FlagError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if config.version:
+        print(f'{{"version":"{__version__}","runtime":"python {sys.version.split()[0]}"}}')
+        return 0
+    from . import logs
+    from .server import run
+
+    logs.setup(config.log_format_json, config.verbosity)
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    asyncio.run(run(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Kubernetes access: the client, the CRD resource types, and a cached watch of SPCs.
+
+The driver must serve CSI even with no API server configured or reachable (csi-sanity runs
+it so); everything here fails with KubeError in that case and publishes report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.generic_resource import create_namespaced_resource
+
+from .errors import KubeError
+
+log = logging.getLogger(__name__)
+
+GROUP = "secrets-store.csi.x-k8s.io"
+NODE_LABEL = "internal.secrets-store.csi.k8s.io/node-name"
+
+SecretProviderClass = create_namespaced_resource(
+    GROUP, "v1", "SecretProviderClass", "secretproviderclasses"
+)
+SecretProviderClassV1alpha1 = create_namespaced_resource(
+    GROUP, "v1alpha1", "SecretProviderClass", "secretproviderclasses"
+)
+SecretProviderClassPodStatus = create_namespaced_resource(
+    GROUP, "v1", "SecretProviderClassPodStatus", "secretproviderclasspodstatuses"
+)
+
+
+@dataclass(frozen=True)
+class SecretProviderClassSpec:
+    namespace: str
+    name: str
+    provider: str
+    parameters: Mapping[str, str]
+
+
+def make_client(kubeconfig: str) -> AsyncClient | None:
+    """A client from --kubeconfig, else in-cluster or $KUBECONFIG; None when there is none."""
+    try:
+        config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    except Exception as e:
+        log.warning("no Kubernetes configuration (%s); publishes will fail until configured", e)
+        return None
+    return AsyncClient(config=config, field_manager="secrets-store-csi-driver")
+
+
+def api_error_text(e: Exception) -> str:
+    """Like apimachinery's error strings (`secretproviderclasses... "x" not found`)."""
+    if isinstance(e, ApiError):
+        return str(e.status.message or e)
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _spc_from(obj: Any) -> dict[str, Any]:
+    data: dict[str, Any] = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    return data
+
+
+class SpcCache:
+    """SecretProviderClasses from a watch across namespaces; a miss falls back to a GET.
+
+    The watch is on v1; objects written as v1alpha1 are the same stored objects and show up
+    in it too (the versions differ only in name). A cache miss (just created, watch lagging,
+    or no watch permission) reads the API directly, v1 first, then v1alpha1.
+    """
+
+    def __init__(self, client: AsyncClient | None) -> None:
+        self._client = client
+        self._items: dict[tuple[str, str], dict[str, Any]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.synced = False
+
+    def start(self) -> None:
+        if self._client is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="spc-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        assert self._client is not None
+        delay = 0.5
+        while True:
+            try:
+                self._items.clear()
+                async for event, obj in self._client.watch(SecretProviderClass, namespace="*"):
+                    data = _spc_from(obj)
+                    meta = data.get("metadata", {})
+                    key = (meta.get("namespace", ""), meta.get("name", ""))
+                    if event == "DELETED":
+                        self._items.pop(key, None)
+                    else:
+                        self._items[key] = data
+                    self.synced = True
+                    delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.synced = False
+                log.info(
+                    "secretproviderclass watch interrupted (%s); retrying in %.1fs",
+                    api_error_text(e),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def get(self, namespace: str, name: str) -> SecretProviderClassSpec:
+        data = self._items.get((namespace, name))
+        if data is None:
+            data = await self._fetch(namespace, name)
+        spec = data.get("spec") or {}
+        params = spec.get("parameters") or {}
+        return SecretProviderClassSpec(
+            namespace=namespace,
+            name=name,
+            provider=str(spec.get("provider") or ""),
+            parameters={str(k): str(v) for k, v in params.items()},
+        )
+
+    async def _fetch(self, namespace: str, name: str) -> dict[str, Any]:
+        if self._client is None:
+            raise KubeError("no Kubernetes API configured (in-cluster config or --kubeconfig)")
+        try:
+            obj = await self._client.get(SecretProviderClass, name, namespace=namespace)
+        except ApiError as e:
+            if e.status.code != 404 or e.status.reason != "NotFound" or e.status.details is None:
+                raise KubeError(api_error_text(e)) from None
+            # 404 for the object, or v1 not served: try v1alpha1 before giving up
+            try:
+                obj = await self._client.get(SecretProviderClassV1alpha1, name, namespace=namespace)
+            except ApiError:
+                raise KubeError(api_error_text(e)) from None
+            except Exception as e2:
+                raise KubeError(api_error_text(e2)) from None
+        except Exception as e:
+            raise KubeError(api_error_text(e)) from None
+        return _spc_from(obj)

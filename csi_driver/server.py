@@ -1,0 +1,145 @@
+"""Assembles the driver: CSI gRPC server on the endpoint, metrics, SPC watch, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+from typing import Any
+
+from grpc import aio
+
+from secrets_store_api import csi_pb2_grpc
+
+from . import __version__, metrics
+from .config import Config
+from .kube import SpcCache, make_client
+from .node import NodeService
+from .provider_client import ProviderClients
+from .servicers import IdentityServicer, NodeServicer
+
+log = logging.getLogger(__name__)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str]:
+    """("unix", path) or ("tcp", host:port), as upstream's csi-common ParseEndpoint."""
+    lower = endpoint.lower()
+    for scheme in ("unix", "tcp"):
+        if lower.startswith(scheme + "://"):
+            address = endpoint[len(scheme) + 3 :]
+            if scheme == "unix" and not address.startswith("/"):
+                # upstream's default unix://tmp/csi.sock means /tmp/csi.sock
+                address = "/" + address
+            if address:
+                return scheme, address
+    raise ValueError(f"invalid endpoint: {endpoint}")
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ValueError(f"{path} exists and is not a socket")
+    os.unlink(path)
+
+
+class Driver:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client = make_client(config.kubeconfig)
+        self.spcs = SpcCache(self.client)
+        self.providers = ProviderClients(
+            config.provider_paths, config.max_call_recv_msg_size, config.provider_timeout
+        )
+        self.metrics = metrics.Metrics()
+        self.node = NodeService(
+            node_id=config.node_id,
+            providers=self.providers,
+            spcs=self.spcs,
+            client=self.client,
+            metrics=self.metrics,
+            tmpfs_size=config.tmpfs_size,
+            rotation_enabled=config.enable_secret_rotation,
+        )
+        self.server: aio.Server | None = None
+        self._metrics_server: Any = None
+        self._socket_path = ""
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        scheme, address = parse_endpoint(self.config.endpoint)
+        self.server = aio.server(options=[("grpc.so_reuseport", 0)])
+        csi_pb2_grpc.add_IdentityServicer_to_server(
+            IdentityServicer(self.config.driver_name, __version__), self.server
+        )
+        csi_pb2_grpc.add_NodeServicer_to_server(NodeServicer(self.node), self.server)
+        if scheme == "unix":
+            os.makedirs(os.path.dirname(address) or "/", exist_ok=True)
+            _remove_stale_socket(address)
+            self._socket_path = address
+            self.server.add_insecure_port(f"unix://{address}")
+        else:
+            self.server.add_insecure_port(address)
+        if self.config.metrics_addr:
+            self._metrics_server = metrics.serve(self.config.metrics_addr, self.metrics.registry)
+        await self.server.start()
+        log.info(
+            "driver %s %s listening on %s, node %s",
+            self.config.driver_name,
+            __version__,
+            self.config.endpoint,
+            self.config.node_id or "(unset)",
+        )
+        self.spcs.start()
+        await self.node.recover()
+        if self.config.provider_health_check:
+            self._health_task = asyncio.create_task(self._health_check())
+
+    async def _health_check(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.provider_health_check_interval)
+            for directory in self.config.provider_paths:
+                with contextlib.suppress(OSError):
+                    for name in os.listdir(directory):
+                        if not name.endswith(".sock"):
+                            continue
+                        provider = name[: -len(".sock")]
+                        try:
+                            version = await self.providers.version(provider)
+                            log.debug("provider %s healthy, version %s", provider, version)
+                        except Exception as e:
+                            log.warning("provider %s health check failed: %s", provider, e)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.spcs.stop()
+        await self.providers.close()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self._socket_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._socket_path)
+        log.info("driver stopped")
+
+
+async def run(config: Config) -> None:
+    driver = Driver(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await driver.start()
+    await stop.wait()
+    log.info("received shutdown signal")
+    await driver.stop()
