@@ -1,0 +1,186 @@
+"""`python -m provider_azure`: upstream's flags, the gRPC socket, health and metrics ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from secrets_store_api import provider_pb2_grpc
+
+from . import __version__, clouds, flags, logs
+from .auth import ClientCache
+from .errors import ProviderError
+from .fetch import ContentOptions
+from .keyvault import ClientOptions
+from .metrics import Metrics
+from .server import Provider, ProviderServicer, health_handler, healthz_app, metrics_app
+
+log = logging.getLogger("provider_azure")
+
+FLAGS = [
+    flags.Flag("version", bool, False, "prints the version information"),
+    flags.Flag("endpoint", str, "unix:///tmp/azure.sock", "CSI gRPC endpoint"),
+    flags.Flag("log-format-json", bool, False, "set log formatter to json"),
+    flags.Flag("enable-pprof", bool, False, "accepted for compatibility; no effect"),
+    flags.Flag("pprof-port", int, 6060, "accepted for compatibility; no effect"),
+    flags.Flag("healthz-port", int, 8989, "port for health check"),
+    flags.Flag("healthz-path", str, "/healthz", "path for health check"),
+    flags.Flag("healthz-timeout", float, 5.0, "RPC timeout for health check", duration=True),
+    flags.Flag("metrics-backend", str, "Prometheus", "Backend used for metrics"),
+    flags.Flag("prometheus-port", int, 8898, "Prometheus port for metrics backend"),
+    flags.Flag(
+        "construct-pem-chain",
+        bool,
+        True,
+        "explicitly reconstruct the pem chain in the order: SERVER, INTERMEDIATE, ROOT",
+    ),
+    flags.Flag(
+        "write-cert-and-key-in-separate-files",
+        bool,
+        False,
+        "also write <name>.crt and <name>.key for certificate secrets",
+    ),
+    flags.Flag("cloud-name", str, "AzurePublicCloud", "default cloud environment"),
+    flags.Flag("custom-user-agent", str, "", "accepted for compatibility; no effect"),
+    flags.Flag("token-proxy-url", str, "", "identity binding proxy (not supported)"),
+    flags.Flag("sni-name", str, "", "identity binding proxy SNI (not supported)"),
+    flags.Flag(
+        "keyvault-timeout",
+        float,
+        30.0,
+        "deadline for one Key Vault operation, retries included (not upstream)",
+        duration=True,
+    ),
+    # klog's flags, as upstream registers them.
+    flags.Flag("v", int, 0, "number for the log level verbosity"),
+    flags.Flag("vmodule", str, "", "klog vmodule (ignored)"),
+    flags.Flag("logtostderr", bool, True, "klog (ignored)"),
+    flags.Flag("alsologtostderr", bool, False, "klog (ignored)"),
+    flags.Flag("add_dir_header", bool, False, "klog (ignored)"),
+    flags.Flag("skip_headers", bool, False, "klog (ignored)"),
+    flags.Flag("skip_log_headers", bool, False, "klog (ignored)"),
+    flags.Flag("one_output", bool, False, "klog (ignored)"),
+    flags.Flag("log_dir", str, "", "klog (ignored)"),
+    flags.Flag("log_file", str, "", "klog (ignored)"),
+    flags.Flag("log_file_max_size", int, 1800, "klog (ignored)"),
+    flags.Flag("stderrthreshold", str, "2", "klog (ignored)"),
+    flags.Flag("log_backtrace_at", str, "", "klog (ignored)"),
+]
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str]:
+    lower = endpoint.lower()
+    if lower.startswith("unix://") or lower.startswith("tcp://"):
+        scheme, _, rest = endpoint.partition("://")
+        if rest:
+            return scheme.lower(), rest
+    raise ValueError(f"invalid endpoint: {endpoint}")
+
+
+def remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        raise OSError(f"endpoint {path} is a directory")
+    os.remove(path)
+
+
+async def serve(opts: dict[str, Any]) -> int:
+    scheme, address = parse_endpoint(opts["endpoint"])
+    if opts["metrics-backend"].lower() != "prometheus":
+        log.error("unsupported metrics backend", extra={"backend": opts["metrics-backend"]})
+        return 1
+    default_cloud = clouds.from_name(opts["cloud-name"])
+    metrics = Metrics()
+    provider = Provider(
+        ContentOptions(
+            construct_pem_chain=opts["construct-pem-chain"],
+            write_cert_and_key_in_separate_files=opts["write-cert-and-key-in-separate-files"],
+        ),
+        default_cloud,
+        metrics,
+        ClientCache(ClientOptions(timeout=opts["keyvault-timeout"])),
+    )
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(
+        ProviderServicer(provider, metrics), server
+    )
+    server.add_generic_rpc_handlers((health_handler(),))
+    if scheme == "unix":
+        remove_stale_socket(address)
+        old = os.umask(0o077)
+        try:
+            server.add_insecure_port(f"unix://{address}")
+            await server.start()
+        finally:
+            os.umask(old)
+        socket_path = address
+    else:
+        server.add_insecure_port(address)
+        await server.start()
+        socket_path = ""
+    log.info("Listening for connections", extra={"address": opts["endpoint"]})
+
+    runners: list[web.AppRunner] = []
+    for app, port in (
+        (metrics_app(metrics), opts["prometheus-port"]),
+        (
+            healthz_app(opts["healthz-path"], socket_path, opts["healthz-timeout"]),
+            opts["healthz-port"],
+        ),
+    ):
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, None, port).start()
+        runners.append(runner)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("terminating the server")
+    await server.stop(grace=10)
+    for runner in runners:
+        await runner.cleanup()
+    await provider.close()
+    if socket_path:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(socket_path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts, _ = flags.parse(FLAGS, args)
+    except flags.FlagError as exc:
+        print(f"{exc}\n{flags.usage(FLAGS, 'secrets-store-provider-azure')}", file=sys.stderr)
+        raise SystemExit(0 if str(exc) == "help requested" else 2) from None
+    logs.setup(opts["log-format-json"], opts["v"])
+    if opts["version"]:
+        print(json.dumps({"version": __version__, "buildDate": ""}, separators=(",", ":")))
+        raise SystemExit(0)
+    log.info("Starting Azure Key Vault Provider", extra={"version": __version__})
+    try:
+        code = asyncio.run(serve(opts))
+    except (ValueError, OSError, ProviderError) as exc:
+        log.error("failed to start", extra={"error": str(exc)})
+        code = 1
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Key Vault clients (Azure SDK `.aio`), one set per (identity, vault), and SDK error mapping.
+
+This is the clients layer: it turns SDK answers into plain values and SDK exceptions into
+ProviderError with a kind, a message naming the object and vault, and a hint where one helps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
+from azure.keyvault.certificates.aio import CertificateClient
+from azure.keyvault.keys.aio import KeyClient
+from azure.keyvault.secrets.aio import SecretClient
+
+from .errors import Kind, ProviderError, object_context
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+ROLE_HINTS = {
+    "secret": "Key Vault Secrets User (or an access policy with secret get/list)",
+    "key": "Key Vault Crypto User (or an access policy with key get/list)",
+    "cert": "Key Vault Certificate User (or an access policy with certificate get/list)",
+}
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    value: str
+    content_type: str
+    kid: str
+    version: str
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    kty: str
+    version: str
+    n: bytes | None = None
+    e: bytes | None = None
+    crv: str | None = None
+    x: bytes | None = None
+    y: bytes | None = None
+
+
+@dataclass(frozen=True)
+class CertificateValue:
+    cer: bytes
+    version: str
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created: datetime.datetime
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Bounded retries (Retry-After honoured) and a deadline per Key Vault operation."""
+
+    retry_total: int = 4
+    retry_backoff_factor: float = 0.8
+    retry_backoff_max: int = 16
+    timeout: float = 30.0
+
+
+class VaultClient:
+    """Secrets, keys and certificates of one vault through one credential."""
+
+    def __init__(
+        self,
+        vault_name: str,
+        vault_url: str,
+        credential: AsyncTokenCredential,
+        options: ClientOptions,
+    ) -> None:
+        self.vault_name = vault_name
+        self.options = options
+        kwargs: dict[str, Any] = {
+            "retry_total": options.retry_total,
+            "retry_status": options.retry_total,
+            "retry_backoff_factor": options.retry_backoff_factor,
+            "retry_backoff_max": options.retry_backoff_max,
+            "timeout": options.timeout,
+            "connection_timeout": min(options.timeout, 10.0),
+            "read_timeout": options.timeout,
+            "logging_enable": False,
+        }
+        self._secrets = SecretClient(vault_url, credential, **kwargs)
+        self._keys = KeyClient(vault_url, credential, **kwargs)
+        self._certs = CertificateClient(vault_url, credential, **kwargs)
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            self._secrets.close(), self._keys.close(), self._certs.close(), return_exceptions=True
+        )
+
+    async def _call(self, what: tuple[str, str, str], coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, self.options.timeout)
+        except ProviderError:
+            raise
+        except (TimeoutError, ServiceRequestTimeoutError, ServiceResponseTimeoutError):
+            raise ProviderError(
+                Kind.DEADLINE_EXCEEDED,
+                f"{object_context(*what)}: Key Vault {self.vault_name} did not answer within "
+                f"{self.options.timeout:g}s",
+            ) from None
+        except AzureError as exc:
+            raise map_error(exc, what, self.vault_name) from None
+
+    async def get_secret(self, name: str, version: str) -> SecretValue:
+        what = ("secret", name, version)
+        secret = await self._call(what, self._secrets.get_secret(name, version or None))
+        if secret.value is None:
+            raise ProviderError(Kind.INTERNAL, f"{object_context(*what)}: secret value is nil")
+        props = secret.properties
+        return SecretValue(
+            value=secret.value,
+            content_type=props.content_type or "",
+            kid=props.key_id or "",
+            version=props.version or "",
+        )
+
+    async def get_key(self, name: str, version: str) -> KeyValue:
+        what = ("key", name, version)
+        key = await self._call(what, self._keys.get_key(name, version or None))
+        jwk = key.key
+        return KeyValue(
+            kty=str(getattr(jwk.kty, "value", jwk.kty) or ""),
+            version=key.properties.version or "",
+            n=jwk.n,
+            e=jwk.e,
+            crv=str(getattr(jwk.crv, "value", jwk.crv)) if jwk.crv else None,
+            x=jwk.x,
+            y=jwk.y,
+        )
+
+    async def get_certificate(self, name: str, version: str) -> CertificateValue:
+        what = ("cert", name, version)
+        if version:
+            cert = await self._call(what, self._certs.get_certificate_version(name, version))
+        else:
+            cert = await self._call(what, self._certs.get_certificate(name))
+        if cert.cer is None:
+            raise ProviderError(Kind.INTERNAL, f"{object_context(*what)}: certificate value is nil")
+        return CertificateValue(cer=bytes(cert.cer), version=cert.properties.version or "")
+
+    async def list_versions(self, object_type: str, name: str) -> list[VersionInfo]:
+        """Enabled versions with their creation time (missing → epoch), as upstream lists them."""
+        what = (object_type, name, "")
+
+        async def collect() -> list[VersionInfo]:
+            if object_type == "secret":
+                pager: Any = self._secrets.list_properties_of_secret_versions(name)
+            elif object_type == "key":
+                pager = self._keys.list_properties_of_key_versions(name)
+            else:
+                pager = self._certs.list_properties_of_certificate_versions(name)
+            out = []
+            async for props in pager:
+                if props.enabled is False:
+                    continue
+                out.append(VersionInfo(props.version or "", props.created_on or EPOCH))
+            return out
+
+        result: list[VersionInfo] = await self._call(what, collect())
+        return result
+
+
+def map_error(exc: AzureError, what: tuple[str, str, str], vault: str) -> ProviderError:
+    prefix = object_context(*what)
+    object_type, name, version = what
+    if isinstance(exc, ResourceNotFoundError):
+        pinned = f" version {version}" if version else ""
+        return ProviderError(
+            Kind.NOT_FOUND,
+            f"{prefix}: {object_type} {name}{pinned} not found in Key Vault {vault}",
+        )
+    if isinstance(exc, ClientAuthenticationError) and exc.status_code in (None, 401):
+        return ProviderError(
+            Kind.UNAUTHENTICATED,
+            f"{prefix}: authentication to Key Vault {vault} failed: {_short(exc)}",
+        )
+    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
+        status = exc.status_code
+        if status == 403:
+            return ProviderError(
+                Kind.PERMISSION_DENIED,
+                f"{prefix}: access to Key Vault {vault} denied (403): the identity needs the "
+                f"role {ROLE_HINTS.get(object_type, '')} on the vault",
+            )
+        if status == 429:
+            return ProviderError(
+                Kind.UNAVAILABLE,
+                f"{prefix}: Key Vault {vault} is throttling requests (429) and retries ran "
+                "out; try again later",
+            )
+        if status == 400:
+            return ProviderError(
+                Kind.INVALID_ARGUMENT,
+                f"{prefix}: Key Vault {vault} rejected the request: {_short(exc)}",
+            )
+        if status >= 500:
+            return ProviderError(
+                Kind.UNAVAILABLE, f"{prefix}: Key Vault {vault} answered {status}: {_short(exc)}"
+            )
+        return ProviderError(Kind.INTERNAL, f"{prefix}: Key Vault {vault} answered {status}")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return ProviderError(
+            Kind.UNAVAILABLE, f"{prefix}: cannot reach Key Vault {vault}: {_short(exc)}"
+        )
+    if "timed out" in str(exc).lower():
+        return ProviderError(
+            Kind.DEADLINE_EXCEEDED, f"{prefix}: Key Vault {vault} did not answer in time"
+        )
+    return ProviderError(Kind.UNAVAILABLE, f"{prefix}: {_short(exc)}")
+
+
+def _short(exc: AzureError) -> str:
+    text = (
+        str(getattr(exc, "message", None) or exc).splitlines()[0]
+        if str(exc)
+        else type(exc).__name__
+    )
+    return text[:300]

@@ -1,0 +1,511 @@
+"""Parse a Mount request (attributes, secrets, permission) once into frozen, typed values.
+
+Every error names the parameter (and the object, by index and name) and the rule broken, and
+never echoes a secret value. Rules follow upstream v1.8.2 (pkg/provider, pkg/auth), tightened
+where upstream silently did something harmful (docs/compatibility.md lists each case).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from . import clouds
+from .errors import Kind, ProviderError, invalid
+
+
+def _request_invalid(message: str) -> ProviderError:
+    return ProviderError(Kind.INVALID_ARGUMENT, message, request_error=True)
+
+
+POD_NAME = "csi.storage.k8s.io/pod.name"
+POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
+SERVICE_ACCOUNT_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens"
+WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
+
+_VAULT_NAME = re.compile(r"^[-A-Za-z0-9]+$")
+_OBJECT_NAME = re.compile(r"^[-A-Za-z0-9]{1,127}$")
+_OBJECT_VERSION = re.compile(r"^[A-Za-z0-9]*$")
+_OCTAL = re.compile(r"^[+]?[0-7]+$")
+_OBJECT_FIELDS = (
+    "objectName",
+    "objectAlias",
+    "objectVersion",
+    "objectVersionHistory",
+    "objectType",
+    "objectFormat",
+    "objectEncoding",
+    "filePermission",
+)
+
+
+class ObjectType(enum.StrEnum):
+    SECRET = "secret"
+    KEY = "key"
+    CERT = "cert"
+
+
+class ObjectFormat(enum.StrEnum):
+    DEFAULT = ""
+    PEM = "pem"
+    PFX = "pfx"
+
+
+class ObjectEncoding(enum.StrEnum):
+    DEFAULT = ""
+    UTF8 = "utf-8"
+    HEX = "hex"
+    BASE64 = "base64"
+
+
+class IdentityMode(enum.StrEnum):
+    SERVICE_PRINCIPAL = "ServicePrincipal"
+    WORKLOAD_IDENTITY = "WorkloadIdentity"
+    MANAGED_IDENTITY = "VMManagedIdentity"
+
+
+@dataclass(frozen=True)
+class KeyVaultObject:
+    index: int
+    name: str
+    type: ObjectType
+    alias: str = ""
+    version: str = ""
+    version_history: int = 0
+    format: ObjectFormat = ObjectFormat.DEFAULT
+    encoding: ObjectEncoding = ObjectEncoding.DEFAULT
+    file_permission: int | None = None
+
+    @property
+    def file_name(self) -> str:
+        return self.alias or self.name
+
+    @property
+    def uid(self) -> str:
+        """The id the driver records in SecretProviderClassPodStatus: `<type>/<name>`."""
+        return f"{self.type}/{self.name}"
+
+    @property
+    def single_version(self) -> bool:
+        return self.version_history <= 1
+
+    @property
+    def requested_version(self) -> str:
+        """The version to ask Key Vault for; `latest` means the current one (upstream sends it)."""
+        return "" if self.version.lower() == "latest" else self.version
+
+    def label(self) -> str:
+        return f"objects[{self.index}] ({self.name or '<no objectName>'})"
+
+
+@dataclass(frozen=True)
+class Identity:
+    mode: IdentityMode
+    tenant_id: str
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    assertion: str = field(default="", repr=False)
+    user_assigned_identity_id: str = ""
+
+    def cache_key(self, authority: str) -> tuple[str, ...]:
+        """Key for credential reuse. Never reuse a token across different proofs of identity:
+        the client secret's digest, or the service account the assertion was issued for."""
+        if self.mode is IdentityMode.SERVICE_PRINCIPAL:
+            proof = hashlib.sha256(self.client_secret.encode()).hexdigest()
+        elif self.mode is IdentityMode.WORKLOAD_IDENTITY:
+            proof = _assertion_subject(self.assertion)
+        else:
+            proof = self.user_assigned_identity_id
+        return (self.mode.value, authority, self.tenant_id, self.client_id, proof)
+
+
+@dataclass(frozen=True)
+class MountParameters:
+    pod_name: str
+    pod_namespace: str
+    vault_name: str
+    cloud: clouds.CloudEnvironment
+    identity: Identity
+    objects: tuple[KeyVaultObject, ...]
+    default_mode: int
+
+    @property
+    def vault_url(self) -> str:
+        return f"https://{self.vault_name}.{self.cloud.key_vault_dns_suffix}/"
+
+
+def parse_mount(
+    attributes: str,
+    secrets: str,
+    permission: str,
+    default_cloud: clouds.CloudEnvironment = clouds.PUBLIC,
+) -> MountParameters:
+    """Everything a mount needs, checked in upstream's order."""
+    attrib = _json_string_map(attributes, "attributes", allow_null=False)
+    secret_map = _json_string_map(secrets, "secrets", allow_null=True)
+    default_mode = _parse_permission(permission)
+
+    pod_name = attrib.get(POD_NAME, "").strip()
+    pod_namespace = attrib.get(POD_NAMESPACE, "").strip()
+    if not pod_name:
+        raise invalid(f"pod name is not provided: attribute {POD_NAME} is required")
+    if not pod_namespace:
+        raise invalid(f"pod namespace is not provided: attribute {POD_NAMESPACE} is required")
+
+    use_pod_identity = _parse_bool(attrib, "usePodIdentity")
+    use_vm_identity = _parse_bool(attrib, "useVMManagedIdentity")
+    use_token_proxy = _parse_bool(attrib, "useAzureTokenProxy")
+    if sum((use_pod_identity, use_vm_identity, use_token_proxy)) > 1:
+        raise invalid(
+            "only one identity mode can be enabled at a time: usePodIdentity, "
+            "useVMManagedIdentity, or useAzureTokenProxy"
+        )
+
+    vault_name = attrib.get("keyvaultName", "").strip()
+    if not vault_name:
+        raise invalid("keyvaultName is not provided")
+    tenant_id = attrib.get("tenantID", "").strip() or attrib.get("tenantId", "").strip()
+    if not tenant_id:
+        raise invalid("tenantId is not provided")
+
+    cloud_name = attrib.get("cloudName", "").strip()
+    env_file = attrib.get("cloudEnvFileName", "").strip()
+    cloud = clouds.from_name(cloud_name, env_file) if cloud_name else default_cloud
+
+    if use_pod_identity:
+        raise invalid(
+            "usePodIdentity is deprecated and not supported: aad-pod-identity is retired; "
+            "use workload identity (clientID) or useVMManagedIdentity"
+        )
+    if use_token_proxy:
+        raise ProviderError(
+            Kind.UNIMPLEMENTED,
+            "useAzureTokenProxy (AKS identity binding) is not supported by this provider",
+        )
+    identity = _parse_identity(attrib, secret_map, tenant_id, use_vm_identity)
+
+    objects = parse_objects(attrib.get("objects", "").strip())
+
+    if len(vault_name) < 3 or len(vault_name) > 24:
+        raise invalid(
+            f"keyvaultName: invalid vault name {vault_name!r}, must be between 3 and 24 chars"
+        )
+    if not _VAULT_NAME.match(vault_name):
+        raise invalid(f"keyvaultName: invalid vault name {vault_name!r}, must match [-a-zA-Z0-9]")
+
+    return MountParameters(
+        pod_name=pod_name,
+        pod_namespace=pod_namespace,
+        vault_name=vault_name,
+        cloud=cloud,
+        identity=identity,
+        objects=objects,
+        default_mode=default_mode,
+    )
+
+
+def _json_string_map(text: str, what: str, *, allow_null: bool) -> dict[str, str]:
+    if text.strip() == "":
+        raise _request_invalid(f"failed to unmarshal {what}: empty, expected a JSON object")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        # The position only: the text may hold secrets.
+        raise _request_invalid(
+            f"failed to unmarshal {what}: not valid JSON ({getattr(exc, 'msg', 'syntax error')} "
+            f"at char {getattr(exc, 'pos', '?')})"
+        ) from None
+    if value is None and allow_null:
+        return {}
+    if not isinstance(value, dict):
+        raise _request_invalid(f"failed to unmarshal {what}: expected a JSON object of strings")
+    bad = sorted(k for k, v in value.items() if not isinstance(v, str))
+    if bad:
+        raise _request_invalid(f"failed to unmarshal {what}: value of {bad[0]!r} must be a string")
+    return value
+
+
+def _parse_permission(text: str) -> int:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise _request_invalid(
+            f"failed to unmarshal file permission: {text!r} must be a JSON number "
+            "such as 420 (0644)"
+        )
+    return value
+
+
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def _parse_bool(attrib: Mapping[str, str], name: str) -> bool:
+    text = attrib.get(name, "").strip()
+    if text == "" or text in _FALSE:
+        return False
+    if text in _TRUE:
+        return True
+    raise invalid(f"failed to parse {name} flag: {text!r} is not a boolean (true or false)")
+
+
+def _parse_identity(
+    attrib: Mapping[str, str], secrets: Mapping[str, str], tenant_id: str, use_vm: bool
+) -> Identity:
+    if use_vm:
+        return Identity(
+            IdentityMode.MANAGED_IDENTITY,
+            tenant_id,
+            user_assigned_identity_id=attrib.get("userAssignedIdentityID", "").strip(),
+        )
+    client_id = attrib.get("clientID", "").strip()
+    if client_id:
+        tokens = (
+            secrets.get(SERVICE_ACCOUNT_TOKENS) or attrib.get(SERVICE_ACCOUNT_TOKENS, "")
+        ).strip()
+        assertion = parse_service_account_token(tokens, WORKLOAD_IDENTITY_AUDIENCE)
+        return Identity(
+            IdentityMode.WORKLOAD_IDENTITY, tenant_id, client_id=client_id, assertion=assertion
+        )
+    if not secrets:
+        raise invalid(
+            "failed to get credentials, nodePublishSecretRef secret is not set: set clientID "
+            "(workload identity), useVMManagedIdentity, or a nodePublishSecretRef with "
+            "clientid and clientsecret"
+        )
+    sp_id = sp_secret = ""
+    for key, value in secrets.items():
+        if key.lower() == "clientid":
+            sp_id = value
+        elif key.lower() == "clientsecret":
+            sp_secret = value
+    if not sp_id:
+        raise invalid("could not find clientid in secrets (nodePublishSecretRef)")
+    if not sp_secret:
+        raise invalid("could not find clientsecret in secrets (nodePublishSecretRef)")
+    return Identity(
+        IdentityMode.SERVICE_PRINCIPAL, tenant_id, client_id=sp_id, client_secret=sp_secret
+    )
+
+
+def parse_service_account_token(tokens: str, audience: str) -> str:
+    """The token for `audience` from kubelet's `{"<aud>": {"token": ..., ...}}` JSON."""
+    if not tokens:
+        raise invalid(
+            "failed to parse workload identity tokens: service account tokens not found "
+            f"(attribute {SERVICE_ACCOUNT_TOKENS}; is tokenRequests set on the CSIDriver?)"
+        )
+    try:
+        parsed: Any = json.loads(tokens)
+    except ValueError:
+        raise invalid(
+            f"failed to parse workload identity tokens: {SERVICE_ACCOUNT_TOKENS} is not valid JSON"
+        ) from None
+    entry = parsed.get(audience) if isinstance(parsed, dict) else None
+    token = entry.get("token") if isinstance(entry, dict) else None
+    if not isinstance(token, str) or not token:
+        raise invalid(
+            f"failed to parse workload identity tokens: token for audience {audience} not found "
+            f"(add audience {audience} to the CSIDriver tokenRequests)"
+        )
+    return token
+
+
+def _assertion_subject(assertion: str) -> str:
+    """`iss|sub` of the service-account JWT (unverified: used only to partition caches)."""
+    import base64
+
+    try:
+        payload = assertion.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return f"{claims.get('iss', '')}|{claims.get('sub', '')}"
+    except (IndexError, ValueError, AttributeError):
+        return "sha256:" + hashlib.sha256(assertion.encode()).hexdigest()
+
+
+def parse_objects(text: str) -> tuple[KeyVaultObject, ...]:
+    """The `objects` parameter: YAML with `array:` of YAML strings, one object each."""
+    if not text:
+        raise invalid("objects is not set")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise invalid(f"failed to yaml unmarshal objects: {_yaml_problem(exc)}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise invalid("failed to yaml unmarshal objects: expected a mapping with key `array`")
+    items: list[str] | None = None
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "array":
+            if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
+                items = []
+                continue
+            if not isinstance(value, yaml.SequenceNode) or not all(
+                isinstance(v, yaml.ScalarNode) for v in value.value
+            ):
+                raise invalid("objects: `array` must be a list of YAML strings, one per object")
+            items = [v.value for v in value.value]
+    if items is None:
+        raise invalid("objects: missing key `array` (a list of YAML strings, one per object)")
+    if not items:
+        raise invalid("objects: `array` is empty, list at least one object")
+    objects = tuple(_parse_object(i, item) for i, item in enumerate(items))
+    _check_paths(objects)
+    return objects
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return "not valid YAML"
+
+
+def _parse_object(index: int, text: str) -> KeyVaultObject:
+    where = f"objects[{index}]"
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise invalid(f"{where}: unmarshal failed, not valid YAML: {_yaml_problem(exc)}") from None
+    raw: dict[str, str] = {}
+    if node is not None and not (isinstance(node, yaml.ScalarNode) and node.value == ""):
+        if not isinstance(node, yaml.MappingNode):
+            raise invalid(f"{where}: unmarshal failed, expected a mapping of object fields")
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.value not in _OBJECT_FIELDS:
+                continue
+            if not isinstance(value, yaml.ScalarNode):
+                raise invalid(f"{where}: {key.value} must be a scalar")
+            raw[key.value] = "" if value.tag.endswith(":null") else value.value.strip()
+
+    name = raw.get("objectName", "")
+    where = f"objects[{index}] ({name or '<no objectName>'})"
+    if not name:
+        raise invalid(f"{where}: objectName is required")
+    if not _OBJECT_NAME.match(name):
+        raise invalid(f"{where}: objectName must be 1-127 characters of [0-9a-zA-Z-]")
+
+    type_text = raw.get("objectType", "")
+    try:
+        object_type = ObjectType(type_text)
+    except ValueError:
+        raise invalid(
+            f"{where}: invalid objectType {type_text!r}, should be secret, key, or cert"
+        ) from None
+
+    version = raw.get("objectVersion", "")
+    if not _OBJECT_VERSION.match(version):
+        raise invalid(f"{where}: objectVersion must be a Key Vault version id (letters and digits)")
+
+    history = 0
+    history_text = raw.get("objectVersionHistory", "")
+    if history_text:
+        try:
+            history = int(history_text, 10)
+        except ValueError:
+            raise invalid(f"{where}: objectVersionHistory must be an integer") from None
+        if history < 0:
+            raise invalid(f"{where}: objectVersionHistory must not be negative")
+        if history > 2**31 - 1:
+            raise invalid(f"{where}: objectVersionHistory is too large")
+
+    format_text = raw.get("objectFormat", "").lower()
+    try:
+        object_format = ObjectFormat(format_text)
+    except ValueError:
+        raise invalid(
+            f"{where}: invalid objectFormat {raw['objectFormat']!r}, should be PEM or PFX"
+        ) from None
+    if object_format is ObjectFormat.PFX and object_type is not ObjectType.SECRET:
+        raise invalid(f"{where}: PFX format only supported for objectType: secret")
+
+    encoding_text = raw.get("objectEncoding", "").lower()
+    if encoding_text and object_type is not ObjectType.SECRET:
+        raise invalid(f"{where}: objectEncoding only supported for objectType: secret")
+    try:
+        encoding = ObjectEncoding(encoding_text)
+    except ValueError:
+        raise invalid(
+            f"{where}: invalid objectEncoding {raw['objectEncoding']!r}, "
+            "should be hex, base64 or utf-8"
+        ) from None
+
+    alias = raw.get("objectAlias", "")
+    _check_file_name(where, alias or name)
+
+    permission: int | None = None
+    permission_text = raw.get("filePermission", "")
+    if permission_text:
+        if not _OCTAL.match(permission_text) or int(permission_text, 8) > 0o7777:
+            raise invalid(
+                f"{where}: filePermission {permission_text!r} must be an octal file mode "
+                "such as 0644 (digits 0-7, at most 07777)"
+            )
+        permission = int(permission_text, 8)
+
+    return KeyVaultObject(
+        index=index,
+        name=name,
+        type=object_type,
+        alias=alias,
+        version=version,
+        version_history=history,
+        format=object_format,
+        encoding=encoding,
+        file_permission=permission,
+    )
+
+
+def _check_file_name(where: str, file_name: str) -> None:
+    """Upstream's rules (from Kubernetes' validateLocalDescendingPath): relative, no `..`."""
+    if file_name.startswith("/") or file_name.startswith("\\"):
+        raise invalid(f"{where}: objectAlias {file_name!r}: file name must be a relative path")
+    if ".." in file_name:
+        raise invalid(f"{where}: objectAlias {file_name!r}: file name must not contain '..'")
+
+
+def _object_paths(obj: KeyVaultObject) -> list[str]:
+    if obj.single_version:
+        return [obj.file_name]
+    return [f"{obj.file_name}/{i}" for i in range(obj.version_history + 1)]
+
+
+def _check_paths(objects: tuple[KeyVaultObject, ...]) -> None:
+    owners: dict[str, KeyVaultObject] = {}
+    for obj in objects:
+        for path in _object_paths(obj):
+            check_path_conflicts(owners, path, obj)
+
+
+def check_path_conflicts(owners: dict[str, KeyVaultObject], path: str, obj: KeyVaultObject) -> None:
+    """Fail when two objects would write the same file, or one's file is the other's directory."""
+    other = owners.get(path)
+    if other is not None and other.index != obj.index:
+        raise invalid(
+            f"{obj.label()} and {other.label()} both write the file {path!r}: "
+            "set a distinct objectAlias"
+        )
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        other = owners.get(prefix)
+        if other is not None and other.index != obj.index:
+            raise invalid(
+                f"{obj.label()} writes {path!r} under {other.label()}'s file {prefix!r}: "
+                "set a distinct objectAlias"
+            )
+    for existing, other in owners.items():
+        if existing.startswith(path + "/") and other.index != obj.index:
+            raise invalid(
+                f"{obj.label()} writes {path!r} where {other.label()} needs a directory "
+                f"for {existing!r}: set a distinct objectAlias"
+            )
+    owners[path] = obj
