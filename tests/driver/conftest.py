@@ -1,0 +1,124 @@
+"""Fixtures for the driver's tests: a real control plane (tests/kube), the driver and a fake
+provider as processes, and a kubelet stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from csi_driver.kube import SecretProviderClass, SecretProviderClassV1alpha1
+from tests.kube.controlplane import ControlPlane
+from tests.kube.fixtures import admin_client, control_plane, driver_kubeconfig
+from tests.kube.kubelet import Kubelet
+
+from .harness import DriverProcess, ProviderProcess
+
+__all__ = ["admin_client", "control_plane", "driver_kubeconfig"]
+
+NAMESPACE = "apps"
+_names = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def root() -> Iterator[Path]:
+    # short: unix socket paths must stay under 108 bytes
+    with tempfile.TemporaryDirectory(prefix="csi-", dir="/tmp") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def provider_dirs(root: Path) -> tuple[Path, Path]:
+    first, second = root / "providers", root / "providers-extra"
+    first.mkdir()
+    second.mkdir()
+    return first, second
+
+
+@pytest.fixture(scope="session")
+def fake_provider(root: Path, provider_dirs: tuple[Path, Path]) -> Iterator[ProviderProcess]:
+    """The fake provider in the *additional* directory: checks the lookup order too."""
+    p = ProviderProcess(provider_dirs[1] / "fake.sock", root / "fake-provider.log")
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def driver(
+    root: Path,
+    provider_dirs: tuple[Path, Path],
+    driver_kubeconfig: Path,
+    fake_provider: ProviderProcess,
+) -> Iterator[DriverProcess]:
+    d = DriverProcess(root, kubeconfig=driver_kubeconfig, provider_dirs=provider_dirs)
+    d.start()
+    yield d
+    if d.proc is not None:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+async def namespace(admin_client: AsyncClient) -> str:
+    await admin_client.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
+    for _ in range(300):  # kube-controller-manager creates the default ServiceAccount
+        try:
+            await admin_client.get(ServiceAccount, "default", namespace=NAMESPACE)
+            return NAMESPACE
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise TimeoutError("no default ServiceAccount")
+
+
+@pytest.fixture(scope="session")
+async def kubelet(
+    admin_client: AsyncClient, driver: DriverProcess, root: Path
+) -> AsyncIterator[Kubelet]:
+    k = Kubelet(admin_client, root / "kubelet", str(driver.socket))
+    yield k
+    await k.close()
+
+
+SpcFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def make_spc(admin_client: AsyncClient, namespace: str) -> SpcFactory:
+    async def make(
+        parameters: dict[str, Any] | None = None,
+        provider: str | None = "fake",
+        name: str | None = None,
+        version: str = "v1",
+    ) -> str:
+        name = name or unique("spc")
+        spec: dict[str, Any] = {}
+        if provider is not None:
+            spec["provider"] = provider
+        if parameters is not None:
+            spec["parameters"] = {
+                k: v if isinstance(v, str) else json.dumps(v) for k, v in parameters.items()
+            }
+        body = {
+            "apiVersion": f"secrets-store.csi.x-k8s.io/{version}",
+            "kind": "SecretProviderClass",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        res = SecretProviderClass if version == "v1" else SecretProviderClassV1alpha1
+        await admin_client.create(res.from_dict(body))
+        return name
+
+    return make

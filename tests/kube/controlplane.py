@@ -1,0 +1,203 @@
+"""etcd + kube-apiserver (+ kube-controller-manager) on loopback, for tests.
+
+RBAC on, a static admin token, a service-account signing key (TokenRequest works), the
+project's CRDs, CSIDriver and RBAC from daemonset/ applied. Start takes ~5 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2 as httpx
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+REPO = Path(__file__).resolve().parents[2]
+DAEMONSET = REPO / "daemonset"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
+        "users": [{"name": "user", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
+        "current-context": "test",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ControlPlane:
+    workdir: Path
+    etcd_bin: Path
+    apiserver_bin: Path
+    controller_manager_bin: Path | None = None
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    server: str = ""
+    ca_file: Path = Path()
+    admin_kubeconfig: Path = Path()
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.procs.append(proc)
+        return proc
+
+    def _wait(self, url: str, what: str, timeout: float = 60.0, **kw: object) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{what}: a control-plane process exited ({p.args[0]})")
+            try:
+                r = httpx.get(url, timeout=2, **kw)  # type: ignore[arg-type]
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise TimeoutError(f"{what} not ready: {last}")
+
+    def start(self) -> None:
+        w = self.workdir
+        w.mkdir(parents=True, exist_ok=True)
+        etcd_client, etcd_peer = free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                str(self.etcd_bin),
+                f"--data-dir={w / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--log-level=warn",
+                "--unsafe-no-fsync",
+            ],
+        )
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        sa_key = w / "sa.key"
+        sa_key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        sa_pub = w / "sa.pub"
+        sa_pub.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        tokens = w / "tokens.csv"
+        tokens.write_text(f'{self.admin_token},admin,admin-uid,"system:masters"\n')
+        port = free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        self._wait(f"http://127.0.0.1:{etcd_client}/health", "etcd")
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.apiserver_bin),
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--endpoint-reconciler-type=none",
+                f"--cert-dir={w / 'certs'}",
+                "--authorization-mode=Node,RBAC",
+                f"--token-auth-file={tokens}",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                f"--service-account-issuer={ISSUER}",
+                f"--api-audiences={ISSUER}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--enable-priority-and-fairness=false",
+                "--storage-media-type=application/json",
+            ],
+        )
+        self.ca_file = w / "certs" / "apiserver.crt"
+        deadline = time.monotonic() + 30
+        while not self.ca_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._wait(
+            f"{self.server}/readyz",
+            "kube-apiserver",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            verify=str(self.ca_file),
+        )
+        self.admin_kubeconfig = write_kubeconfig(
+            w / "admin.kubeconfig", self.server, self.ca_file, self.admin_token
+        )
+
+    def start_controller_manager(self) -> None:
+        """After the CRDs exist (else garbage collection waits ~30 s for discovery)."""
+        if self.controller_manager_bin is None:
+            return
+        w = self.workdir
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.controller_manager_bin),
+                f"--kubeconfig={self.admin_kubeconfig}",
+                f"--authentication-kubeconfig={self.admin_kubeconfig}",
+                f"--authorization-kubeconfig={self.admin_kubeconfig}",
+                f"--service-account-private-key-file={w / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}",
+                "--controllers=*,-pod-garbage-collector-controller,-node-lifecycle-controller,"
+                "-node-ipam-controller,-persistentvolume-attach-detach-controller,"
+                "-persistentvolume-binder-controller,-taint-eviction-controller",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                "--concurrent-gc-syncs=5",
+            ],
+        )
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+def manifests(*names: str) -> list[dict[str, object]]:
+    docs: list[dict[str, object]] = []
+    for name in names:
+        docs.extend(d for d in yaml.safe_load_all((DAEMONSET / name).read_text()) if d)
+    return docs
+
+
+def env_without_proxy() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
