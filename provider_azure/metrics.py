@@ -14,7 +14,14 @@ BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 1, 1.5, 2, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0)
 SERVICE_NAME = "csi-secrets-store-provider-azure"
 SCOPE = "csi-secrets-store-provider-azure"
 OS_TYPE = "windows" if sys.platform.startswith("win") else sys.platform.rstrip("0123456789")
-_COMMON = ("otel_scope_name", "service_name", "provider", "os_type")
+_COMMON = (
+    "otel_scope_name",
+    "otel_scope_schema_url",
+    "otel_scope_version",
+    "service_name",
+    "provider",
+    "os_type",
+)
 
 
 class Metrics:
@@ -35,8 +42,8 @@ class Metrics:
             buckets=BUCKETS,
         )
 
-    def _common(self) -> tuple[str, str, str, str]:
-        return (SCOPE, SERVICE_NAME, "azure", OS_TYPE)
+    def _common(self) -> tuple[str, ...]:
+        return (SCOPE, "", "", SERVICE_NAME, "azure", OS_TYPE)
 
     def observe_keyvault(
         self, object_type: str, object_name: str, error: str, seconds: float

@@ -73,6 +73,7 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
     async def Version(
         self, request: provider_pb2.VersionRequest, context: grpc.aio.ServicerContext
     ) -> provider_pb2.VersionResponse:
+        self.metrics.observe_grpc("/v1alpha1.CSIDriverProvider/Version", "OK", "", 0.0)
         return provider_pb2.VersionResponse(
             version="v1alpha1", runtime_name=RUNTIME_NAME, runtime_version=__version__
         )
