@@ -16,6 +16,7 @@ from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
+from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass, SecretProviderClassV1alpha1
 from tests.kube.controlplane import ControlPlane
 from tests.kube.fixtures import admin_client, control_plane, driver_kubeconfig
@@ -38,6 +39,9 @@ def root() -> Iterator[Path]:
     # short: unix socket paths must stay under 108 bytes
     with tempfile.TemporaryDirectory(prefix="csi-", dir="/tmp") as tmp:
         yield Path(tmp)
+        for point in sorted(mounter.mount_points(), reverse=True):
+            if point.startswith(tmp + "/"):
+                mounter.unmount(point)  # left behind by a failed test
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,12 @@ def _wait_socket(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            return
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(path))
+                    return
+                except OSError:
+                    pass  # a stale socket from an earlier process: not ours yet
         if proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}): {log.read_text()[-2000:]}")
         time.sleep(0.02)
