@@ -1,0 +1,414 @@
+"""Entra ID v2 on the authority host: instance discovery, OpenID configuration, JWKS, and the
+token endpoint for client credentials (client secret, or a client assertion: a workload
+identity's federated token)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import aiohttp
+import jwt
+from aiohttp import web
+
+from .errors import EntraError, json_response
+from .routing import Router
+from .store import FederatedCredential, Identity, Issuer
+from .tokens import resource_from_scope
+
+if TYPE_CHECKING:
+    from .server import Emulator
+
+log = logging.getLogger("keyvault_emulator.entra")
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+META_TENANTS = ("common", "organizations", "consumers")
+JWKS_TTL = 300.0
+
+
+@dataclass
+class EntraContext:
+    request: web.Request
+    emulator: Emulator
+    params: dict[str, str]
+
+    @property
+    def host(self) -> str:
+        return self.request.host.split(":")[0].lower()
+
+
+def _unknown_tenant(tenant: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_tenant",
+        90002,
+        f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are "
+        "signing into the correct cloud. Check with your subscription administrator, this may "
+        "happen if there are no active subscriptions for the tenant.",
+    )
+
+
+def _tenant_or_error(ctx: EntraContext, tenant: str) -> str:
+    tid = ctx.emulator.store.resolve_tenant(tenant)
+    if tid is None:
+        raise _unknown_tenant(tenant)
+    return tid
+
+
+async def instance_discovery(ctx: EntraContext) -> web.StreamResponse:
+    endpoint = ctx.request.query.get("authorization_endpoint", "")
+    parsed = urlparse(endpoint)
+    host = (parsed.hostname or ctx.host).lower()
+    if host not in ctx.emulator.store.authority_hosts():
+        return json_response(
+            {
+                "error": "invalid_instance",
+                "error_description": "AADSTS50049: Unknown or invalid instance.",
+                "error_codes": [50049],
+            },
+            status=400,
+        )
+    tenant = parsed.path.strip("/").split("/")[0] if parsed.path.strip("/") else "common"
+    return json_response(
+        {
+            "tenant_discovery_endpoint": (
+                f"https://{host}/{tenant}/v2.0/.well-known/openid-configuration"
+            ),
+            "api-version": "1.1",
+            "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+        }
+    )
+
+
+def _openid(host: str, tenant: str, v2: bool) -> dict[str, Any]:
+    base = f"https://{host}/{tenant}"
+    suffix = "/v2.0" if v2 else ""
+    return {
+        "token_endpoint": f"{base}/oauth2{suffix}/token",
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_post",
+            "private_key_jwt",
+            "client_secret_basic",
+        ],
+        "jwks_uri": f"{base}/discovery{suffix}/keys",
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": f"{base}/v2.0" if v2 else f"https://sts.windows.net/{tenant}/",
+        "request_uri_parameter_supported": False,
+        "authorization_endpoint": f"{base}/oauth2{suffix}/authorize",
+        "device_authorization_endpoint": f"{base}/oauth2{suffix}/devicecode",
+        "http_logout_supported": True,
+        "frontchannel_logout_supported": True,
+        "end_session_endpoint": f"{base}/oauth2{suffix}/logout",
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "tid", "oid", "appid"],
+        "tenant_region_scope": "NA",
+        "cloud_instance_name": host.removeprefix("login."),
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+    }
+
+
+async def openid_v2(ctx: EntraContext) -> web.StreamResponse:
+    tenant = ctx.params["tenant"]
+    tid = "{tenantid}" if tenant.lower() in META_TENANTS else _tenant_or_error(ctx, tenant)
+    return json_response(_openid(ctx.host, tid, True))
+
+
+async def openid_v1(ctx: EntraContext) -> web.StreamResponse:
+    tenant = ctx.params["tenant"]
+    tid = "{tenantid}" if tenant.lower() in META_TENANTS else _tenant_or_error(ctx, tenant)
+    return json_response(_openid(ctx.host, tid, False))
+
+
+async def jwks(ctx: EntraContext) -> web.StreamResponse:
+    tenant = ctx.params["tenant"]
+    if tenant.lower() not in META_TENANTS:
+        _tenant_or_error(ctx, tenant)
+    return json_response(ctx.emulator.authority.jwks())
+
+
+# --- token endpoint -------------------------------------------------------------------------
+
+
+def _client_not_found(client_id: str, tenant: str) -> EntraError:
+    return EntraError(
+        400,
+        "unauthorized_client",
+        700016,
+        f"Application with identifier '{client_id}' was not found in the directory '{tenant}'. "
+        "This can happen if the application has not been installed by the administrator of the "
+        "tenant or consented to by any user in the tenant. You may have sent your "
+        "authentication request to the wrong tenant.",
+    )
+
+
+def _missing(param: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        900144,
+        f"The request body must contain the following parameter: '{param}'.",
+    )
+
+
+async def token(ctx: EntraContext) -> web.StreamResponse:
+    return await _token(ctx, v2=True)
+
+
+async def token_v1(ctx: EntraContext) -> web.StreamResponse:
+    return await _token(ctx, v2=False)
+
+
+async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
+    store = ctx.emulator.store
+    form = await ctx.request.post()
+    tenant = ctx.params["tenant"]
+    tid = _tenant_or_error(ctx, tenant)
+    grant = str(form.get("grant_type", ""))
+    if not grant:
+        raise _missing("grant_type")
+    if grant != "client_credentials":
+        raise EntraError(
+            400,
+            "unsupported_grant_type",
+            70003,
+            f"The app requested an unsupported grant type '{grant}'.",
+        )
+    client_id = str(form.get("client_id", ""))
+    secret = form.get("client_secret")
+    auth = ctx.request.headers.get("Authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+        except ValueError:
+            user, pw = "", ""
+        client_id = client_id or user
+        secret = secret or pw
+    if not client_id:
+        raise _missing("client_id")
+    if v2:
+        scope = str(form.get("scope", ""))
+        if not scope:
+            raise _missing("scope")
+        if not any(s.endswith("/.default") for s in scope.split()):
+            raise EntraError(
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {scope} is not valid. Client credential flows "
+                "must have a scope value with /.default suffixed to the resource identifier "
+                "(application ID URI).",
+            )
+        resource = resource_from_scope(scope)
+    else:
+        resource = str(form.get("resource", ""))
+        if not resource:
+            raise _missing("resource")
+    identity = store.identities.get(client_id) or store.find_identity(client_id)
+    if (
+        identity is None
+        or identity.managed
+        or identity.tenant.lower() != tid.lower()
+        or identity.client_id.lower() != client_id.lower()
+    ):
+        raise _client_not_found(client_id, tenant)
+    assertion = form.get("client_assertion")
+    if secret:
+        if str(secret) not in identity.client_secrets:
+            raise EntraError(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is "
+                "the client secret value, not the client secret ID, for a secret added to app "
+                f"'{identity.client_id}'.",
+            )
+    elif assertion:
+        if form.get("client_assertion_type") != JWT_BEARER:
+            raise EntraError(
+                400,
+                "invalid_request",
+                50012,
+                "The client_assertion_type must be "
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            )
+        await verify_federated(ctx.emulator, identity, str(assertion))
+    else:
+        raise EntraError(
+            401,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or "
+            "'client_secret'.",
+        )
+    lifetime = store.token_lifetime
+    access, exp = ctx.emulator.authority.mint(identity, resource, lifetime)
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": access,
+    }
+    if not v2:
+        body.update(
+            expires_on=str(exp),
+            not_before=str(exp - lifetime),
+            resource=resource,
+            expires_in=str(lifetime),
+            ext_expires_in=str(lifetime),
+        )
+    return json_response(body)
+
+
+# --- workload identity federation -----------------------------------------------------------
+
+
+class JwksCache:
+    """Issuer keys: inline from the seed, or fetched (jwks_uri, else OIDC discovery) and kept
+    for a few minutes, as Entra ID does."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    async def keys(self, issuer: Issuer) -> dict[str, Any]:
+        if issuer.jwks is not None:
+            return issuer.jwks
+        hit = self._cache.get(issuer.issuer)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        ctx = ssl.create_default_context(cafile=issuer.ca_file) if issuer.ca_file else None
+        headers = {}
+        if issuer.bearer_token_file:
+            text = Path(issuer.bearer_token_file).read_text()  # noqa: ASYNC240 - tiny local file
+            headers["Authorization"] = "Bearer " + text.strip()
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            uri = issuer.jwks_uri
+            if not uri:
+                url = issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
+                async with session.get(url, ssl=ctx if ctx else True) as resp:
+                    resp.raise_for_status()
+                    uri = str((await resp.json(content_type=None))["jwks_uri"])
+            async with session.get(uri, ssl=ctx if ctx else True) as resp:
+                resp.raise_for_status()
+                keys: dict[str, Any] = json.loads(await resp.text())
+        self._cache[issuer.issuer] = (time.monotonic() + JWKS_TTL, keys)
+        return keys
+
+
+def _no_match(claims: dict[str, Any]) -> EntraError:
+    aud = claims.get("aud")
+    aud_text = ",".join(aud) if isinstance(aud, list) else str(aud)
+    return EntraError(
+        401,
+        "invalid_client",
+        70021,
+        "No matching federated identity record found for presented assertion. "
+        f"Assertion Issuer: '{claims.get('iss')}'. Assertion Subject: '{claims.get('sub')}'. "
+        f"Assertion Audience: '{aud_text}'. https://docs.microsoft.com/en-us/azure/"
+        "active-directory/develop/workload-identity-federation",
+    )
+
+
+def _issuer_for(emulator: Emulator, iss: str) -> Issuer:
+    for key in (iss, iss.rstrip("/"), iss.rstrip("/") + "/"):
+        if key in emulator.store.issuers:
+            return emulator.store.issuers[key]
+    return Issuer(iss)
+
+
+async def verify_federated(emulator: Emulator, identity: Identity, assertion: str) -> None:
+    try:
+        header = jwt.get_unverified_header(assertion)
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise EntraError(
+            400, "invalid_request", 50027, "JWT token is invalid or malformed."
+        ) from None
+    iss = str(claims.get("iss", ""))
+    creds = [c for c in identity.federated_credentials if c.issuer == iss]
+    if not creds:
+        raise _no_match(claims)
+    issuer = _issuer_for(emulator, iss)
+    try:
+        key_set = await emulator.jwks_cache.keys(issuer)
+    except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
+        log.warning("issuer keys unavailable", extra={"issuer": iss, "error": str(exc)})
+        raise EntraError(
+            401,
+            "invalid_client",
+            50166,
+            f"Request to External OIDC endpoint failed for issuer '{iss}'.",
+        ) from None
+    kid = header.get("kid")
+    candidates = [k for k in key_set.get("keys", []) if not kid or k.get("kid") in (kid, None)]
+    verified: dict[str, Any] | None = None
+    expired = False
+    for jwk in candidates:
+        try:
+            pyjwk = jwt.PyJWK(jwk)
+            verified = jwt.decode(
+                assertion,
+                pyjwk.key,
+                algorithms=[str(header.get("alg", "RS256"))],
+                options={"verify_aud": False, "require": ["exp", "iss", "sub", "aud"]},
+                leeway=0,
+            )
+            break
+        except jwt.ExpiredSignatureError:
+            expired = True
+            break
+        except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError):
+            continue
+    if expired:
+        now = int(time.time())
+        raise EntraError(
+            400,
+            "invalid_client",
+            700024,
+            f"Client assertion is not within its valid time range. Current time: "
+            f"{_iso(now)}, assertion valid from {_iso(claims.get('nbf', claims.get('iat')))}, "
+            f"expiry time of assertion {_iso(claims.get('exp'))}. Review the documentation at "
+            "https://docs.microsoft.com/azure/active-directory/develop/"
+            "active-directory-certificate-credentials .",
+        )
+    if verified is None:
+        raise EntraError(401, "invalid_client", 50013, "Assertion failed signature validation.")
+    if not any(_matches(c, verified) for c in creds):
+        raise _no_match(verified)
+
+
+def _matches(cred: FederatedCredential, claims: dict[str, Any]) -> bool:
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    return claims.get("sub") == cred.subject and any(a in cred.audiences for a in auds)
+
+
+def _iso(ts: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S.0000000+00:00", time.gmtime(int(ts)))
+    except (TypeError, ValueError):
+        return "unknown"
+
+
+def register(router: Router[EntraContext]) -> None:
+    router.add("GET", "/{tenant}/discovery/instance", instance_discovery)
+    router.add("GET", "/{tenant}/v2.0/.well-known/openid-configuration", openid_v2)
+    router.add("GET", "/{tenant}/.well-known/openid-configuration", openid_v1)
+    router.add("GET", "/{tenant}/discovery/v2.0/keys", jwks)
+    router.add("GET", "/{tenant}/discovery/keys", jwks)
+    router.add("POST", "/{tenant}/oauth2/v2.0/token", token)
+    router.add("POST", "/{tenant}/oauth2/token", token_v1)

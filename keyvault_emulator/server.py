@@ -1,0 +1,327 @@
+"""The HTTP(S) front: one TLS listener routed by Host (Entra ID authority hosts, vault hosts,
+the admin API on localhost) and a plain-HTTP IMDS listener; faults, latency and the request
+log wrap every answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import admin, entra, imds, vault_certificates, vault_keys, vault_secrets
+from .authz import allowed, forbidden
+from .entra import EntraContext, JwksCache
+from .errors import EntraError, ImdsError, KeyVaultError, json_response
+from .faults import FaultRule, Faults, RequestLog
+from .imds import ImdsContext
+from .routing import Router
+from .store import Store
+from .tls import Pki
+from .tokens import TokenAuthority
+from .vault_common import KvContext, authenticate
+
+log = logging.getLogger("keyvault_emulator")
+
+ADMIN_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+KV_FAULT_CODES = {
+    400: "BadParameter",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    429: "Throttled",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+def _host(request: web.Request) -> str:
+    host = (request.host or "").lower()
+    if host.startswith("["):
+        return host.split("]")[0] + "]"
+    return host.split(":")[0]
+
+
+def _unverified_appid(header: str | None) -> str:
+    """The token's appid for fault matching and the log; never trusted for access."""
+    if not header or " " not in header:
+        return ""
+    parts = header.split(" ", 1)[1].strip().split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return str(claims.get("appid", "")) if isinstance(claims, dict) else ""
+    except ValueError:
+        return ""
+
+
+class Emulator:
+    """All server-side state, and the request handlers that act on it."""
+
+    def __init__(
+        self,
+        store: Store,
+        pki: Pki,
+        latency_ms: int = 0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.pki = pki
+        self.authority = TokenAuthority(pki.signing_key, pki.signing_cert_der)
+        self.latency_ms = latency_ms
+        self.faults = Faults()
+        self.requests = RequestLog()
+        self.jwks_cache = JwksCache()
+        self.identity_header = imds.IDENTITY_HEADER
+        self._on_change = on_change
+        self.kv_router: Router[KvContext] = Router()
+        for module in (vault_secrets, vault_keys, vault_certificates):
+            module.register(self.kv_router)
+        self.entra_router: Router[EntraContext] = Router()
+        entra.register(self.entra_router)
+        self.imds_router: Router[ImdsContext] = Router()
+        imds.register(self.imds_router)
+        self.admin_router: Router[admin.AdminContext] = Router()
+        admin.register(self.admin_router)
+
+    def changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    # --- front doors ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        host = _host(request)
+        if host in ADMIN_HOSTS:
+            return await self._admin(request)
+        if host in self.store.authority_hosts():
+            return await self._entra(request)
+        if (
+            "." in host and host.split(".", 1)[1].startswith("vault.")
+        ) or self.store.cloud_for_vault_host(host):
+            return await self._kv(request, host)
+        return json_response(
+            {"error": {"code": "NotFound", "message": f"The emulator does not serve host {host}."}},
+            status=404,
+        )
+
+    async def handle_imds(self, request: web.Request) -> web.StreamResponse:
+        identity = imds.identity_of(self, dict(request.query))
+        status, route_name, fault_id = 500, "?", None
+        try:
+            fault = self.faults.take("imds", request.method, request.path, "", identity)
+            if fault is not None:
+                fault_id = fault.id
+                resp = await self._apply_fault(request, fault, "imds")
+                if resp is not None:
+                    status = resp.status
+                    return resp
+            route, params, other = self.imds_router.resolve(request.method, request.path)
+            if route is None:
+                status = 405 if other else 404
+                return json_response(
+                    {"error": "not_found", "error_description": "Not found"}, status=status
+                )
+            route_name = route.template
+            try:
+                resp = await route.handler(ImdsContext(request, self, params))
+            except ImdsError as exc:
+                resp = exc.response()
+            status = resp.status
+            return resp
+        finally:
+            self.requests.record(
+                "imds", request.method, request.path, route_name, "", identity, status, fault_id
+            )
+
+    # --- services ------------------------------------------------------------------------
+
+    async def _admin(self, request: web.Request) -> web.StreamResponse:
+        route, params, other = self.admin_router.resolve(request.method, request.path)
+        if route is None:
+            return json_response(
+                {"error": "not found" if not other else "method not allowed"},
+                status=405 if other else 404,
+            )
+        try:
+            return await route.handler(admin.AdminContext(request, self, params))
+        except (ValueError, KeyError, TypeError) as exc:
+            return json_response({"error": str(exc)}, status=400)
+
+    async def _entra(self, request: web.Request) -> web.StreamResponse:
+        identity = ""
+        if request.method == "POST":
+            form = await request.post()
+            identity = str(form.get("client_id", ""))
+        status, route_name, fault_id = 500, "?", None
+        try:
+            fault = self.faults.take("entra", request.method, request.path, "", identity)
+            if fault is not None:
+                fault_id = fault.id
+                resp = await self._apply_fault(request, fault, "entra")
+                if resp is not None:
+                    status = resp.status
+                    return resp
+            if self.latency_ms:
+                await asyncio.sleep(self.latency_ms / 1000)
+            route, params, other = self.entra_router.resolve(request.method, request.path)
+            if route is None:
+                status = 405 if other else 404
+                return json_response(
+                    {"error": "invalid_request", "error_description": "Unknown endpoint."},
+                    status=status,
+                )
+            route_name = route.template
+            try:
+                resp = await route.handler(EntraContext(request, self, params))
+            except EntraError as exc:
+                resp = exc.response()
+            status = resp.status
+            return resp
+        finally:
+            self.requests.record(
+                "entra", request.method, request.path, route_name, "", identity, status, fault_id
+            )
+
+    async def _kv(self, request: web.Request, host: str) -> web.StreamResponse:
+        vault_name = host.split(".", 1)[0]
+        auth_header = request.headers.get("Authorization")
+        token = auth_header.split(" ", 1)[1].strip() if auth_header and " " in auth_header else ""
+        cached = self.authority.cached_caller(token) if token else None
+        identity = cached.client_id if cached else _unverified_appid(auth_header)
+        status, route_name, fault_id = 500, "?", None
+        try:
+            fault = self.faults.take("kv", request.method, request.path, vault_name, identity)
+            if fault is not None:
+                fault_id = fault.id
+                resp = await self._apply_fault(request, fault, "kv")
+                if resp is not None:
+                    status = resp.status
+                    return resp
+            if self.latency_ms:
+                await asyncio.sleep(self.latency_ms / 1000)
+            route, params, other = self.kv_router.resolve(request.method, request.path)
+            if route is not None:
+                route_name = route.template
+            try:
+                resp = await self._kv_dispatch(request, host, vault_name, route, params, other)
+            except KeyVaultError as exc:
+                resp = exc.response()
+            resp.headers["x-ms-request-id"] = str(uuid.uuid4())
+            resp.headers["x-ms-keyvault-service-version"] = "1.9.0.0"
+            resp.headers["x-ms-keyvault-region"] = "emulator"
+            resp.headers["Cache-Control"] = "no-cache"
+            status = resp.status
+            return resp
+        finally:
+            self.requests.record(
+                "kv",
+                request.method,
+                request.path,
+                route_name,
+                vault_name,
+                identity,
+                status,
+                fault_id,
+            )
+
+    async def _kv_dispatch(
+        self,
+        request: web.Request,
+        host: str,
+        vault_name: str,
+        route: Any,
+        params: dict[str, str],
+        other: bool,
+    ) -> web.StreamResponse:
+        vault = self.store.vaults.get(vault_name)
+        if vault is None:
+            raise KeyVaultError(
+                404, "VaultNotFound", f"The vault '{vault_name}' does not exist in this emulator."
+            )
+        caller = authenticate(
+            self, self.authority, vault, request.host, request.headers.get("Authorization")
+        )
+        if route is None:
+            if other:
+                raise KeyVaultError(
+                    405, "MethodNotAllowed", f"The method {request.method} is not allowed."
+                )
+            raise KeyVaultError(
+                404, "NotFound", f"The path {request.path} is not a Key Vault operation."
+            )
+        name = params.get("name", "")
+        scope = f"/{route.kind}/{name}" if route.kind and name else "/"
+        if not allowed(vault, caller.object_id, route.action, scope):
+            ident = self.store.identities.get(caller.client_id)
+            raise forbidden(vault, ident, caller.client_id, route.action, scope)
+        ctx = KvContext(
+            request=request,
+            emulator=self,
+            vault=vault,
+            base=f"https://{request.host.lower().removesuffix(':443')}",
+            params=params,
+            caller=caller,
+            identity=self.store.identities.get(caller.client_id),
+        )
+        resp: web.StreamResponse = await route.handler(ctx)
+        return resp
+
+    async def _apply_fault(
+        self, request: web.Request, rule: FaultRule, service: str
+    ) -> web.StreamResponse | None:
+        if rule.delay_ms:
+            await asyncio.sleep(rule.delay_ms / 1000)
+        if rule.drop:
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        if rule.status is None:
+            return None
+        headers = {}
+        if rule.retry_after is not None:
+            headers["Retry-After"] = str(rule.retry_after)
+        if rule.body is not None:
+            body = rule.body
+        elif service == "kv":
+            code = KV_FAULT_CODES.get(rule.status, "InternalServerError")
+            body = {"error": {"code": code, "message": f"Injected fault {rule.id}: {code}."}}
+        elif service == "entra":
+            body = {
+                "error": "temporarily_unavailable" if rule.status >= 500 else "invalid_request",
+                "error_description": f"AADSTS90033: Injected fault {rule.id}.",
+                "error_codes": [90033],
+            }
+        else:
+            body = {"error": "fault", "error_description": f"Injected fault {rule.id}."}
+        return json_response(body, status=rule.status, headers=headers)
+
+
+def make_app(emulator: Emulator) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", emulator.handle)
+    return app
+
+
+def make_imds_app(emulator: Emulator) -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", emulator.handle_imds)
+    return app
+
+
+def state_files(state_dir: Path) -> dict[str, str]:
+    return {
+        "ca": str(state_dir / "ca.pem"),
+        "cert": str(state_dir / "server.pem"),
+        "signing_key": str(state_dir / "entra-signing-key.pem"),
+    }

@@ -1,0 +1,608 @@
+"""Key Vault certificates: import (PEM or PFX), create self-signed, get, list, policy, update,
+delete, recover, purge. Each version also creates its addressable key and secret, as Key Vault
+does: same name, same version, `managed: true`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from . import vault_keys, vault_secrets
+from .errors import KeyVaultError, bad_parameter
+from .material import (
+    CURVE_NAMES,
+    EC_OPS,
+    PEM_CONTENT_TYPE,
+    PFX_CONTENT_TYPE,
+    RSA_OPS,
+    CertMaterial,
+    MaterialError,
+    generate_key,
+    parse_pem_bundle,
+    parse_pfx,
+    secret_value,
+    self_signed,
+    x5t,
+)
+from .routing import Router
+from .store import (
+    Attributes,
+    CertificateVersion,
+    Deleted,
+    KeyVersion,
+    PendingOperation,
+    SecretVersion,
+    Vault,
+    new_version,
+    now,
+)
+from .vault_common import (
+    KvContext,
+    deleted_conflict,
+    json_ok,
+    not_found,
+    page,
+    parse_attributes,
+    parse_tags,
+    pick_version,
+    touch,
+)
+
+KIND = "certificates"
+A = "Microsoft.KeyVault/vaults/certificates/"
+CONTENT_TYPES = (PEM_CONTENT_TYPE, PFX_CONTENT_TYPE)
+
+_KU_NAMES = {
+    "digital_signature": "digitalSignature",
+    "content_commitment": "nonRepudiation",
+    "key_encipherment": "keyEncipherment",
+    "data_encipherment": "dataEncipherment",
+    "key_agreement": "keyAgreement",
+    "key_cert_sign": "keyCertSign",
+    "crl_sign": "cRLSign",
+}
+
+
+def cert_id(base: str, vault: Vault, name: str, version: str | None = None) -> str:
+    url = f"{base}/certificates/{vault.display(KIND, name)}"
+    return f"{url}/{version}" if version else url
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+def _key_props(key: Any) -> dict[str, Any]:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return {"exportable": True, "kty": "RSA", "key_size": key.key_size, "reuse_key": False}
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return {
+        "exportable": True,
+        "kty": "EC",
+        "key_size": key.curve.key_size,
+        "crv": CURVE_NAMES[key.curve.name],
+        "reuse_key": False,
+    }
+
+
+def _x509_props(cert: x509.Certificate) -> dict[str, Any]:
+    props: dict[str, Any] = {"subject": cert.subject.rfc4514_string()}
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans: dict[str, list[str]] = {}
+        dns = san.get_values_for_type(x509.DNSName)
+        emails = san.get_values_for_type(x509.RFC822Name)
+        if dns:
+            sans["dns_names"] = dns
+        if emails:
+            sans["emails"] = emails
+        if sans:
+            props["sans"] = sans
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        props["ekus"] = [o.dotted_string for o in eku]
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        props["key_usage"] = [n for f, n in _KU_NAMES.items() if getattr(ku, f)]
+    except x509.ExtensionNotFound:
+        pass
+    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    props["validity_months"] = max(1, round(days / 30.4375))
+    return props
+
+
+def policy_from_request(raw: Any, existing: dict[str, Any] | None) -> dict[str, Any]:
+    """A full stored policy from a request's (possibly partial) one, over `existing`."""
+    if raw is None:
+        if existing is None:
+            raise bad_parameter("Property 'policy' is required to create a certificate.")
+        return copy.deepcopy(existing)
+    if not isinstance(raw, dict):
+        raise bad_parameter("Property 'policy' must be an object.")
+    policy = copy.deepcopy(existing) if existing else default_policy()
+    for section in ("key_props", "secret_props", "x509_props", "issuer"):
+        value = raw.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise bad_parameter(f"Property 'policy.{section}' must be an object.")
+        policy.setdefault(section, {}).update(value)
+    if raw.get("lifetime_actions") is not None:
+        policy["lifetime_actions"] = raw["lifetime_actions"]
+    if isinstance(raw.get("attributes"), dict):
+        policy["attributes"].update({k: v for k, v in raw["attributes"].items() if k == "enabled"})
+    ct = policy.get("secret_props", {}).get("contentType")
+    if ct not in CONTENT_TYPES:
+        raise bad_parameter(f"The content type '{ct}' is not supported.")
+    policy["attributes"]["updated"] = now()
+    return policy
+
+
+def default_policy() -> dict[str, Any]:
+    t = now()
+    return {
+        "key_props": {"exportable": True, "kty": "RSA", "key_size": 2048, "reuse_key": False},
+        "secret_props": {"contentType": PFX_CONTENT_TYPE},
+        "x509_props": {
+            "subject": "CN=DefaultPolicy",
+            "ekus": ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"],
+            "key_usage": ["digitalSignature", "keyEncipherment"],
+            "validity_months": 12,
+            "basic_constraints": {"ca": False},
+        },
+        "lifetime_actions": [
+            {"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}
+        ],
+        "issuer": {"name": "Self"},
+        "attributes": {"enabled": True, "created": t, "updated": t},
+    }
+
+
+def imported_policy(material: CertMaterial, content_type: str, raw: Any) -> dict[str, Any]:
+    t = now()
+    policy: dict[str, Any] = {
+        "key_props": _key_props(material.key),
+        "secret_props": {"contentType": content_type},
+        "x509_props": _x509_props(material.leaf),
+        "lifetime_actions": [
+            {"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "EmailContacts"}}
+        ],
+        "issuer": {"name": "Unknown"},
+        "attributes": {"enabled": True, "created": t, "updated": t},
+    }
+    if isinstance(raw, dict):
+        for section in ("key_props", "x509_props", "issuer"):
+            if isinstance(raw.get(section), dict):
+                policy[section].update(raw[section])
+        if raw.get("lifetime_actions") is not None:
+            policy["lifetime_actions"] = raw["lifetime_actions"]
+    return policy
+
+
+def policy_json(base: str, vault: Vault, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"{cert_id(base, vault, name)}/policy", **policy}
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def add_version(
+    vault: Vault,
+    name: str,
+    material: CertMaterial,
+    policy: dict[str, Any],
+    attributes: Attributes | None = None,
+    tags: dict[str, str] | None = None,
+    preserve_order: bool = False,
+    version: str | None = None,
+) -> CertificateVersion:
+    """A certificate version with its managed key and secret (same name and version)."""
+    version = version or new_version()
+    leaf = material.leaf
+    attrs = attributes or Attributes()
+    attrs.nbf = int(leaf.not_valid_before_utc.timestamp())
+    attrs.exp = int(leaf.not_valid_after_utc.timestamp())
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    chain = [c.public_bytes(serialization.Encoding.DER) for c in material.chain]
+    cv = CertificateVersion(version, der, chain, copy.deepcopy(policy), attrs, tags, preserve_order)
+    content_type = str(policy.get("secret_props", {}).get("contentType") or PFX_CONTENT_TYPE)
+    kty = "RSA" if isinstance(material.key, rsa.RSAPrivateKey) else "EC"
+    if policy.get("key_props", {}).get("kty", "").endswith("-HSM"):
+        kty += "-HSM"
+
+    def clone() -> Attributes:
+        return Attributes(attrs.enabled, attrs.nbf, attrs.exp, attrs.created, attrs.updated)
+
+    key = KeyVersion(
+        version,
+        material.key,
+        kty,
+        list(RSA_OPS if kty.startswith("RSA") else EC_OPS),
+        clone(),
+        tags,
+        managed=True,
+    )
+    secret = SecretVersion(
+        version,
+        secret_value(material, content_type),
+        content_type,
+        clone(),
+        tags,
+        managed=True,
+        key_version=version,
+    )
+    vault.remember_name(KIND, name)
+    vault.certificates.setdefault(name.lower(), []).append(cv)
+    vault.policies[name.lower()] = copy.deepcopy(policy)
+    vault_keys.add_version(vault, name, key)
+    vault_secrets.add_version(vault, name, secret)
+    return cv
+
+
+def bundle(base: str, vault: Vault, name: str, cv: CertificateVersion) -> dict[str, Any]:
+    display = vault.display(KIND, name)
+    out: dict[str, Any] = {
+        "id": cert_id(base, vault, name, cv.version),
+        "kid": f"{base}/keys/{display}/{cv.version}",
+        "sid": f"{base}/secrets/{display}/{cv.version}",
+        "x5t": x5t(cv.cert_der),
+        "cer": base64.b64encode(cv.cert_der).decode(),
+        "attributes": cv.attributes.to_json(),
+        "policy": policy_json(base, vault, name, vault.policies.get(name.lower(), cv.policy)),
+    }
+    if cv.tags is not None:
+        out["tags"] = cv.tags
+    if cv.preserve_order:
+        out["preserveCertOrder"] = True
+    return out
+
+
+def item(
+    base: str, vault: Vault, name: str, cv: CertificateVersion, with_version: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": cert_id(base, vault, name, cv.version if with_version else None),
+        "x5t": x5t(cv.cert_der),
+        "attributes": cv.attributes.to_json(),
+    }
+    if cv.tags is not None:
+        out["tags"] = cv.tags
+    return out
+
+
+def _versions(ctx: KvContext, name: str) -> list[CertificateVersion]:
+    versions = ctx.vault.certificates.get(name.lower())
+    if not versions:
+        raise not_found(KIND, name)
+    return versions
+
+
+def _check_name_free(ctx: KvContext, name: str) -> None:
+    if name.lower() in ctx.vault.deleted_certificates:
+        raise deleted_conflict(KIND, name)
+    for kind, table in (("secrets", ctx.vault.secrets), ("keys", ctx.vault.keys)):
+        existing = table.get(name.lower())
+        if existing and not existing[-1].managed:
+            raise KeyVaultError(
+                409,
+                "Conflict",
+                f"There is already a {kind[:-1]} named {name} in this vault that is not "
+                "managed by a certificate.",
+            )
+
+
+def load_material(value: str, password: str | None) -> tuple[CertMaterial, str]:
+    """(material, the content type its format implies) from an import body's `value`."""
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        return parse_pem_bundle(text), PEM_CONTENT_TYPE
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MaterialError(
+            "The specified certificate content is neither PEM nor base64-encoded PKCS#12."
+        ) from None
+    return parse_pfx(data, password), PFX_CONTENT_TYPE
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+async def import_certificate(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    body = await ctx.body()
+    value = body.get("value")
+    if not isinstance(value, str) or not value:
+        raise bad_parameter("Property 'value' is required.")
+    pwd = body.get("pwd")
+    if pwd is not None and not isinstance(pwd, str):
+        raise bad_parameter("Property 'pwd' must be a string.")
+    _check_name_free(ctx, name)
+    try:
+        material, implied = await asyncio.to_thread(load_material, value, pwd)
+    except MaterialError as exc:
+        raise bad_parameter(str(exc)) from None
+    raw_policy = body.get("policy")
+    content_type = implied
+    if isinstance(raw_policy, dict):
+        ct = (raw_policy.get("secret_props") or {}).get("contentType")
+        if ct is not None:
+            if ct not in CONTENT_TYPES:
+                raise bad_parameter(f"The content type '{ct}' is not supported.")
+            content_type = ct
+    elif raw_policy is not None:
+        raise bad_parameter("Property 'policy' must be an object.")
+    policy = imported_policy(material, content_type, raw_policy)
+    cv = add_version(
+        ctx.vault,
+        name,
+        material,
+        policy,
+        parse_attributes(body.get("attributes")),
+        parse_tags(body.get("tags")),
+        bool(body.get("preserveCertOrder")),
+    )
+    ctx.changed()
+    return json_ok(bundle(ctx.base, ctx.vault, name, cv))
+
+
+def operation_json(
+    base: str, vault: Vault, name: str, op: PendingOperation, status: str | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": f"{cert_id(base, vault, name)}/pending",
+        "issuer": {"name": op.issuer},
+        "cancellation_requested": False,
+        "status": status or op.status,
+        "request_id": op.request_id,
+    }
+    if op.csr_der:
+        out["csr"] = base64.b64encode(op.csr_der).decode()
+    if (status or op.status) == "completed":
+        out["status_details"] = ""
+        out["target"] = cert_id(base, vault, name)
+    return out
+
+
+def _generate(policy: dict[str, Any]) -> tuple[CertMaterial, bytes]:
+    kp = policy.get("key_props", {})
+    kty = str(kp.get("kty") or "RSA")
+    size = kp.get("key_size") if kty.upper().startswith("RSA") else None
+    key = generate_key(kty, size, kp.get("crv"))
+    cert, csr = self_signed(key, policy.get("x509_props", {}))
+    return CertMaterial(key, cert, []), csr
+
+
+async def create_certificate(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    body = await ctx.body()
+    _check_name_free(ctx, name)
+    policy = policy_from_request(body.get("policy"), ctx.vault.policies.get(name.lower()))
+    issuer = str(policy.get("issuer", {}).get("name", "Self"))
+    if issuer.lower() not in ("self", "unknown"):
+        raise bad_parameter(f"The issuer '{issuer}' is not known to this vault.")
+    try:
+        material, csr = await asyncio.to_thread(_generate, policy)
+    except MaterialError as exc:
+        raise bad_parameter(str(exc)) from None
+    op = PendingOperation(new_version(), csr, issuer, "inProgress")
+    if issuer.lower() == "self":
+        add_version(
+            ctx.vault,
+            name,
+            material,
+            policy,
+            parse_attributes(body.get("attributes")),
+            parse_tags(body.get("tags")),
+        )
+        op.status = "completed"
+    else:
+        ctx.vault.policies[name.lower()] = policy
+        ctx.vault.remember_name(KIND, name)
+    ctx.vault.pending[name.lower()] = op
+    ctx.changed()
+    # Key Vault answers 202 inProgress; a self-signed one is complete by the first poll.
+    return json_ok(operation_json(ctx.base, ctx.vault, name, op, "inProgress"), status=202)
+
+
+async def get_pending(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    op = ctx.vault.pending.get(name.lower())
+    if op is None:
+        raise KeyVaultError(
+            404, "PendingCertificateNotFound", f"Pending certificate not found: {name}"
+        )
+    return json_ok(operation_json(ctx.base, ctx.vault, name, op))
+
+
+async def delete_pending(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    op = ctx.vault.pending.pop(name.lower(), None)
+    if op is None:
+        raise KeyVaultError(
+            404, "PendingCertificateNotFound", f"Pending certificate not found: {name}"
+        )
+    ctx.changed()
+    return json_ok(operation_json(ctx.base, ctx.vault, name, op))
+
+
+async def get_certificate(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    cv = pick_version(ctx.vault.certificates.get(name.lower(), []), ctx.version(), KIND, name)
+    return json_ok(bundle(ctx.base, ctx.vault, name, cv))
+
+
+async def update_certificate(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    body = await ctx.body()
+    cv = pick_version(ctx.vault.certificates.get(name.lower(), []), ctx.version(), KIND, name)
+    raw = body.get("attributes")
+    if isinstance(raw, dict) and "enabled" in raw:
+        cv.attributes = parse_attributes({"enabled": raw["enabled"]}, cv.attributes)
+    elif raw is not None:
+        parse_attributes(raw)
+    if "tags" in body:
+        cv.tags = parse_tags(body["tags"])
+    if body.get("policy") is not None:
+        ctx.vault.policies[name.lower()] = policy_from_request(
+            body["policy"], ctx.vault.policies.get(name.lower())
+        )
+    touch(cv.attributes)
+    # The managed key and secret version follow the certificate's enabled flag.
+    for table in (ctx.vault.keys, ctx.vault.secrets):
+        for v in table.get(name.lower(), []):
+            if v.version == cv.version:
+                v.attributes.enabled = cv.attributes.enabled
+                v.attributes.updated = cv.attributes.updated
+    ctx.changed()
+    return json_ok(bundle(ctx.base, ctx.vault, name, cv))
+
+
+async def get_policy(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    policy = ctx.vault.policies.get(name.lower())
+    if policy is None:
+        raise not_found(KIND, name)
+    return json_ok(policy_json(ctx.base, ctx.vault, name, policy))
+
+
+async def update_policy(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    body = await ctx.body()
+    existing = ctx.vault.policies.get(name.lower())
+    if existing is None:
+        raise not_found(KIND, name)
+    policy = policy_from_request(body, existing)
+    ctx.vault.policies[name.lower()] = policy
+    ctx.changed()
+    return json_ok(policy_json(ctx.base, ctx.vault, name, policy))
+
+
+async def list_certificates(ctx: KvContext) -> web.StreamResponse:
+    vault = ctx.vault
+    items = [
+        item(ctx.base, vault, n, vs[-1], with_version=False)
+        for n, vs in sorted(vault.certificates.items())
+        if vs
+    ]
+    return page(ctx, items)
+
+
+async def list_versions(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    return page(ctx, [item(ctx.base, ctx.vault, name, v, True) for v in _versions(ctx, name)])
+
+
+def _deleted_json(ctx: KvContext, name: str, d: Deleted, full: bool) -> dict[str, Any]:
+    cv = d.versions[-1]
+    body = (
+        bundle(ctx.base, ctx.vault, name, cv)
+        if full
+        else item(ctx.base, ctx.vault, name, cv, False)
+    )
+    return {
+        "recoveryId": f"{ctx.base}/deletedcertificates/{ctx.vault.display(KIND, name)}",
+        "deletedDate": d.deleted_date,
+        "scheduledPurgeDate": d.scheduled_purge_date,
+        **body,
+    }
+
+
+async def delete_certificate(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    low = name.lower()
+    versions = _versions(ctx, name)
+    t = now()
+    d = Deleted(
+        versions=versions,
+        deleted_date=t,
+        scheduled_purge_date=t + 90 * 86400,
+        key_versions=ctx.vault.keys.pop(low, []),
+        secret_versions=ctx.vault.secrets.pop(low, []),
+    )
+    del ctx.vault.certificates[low]
+    ctx.vault.pending.pop(low, None)
+    ctx.vault.deleted_certificates[low] = d
+    body = _deleted_json(ctx, name, d, full=True)
+    ctx.vault.policies.pop(low, None)
+    ctx.changed()
+    return json_ok(body)
+
+
+def _deleted(ctx: KvContext, name: str) -> Deleted:
+    d = ctx.vault.deleted_certificates.get(name.lower())
+    if d is None:
+        raise KeyVaultError(404, "CertificateNotFound", f"Deleted Certificate not found: {name}")
+    return d
+
+
+async def get_deleted(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    return json_ok(_deleted_json(ctx, name, _deleted(ctx, name), full=True))
+
+
+async def list_deleted(ctx: KvContext) -> web.StreamResponse:
+    return page(
+        ctx,
+        [
+            _deleted_json(ctx, n, d, False)
+            for n, d in sorted(ctx.vault.deleted_certificates.items())
+        ],
+    )
+
+
+async def purge_deleted(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    _deleted(ctx, name)
+    del ctx.vault.deleted_certificates[name.lower()]
+    ctx.changed()
+    return web.Response(status=204)
+
+
+async def recover_deleted(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    low = name.lower()
+    d = _deleted(ctx, name)
+    del ctx.vault.deleted_certificates[low]
+    ctx.vault.certificates[low] = list(d.versions)
+    ctx.vault.keys[low] = list(d.key_versions or [])
+    ctx.vault.secrets[low] = list(d.secret_versions or [])
+    ctx.vault.policies[low] = copy.deepcopy(d.versions[-1].policy)
+    ctx.changed()
+    return json_ok(bundle(ctx.base, ctx.vault, name, d.versions[-1]))
+
+
+def register(router: Router[KvContext]) -> None:
+    read = A + "read"
+    router.add("GET", "/certificates", list_certificates, read)
+    router.add("POST", "/certificates/{name}/import", import_certificate, A + "import/action", KIND)
+    router.add("POST", "/certificates/{name}/create", create_certificate, A + "create/action", KIND)
+    router.add("GET", "/certificates/{name}/pending", get_pending, read, KIND)
+    router.add("DELETE", "/certificates/{name}/pending", delete_pending, A + "delete", KIND)
+    router.add("GET", "/certificates/{name}/policy", get_policy, read, KIND)
+    router.add("PATCH", "/certificates/{name}/policy", update_policy, A + "update/action", KIND)
+    router.add("GET", "/certificates/{name}/versions", list_versions, read, KIND)
+    router.add("GET", "/certificates/{name}/{version?}", get_certificate, read, KIND)
+    router.add(
+        "PATCH", "/certificates/{name}/{version?}", update_certificate, A + "update/action", KIND
+    )
+    router.add("DELETE", "/certificates/{name}", delete_certificate, A + "delete", KIND)
+    router.add("GET", "/deletedcertificates", list_deleted, A + "deletedCertificates/read")
+    router.add(
+        "GET", "/deletedcertificates/{name}", get_deleted, A + "deletedCertificates/read", KIND
+    )
+    router.add("DELETE", "/deletedcertificates/{name}", purge_deleted, A + "purge/action", KIND)
+    router.add(
+        "POST", "/deletedcertificates/{name}/recover", recover_deleted, A + "recover/action", KIND
+    )
