@@ -18,7 +18,6 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass, SecretProviderClassV1alpha1
-from tests.kube.controlplane import ControlPlane
 from tests.kube.fixtures import admin_client, control_plane, driver_kubeconfig
 from tests.kube.kubelet import Kubelet
 
@@ -28,6 +27,13 @@ __all__ = ["admin_client", "control_plane", "driver_kubeconfig"]
 
 NAMESPACE = "apps"
 _names = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # lightkube passes the CA file to httpx2 as a string, which httpx2 deprecates
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`verify=<str>` is deprecated:DeprecationWarning"
+    )
 
 
 def unique(prefix: str) -> str:

@@ -11,6 +11,7 @@ Run: python -m tests.driver.fake_provider unix:///path/to/fake.sock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -82,7 +83,7 @@ class FakeProvider(provider_pb2_grpc.CSIDriverProviderServicer):
 async def serve(endpoint: str) -> None:
     path = endpoint.removeprefix("unix://")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.exists(path):
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = aio.server()
     provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(FakeProvider(), server)

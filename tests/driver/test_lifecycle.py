@@ -74,7 +74,11 @@ async def test_restart_finds_existing_mounts(
 
 
 async def test_serves_without_api_server_and_publish_fails_clearly(
-    root: Path, provider_dirs: tuple[Path, Path], admin_client: AsyncClient, namespace: str, make_spc: SpcFactory
+    root: Path,
+    provider_dirs: tuple[Path, Path],
+    admin_client: AsyncClient,
+    namespace: str,
+    make_spc: SpcFactory,
 ) -> None:
     d = DriverProcess(root, kubeconfig=None, provider_dirs=provider_dirs, name="nokube-driver")
     d.start()

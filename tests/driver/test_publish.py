@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 from lightkube import AsyncClient
 
@@ -16,6 +15,7 @@ from tests.kube.kubelet import Kubelet
 
 from .conftest import SpcFactory, unique
 from .harness import DriverProcess
+
 
 async def test_publish_read_unpublish(
     kubelet: Kubelet,
@@ -67,7 +67,9 @@ async def test_publish_read_unpublish(
     assert set(secrets) == {"csi.storage.k8s.io/serviceAccount.tokens"}
     # the SecretProviderClassPodStatus
     name = f"{pod.metadata.name}-{namespace}-{spc}"
-    spcps = (await admin_client.get(SecretProviderClassPodStatus, name, namespace=namespace)).to_dict()
+    spcps = (
+        await admin_client.get(SecretProviderClassPodStatus, name, namespace=namespace)
+    ).to_dict()
     assert spcps["metadata"]["labels"][NODE_LABEL] == "node-1"
     [owner] = spcps["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", pod.metadata.name, vol.uid)

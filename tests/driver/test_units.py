@@ -46,7 +46,9 @@ def test_upstream_manifest_flags_parse() -> None:
 
 
 def test_go_flag_syntax_variants() -> None:
-    c = parse_args(["-nodeid", "n", "--enable-secret-rotation", "--v", "5", "-max-call-recv-msg-size=10"])
+    c = parse_args(
+        ["-nodeid", "n", "--enable-secret-rotation", "--v", "5", "-max-call-recv-msg-size=10"]
+    )
     assert (c.node_id, c.enable_secret_rotation, c.verbosity, c.max_call_recv_msg_size) == (
         "n",
         True,
@@ -62,7 +64,15 @@ def test_go_flag_syntax_variants() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("2m", 120), ("30s", 30), ("1h30m", 5400), ("500ms", 0.5), ("0", 0), ("1.5h", 5400), ("-1s", -1)],
+    [
+        ("2m", 120),
+        ("30s", 30),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("0", 0),
+        ("1.5h", 5400),
+        ("-1s", -1),
+    ],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -123,10 +133,10 @@ def test_atomic_writer_readers_never_see_a_mix(tmp_path: Path) -> None:
             data = os.path.join(str(tmp_path), "..data")
             try:
                 real = os.path.realpath(data)
-                x = open(os.path.join(real, "x")).read()
-                y = open(os.path.join(real, "y")).read()
+                x = Path(real, "x").read_text()
+                y = Path(real, "y").read_text()
             except FileNotFoundError:
-                continue  # the old dir went away between resolve and open: retry, as kubelet readers
+                continue  # the old dir went away between resolve and open: read again
             if x != y:
                 mixed.append((x, y))
 

@@ -185,7 +185,7 @@ class ControlPlane:
                 p.terminate()
         for p in reversed(self.procs):
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=2)  # test data only: no need to wait for a graceful drain
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

@@ -79,7 +79,10 @@ async def driver_kubeconfig(control_plane: ControlPlane, admin_client: AsyncClie
 
     ns, name = DRIVER_SA
     tr = await admin_client.create(
-        ServiceAccountToken(metadata=ObjectMeta(), spec=TokenRequestSpec(audiences=[ISSUER], expirationSeconds=86400),),
+        ServiceAccountToken(
+            metadata=ObjectMeta(),
+            spec=TokenRequestSpec(audiences=[ISSUER], expirationSeconds=86400),
+        ),
         name=name,
         namespace=ns,
     )

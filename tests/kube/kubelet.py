@@ -116,7 +116,10 @@ class Kubelet:
                         audiences=[req.audience],
                         expirationSeconds=req.expirationSeconds or 3600,
                         boundObjectRef=BoundObjectReference(
-                            apiVersion="v1", kind="Pod", name=pod.metadata.name, uid=pod.metadata.uid
+                            apiVersion="v1",
+                            kind="Pod",
+                            name=pod.metadata.name,
+                            uid=pod.metadata.uid,
                         ),
                     ),
                 ),
@@ -140,7 +143,9 @@ class Kubelet:
         parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         os.chmod(parent, 0o750)
         (parent / "vol_data.json").write_text(
-            json.dumps({"driverName": DRIVER, "volumeHandle": "", "volumeLifecycleMode": "Ephemeral"})
+            json.dumps(
+                {"driverName": DRIVER, "volumeHandle": "", "volumeLifecycleMode": "Ephemeral"}
+            )
         )
         context = dict(spec.csi.volumeAttributes or {})
         context.update(
@@ -161,7 +166,9 @@ class Kubelet:
             )
             import base64
 
-            secrets.update({k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
+            secrets.update(
+                {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+            )
         driver = await self.client.get(CSIDriver, DRIVER)
         assert driver.spec is not None
         tokens = await self._tokens(pod)
@@ -196,19 +203,21 @@ class Kubelet:
             volume_context=v.volume_context,
         )
 
-    async def publish(self, v: PodVolume, timeout: float = 30) -> None:
+    async def publish(self, v: PodVolume, deadline: float = 30) -> None:
         await self.node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), timeout=5)
-        await self.node.NodePublishVolume(self.publish_request(v), timeout=timeout)
+        await self.node.NodePublishVolume(self.publish_request(v), timeout=deadline)
 
-    async def unpublish(self, v: PodVolume, timeout: float = 30) -> None:
+    async def unpublish(self, v: PodVolume, deadline: float = 30) -> None:
         await self.node.NodeUnpublishVolume(
             csi_pb2.NodeUnpublishVolumeRequest(volume_id=v.volume_id, target_path=str(v.target)),
-            timeout=timeout,
+            timeout=deadline,
         )
 
     async def delete_pod(self, pod: Pod) -> None:
         assert pod.metadata is not None and pod.metadata.name is not None
-        await self.client.delete(Pod, pod.metadata.name, namespace=pod.metadata.namespace, grace_period=0)
+        await self.client.delete(
+            Pod, pod.metadata.name, namespace=pod.metadata.namespace, grace_period=0
+        )
 
 
 def rpc_error(e: BaseException) -> tuple[grpc.StatusCode, str]:
