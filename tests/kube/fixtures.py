@@ -14,7 +14,6 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_global_resource
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ServiceAccount
 
 from tests.peers.locate import peer
 
@@ -46,12 +45,10 @@ async def _apply_all(client: AsyncClient, docs: list[dict[str, object]]) -> None
         await client.apply(obj, field_manager="tests", force=True)
 
 
-@pytest.fixture(scope="session")
-async def admin_client(control_plane: ControlPlane) -> AsyncIterator[AsyncClient]:
-    """Admin client on a cluster with daemonset/ applied and kube-controller-manager up."""
-    client = AsyncClient(
-        config=KubeConfig.from_file(control_plane.admin_kubeconfig), field_manager="tests"
-    )
+async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
+    """Apply daemonset/ (CRDs first, until Established), start kube-controller-manager;
+    returns an admin client."""
+    client = AsyncClient(config=KubeConfig.from_file(cp.admin_kubeconfig), field_manager="tests")
     await _apply_all(
         client,
         manifests("crd-secretproviderclasses.yaml", "crd-secretproviderclasspodstatuses.yaml"),
@@ -67,18 +64,16 @@ async def admin_client(control_plane: ControlPlane) -> AsyncIterator[AsyncClient
                 break
             await asyncio.sleep(0.05)
     await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml"))
-    control_plane.start_controller_manager()
-    yield client
-    await client.close()
+    cp.start_controller_manager()
+    return client
 
 
-@pytest.fixture(scope="session")
-async def driver_kubeconfig(control_plane: ControlPlane, admin_client: AsyncClient) -> Path:
-    """Kubeconfig with a token of the driver's own ServiceAccount (bound by daemonset/rbac.yaml)."""
+async def driver_token_kubeconfig(cp: ControlPlane, admin: AsyncClient) -> Path:
+    """Kubeconfig with a token of the driver's own ServiceAccount (daemonset/rbac.yaml)."""
     from lightkube.resources.core_v1 import ServiceAccountToken
 
     ns, name = DRIVER_SA
-    tr = await admin_client.create(
+    tr = await admin.create(
         ServiceAccountToken(
             metadata=ObjectMeta(),
             spec=TokenRequestSpec(audiences=[ISSUER], expirationSeconds=86400),
@@ -88,11 +83,21 @@ async def driver_kubeconfig(control_plane: ControlPlane, admin_client: AsyncClie
     )
     assert tr.status is not None
     return write_kubeconfig(
-        control_plane.workdir / "driver.kubeconfig",
-        control_plane.server,
-        control_plane.ca_file,
-        tr.status.token,
+        cp.workdir / "driver.kubeconfig", cp.server, cp.ca_file, tr.status.token
     )
 
 
-__all__ = ["ServiceAccount", "admin_client", "control_plane", "driver_kubeconfig"]
+@pytest.fixture(scope="session")
+async def admin_client(control_plane: ControlPlane) -> AsyncIterator[AsyncClient]:
+    """Admin client on a cluster with daemonset/ applied and kube-controller-manager up."""
+    client = await prepare_cluster(control_plane)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def driver_kubeconfig(control_plane: ControlPlane, admin_client: AsyncClient) -> Path:
+    return await driver_token_kubeconfig(control_plane, admin_client)
+
+
+__all__ = ["admin_client", "control_plane", "driver_kubeconfig", "prepare_cluster"]

@@ -1,0 +1,150 @@
+"""Benchmark: N concurrent NodePublishVolume calls of different volumes, then unpublish.
+
+Real kube-apiserver + etcd (+ kube-controller-manager), the driver as a process under its
+own ServiceAccount, the fake test provider (answers at once: this measures the driver, not
+Key Vault). Reports wall time, per-call latency, driver RSS, leftover mounts.
+
+Run (root, private namespace):
+    tests/netns-run .venv/bin/python bench/driver_publish.py [--volumes 50] [--files 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from csi_driver import mounter
+from csi_driver.kube import SecretProviderClass
+from tests.driver.harness import DriverProcess, ProviderProcess
+from tests.kube.controlplane import ControlPlane
+from tests.kube.kubelet import Kubelet
+from tests.peers.locate import BINARIES, VERSIONS, peers_dir
+
+
+def _peer(name: str) -> Path:
+    group, binary = BINARIES[name]
+    return peers_dir() / f"{group}-{VERSIONS[group]}" / binary
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+async def run(volumes: int, files: int) -> dict[str, object]:
+    from tests.kube import fixtures
+
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        cp = ControlPlane(
+            root / "kube", _peer("etcd"), _peer("kube-apiserver"), _peer("kube-controller-manager")
+        )
+        cp.start()
+        provider = driver = None
+        try:
+            admin = await fixtures.prepare_cluster(cp)
+            kubeconfig = await fixtures.driver_token_kubeconfig(cp, admin)
+            await admin.create(Namespace(metadata=ObjectMeta(name="bench")))
+            for _ in range(300):
+                try:
+                    await admin.get(ServiceAccount, "default", namespace="bench")
+                    break
+                except Exception:
+                    await asyncio.sleep(0.05)
+            dirs = (root / "providers", root / "providers-extra")
+            for d in dirs:
+                d.mkdir()
+            provider = ProviderProcess(dirs[0] / "fake.sock", root / "provider.log")
+            provider.start()
+            driver = DriverProcess(root, kubeconfig=kubeconfig, provider_dirs=dirs)
+            driver.start()
+            assert driver.proc is not None
+            rss_idle, _ = _rss_kib(driver.proc.pid)
+            payload = {f"secret-{i}": "x" * 1024 for i in range(files)}
+            await admin.create(
+                SecretProviderClass.from_dict(
+                    {
+                        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                        "kind": "SecretProviderClass",
+                        "metadata": {"name": "bench", "namespace": "bench"},
+                        "spec": {
+                            "provider": "fake",
+                            "parameters": {"fake.files": json.dumps(payload)},
+                        },
+                    }
+                )
+            )
+            kubelet = Kubelet(admin, root / "kubelet", str(driver.socket))
+            pods = await asyncio.gather(
+                *(kubelet.create_pod("bench", f"app-{i}", "bench") for i in range(volumes))
+            )
+            vols = await asyncio.gather(*(kubelet.volume(p) for p in pods))
+            await kubelet.publish(vols[0])  # warm-up: channels, SPC cache, thread pool
+            await kubelet.unpublish(vols[0])
+
+            latencies: list[float] = []
+
+            async def one(v: object) -> None:
+                t0 = time.perf_counter()
+                await kubelet.publish(v)  # type: ignore[arg-type]
+                latencies.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(v) for v in vols))
+            publish_wall = time.perf_counter() - t0
+            rss, hwm = _rss_kib(driver.proc.pid)
+            ok = all((v.target / "secret-0").read_text() == "x" * 1024 for v in vols)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(kubelet.unpublish(v) for v in vols))
+            unpublish_wall = time.perf_counter() - t0
+            leftover = [p for p in mounter.mount_points() if p.startswith(tmp + "/")]
+            await kubelet.close()
+            await admin.close()
+            return {
+                "volumes": volumes,
+                "files_per_volume": files,
+                "all_published_and_readable": ok,
+                "publish_wall_s": round(publish_wall, 3),
+                "publish_p50_ms": round(statistics.median(latencies) * 1000, 1),
+                "publish_max_ms": round(max(latencies) * 1000, 1),
+                "unpublish_wall_s": round(unpublish_wall, 3),
+                "driver_rss_idle_mib": round(rss_idle / 1024, 1),
+                "driver_rss_after_mib": round(rss / 1024, 1),
+                "driver_rss_peak_mib": round(hwm / 1024, 1),
+                "leftover_mounts": len(leftover),
+            }
+        finally:
+            if driver is not None and driver.proc is not None:
+                driver.stop()
+            if provider is not None:
+                provider.stop()
+            cp.stop()
+            for point in sorted(mounter.mount_points(), reverse=True):
+                if point.startswith(tmp + "/"):
+                    mounter.unmount(point)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--volumes", type=int, default=50)
+    parser.add_argument("--files", type=int, default=10)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.volumes, args.files)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
