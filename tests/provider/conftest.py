@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
