@@ -159,7 +159,6 @@ def default_policy() -> dict[str, Any]:
             "ekus": ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"],
             "key_usage": ["digitalSignature", "keyEncipherment"],
             "validity_months": 12,
-            "basic_constraints": {"ca": False},
         },
         "lifetime_actions": [
             {"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}
@@ -303,7 +302,8 @@ def _check_name_free(ctx: KvContext, name: str) -> None:
 
 
 def load_material(value: str, password: str | None) -> tuple[CertMaterial, str]:
-    """(material, the content type its format implies) from an import body's `value`."""
+    """(material, the content type its format implies) from an import body's `value`: the
+    base64 of a PFX or of a PEM bundle (what the SDKs send), or PEM text as is."""
     text = value.strip()
     if text.startswith("-----BEGIN"):
         return parse_pem_bundle(text), PEM_CONTENT_TYPE
@@ -313,6 +313,11 @@ def load_material(value: str, password: str | None) -> tuple[CertMaterial, str]:
         raise MaterialError(
             "The specified certificate content is neither PEM nor base64-encoded PKCS#12."
         ) from None
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            return parse_pem_bundle(data.decode()), PEM_CONTENT_TYPE
+        except UnicodeDecodeError:
+            raise MaterialError("The specified PEM X.509 certificate content is invalid.") from None
     return parse_pfx(data, password), PFX_CONTENT_TYPE
 
 
