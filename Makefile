@@ -41,7 +41,7 @@ bench: install peers
 	tests/netns-run $(PY) -m bench $(BENCH_ARGS)
 
 demo: install deb
-	tests/netns-run $(PY) -m keyvault_emulator.demo $(DEMO_ARGS)
+	tests/netns-run $(PY) -m demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

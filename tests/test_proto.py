@@ -14,9 +14,17 @@ PROTOS = ["secrets_store_api/provider.proto", "secrets_store_api/csi.proto"]
 
 def test_generated_stubs_do_not_drift(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "proto"),
-         f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-         *(str(ROOT / "proto" / p) for p in PROTOS)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(ROOT / "proto"),
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *(str(ROOT / "proto" / p) for p in PROTOS),
+        ],
         check=True,
     )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*"))
@@ -61,8 +69,14 @@ def test_csi_wire_numbers() -> None:
     assert csi_pb2.DESCRIPTOR.package == "csi.v1"
     publish = csi_pb2.NodePublishVolumeRequest.DESCRIPTOR.fields_by_name
     assert {n: publish[n].number for n in publish} == {
-        "volume_id": 1, "publish_context": 2, "staging_target_path": 3, "target_path": 4,
-        "volume_capability": 5, "readonly": 6, "secrets": 7, "volume_context": 8,
+        "volume_id": 1,
+        "publish_context": 2,
+        "staging_target_path": 3,
+        "target_path": 4,
+        "volume_capability": 5,
+        "readonly": 6,
+        "secrets": 7,
+        "volume_context": 8,
     }
     unpublish = csi_pb2.NodeUnpublishVolumeRequest.DESCRIPTOR.fields_by_name
     assert {n: unpublish[n].number for n in unpublish} == {"volume_id": 1, "target_path": 2}
