@@ -1,0 +1,276 @@
+"""Differential: the same Mount requests to our provider and to the upstream Go provider v1.8.2,
+on the same emulator: same files (paths, modes, bytes) and object versions. Where we differ on
+purpose, the difference is asserted here and listed in docs/compatibility.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from keyvault_emulator.testing import workload_token
+from tests.peers.locate import peer
+
+from .conftest import MI_USER, WI_APP, ProviderWorld
+from .helpers import attributes, objects_yaml
+from .procs import ProviderProcess, files_of, ours, upstream, versions_of
+
+pytestmark = pytest.mark.peers
+
+SECRETS = [
+    {"objectName": "plain", "objectType": "secret"},
+    {
+        "objectName": "unicode",
+        "objectType": "secret",
+        "objectEncoding": "utf-8",
+        "filePermission": "0600",
+    },
+    {"objectName": "b64", "objectType": "secret", "objectEncoding": "base64"},
+    {
+        "objectName": "hexed",
+        "objectType": "secret",
+        "objectEncoding": "HEX",
+        "filePermission": "0400",
+    },
+    {
+        "objectName": "multi",
+        "objectType": "secret",
+        "objectVersion": f"{2:032x}",
+        "objectAlias": "dir/pinned",
+    },
+]
+KEYS = [
+    {"objectName": n, "objectType": "key"}
+    for n in ("rsa-key", "rsa-hsm", "ec-256", "ec-384", "ec-521", "rsa-pfx", "ec-pem")
+]
+CERTS = [
+    obj
+    for name in ("rsa-pem", "rsa-pfx", "ec-pem", "ec-pfx", "leaf-only")
+    for obj in (
+        {"objectName": name, "objectType": "cert", "objectAlias": f"{name}.cert"},
+        {"objectName": name, "objectType": "secret", "objectAlias": f"{name}.secret"},
+        {
+            "objectName": name,
+            "objectType": "secret",
+            "objectFormat": "pem",
+            "objectAlias": f"{name}.pem",
+        },
+        {
+            "objectName": name,
+            "objectType": "secret",
+            "objectFormat": "pfx",
+            "objectAlias": f"{name}.pfx",
+        },
+        {
+            "objectName": name,
+            "objectType": "secret",
+            "objectFormat": "pfx",
+            "objectEncoding": "base64",
+            "objectAlias": f"{name}.bin",
+        },
+    )
+    if name.endswith("pfx") or obj.get("objectEncoding") is None
+]
+HISTORY = [
+    {"objectName": "hist", "objectType": "secret", "objectVersionHistory": 3},
+    {
+        "objectName": "hist",
+        "objectType": "secret",
+        "objectVersionHistory": 2,
+        "objectAlias": "h2",
+        "filePermission": "0640",
+    },
+    {"objectName": "multi", "objectType": "secret", "objectVersionHistory": 1, "objectAlias": "m1"},
+    {"objectName": "cert-multi", "objectType": "cert", "objectVersionHistory": 5},
+]
+PEM_CERTS = [o for o in CERTS if o["objectName"].endswith("pem")]
+PFX_CERTS = [o for o in CERTS if not o["objectName"].endswith("pem")]
+CASES = {
+    "secrets": SECRETS,
+    "keys": KEYS,
+    "pem-certs": PEM_CERTS,
+    "pfx-certs": PFX_CERTS,
+    "history": HISTORY,
+}
+# The emulator re-exports an imported PFX with OpenSSL 3's defaults (SHA-256 MAC); Key Vault's
+# exports use a SHA-1 MAC, the only one Go's x/crypto/pkcs12 (in the upstream provider) reads.
+EMULATOR_PFX_GAP = "emulator PFX export uses a SHA-256 MAC that upstream's pkcs12 cannot read (Key Vault uses SHA-1)"
+
+
+def _needs_pfx(case: str) -> bool:
+    return case == "pfx-certs"
+
+
+@pytest.fixture(scope="module")
+def go_binary() -> Path:
+    return peer("azure-provider")
+
+
+def _pair(
+    tmp: Path, go_binary: Path, *flags: str, port: int = 18000
+) -> tuple[ProviderProcess, ProviderProcess]:
+    a = ours(
+        str(tmp / "ours.sock"),
+        *flags,
+        healthz_port=port + 989,
+        prometheus_port=port + 898,
+        log_path=str(tmp / "ours.log"),
+    ).start()
+    try:
+        b = upstream(go_binary, str(tmp / "go.sock"), *flags, log_path=str(tmp / "go.log")).start()
+    except BaseException:
+        a.stop()
+        raise
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, go_binary: Path, world: ProviderWorld
+) -> Iterator[tuple[ProviderProcess, ProviderProcess]]:
+    a, b = _pair(tmp_path_factory.mktemp("diff"), go_binary)
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def both(
+    pair: tuple[ProviderProcess, ProviderProcess],
+    attrib: dict[str, str],
+    secrets: dict[str, str] | None,
+):  # type: ignore[no-untyped-def]
+    return pair[0].mount(attrib, secrets), pair[1].mount(attrib, secrets)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(reason=EMULATOR_PFX_GAP, strict=True))
+        if _needs_pfx(c)
+        else c
+        for c in sorted(CASES)
+    ],
+)
+def test_same_files_and_versions(pair, world: ProviderWorld, case: str) -> None:  # type: ignore[no-untyped-def]
+    attrib = attributes(vault=world.vault, tenant=world.tenant, objects=objects_yaml(*CASES[case]))
+    mine, theirs = both(pair, attrib, world.secrets)
+    assert [f[0] for f in files_of(mine)] == [f[0] for f in files_of(theirs)]
+    for a, b in zip(files_of(mine), files_of(theirs), strict=True):
+        assert a == b, f"{a[0]} differs"
+    assert versions_of(mine) == versions_of(theirs)
+
+
+@pytest.mark.parametrize(
+    "flags", [("--write-cert-and-key-in-separate-files=true",), ("--construct-pem-chain=false",)]
+)
+def test_same_files_with_flags(
+    tmp_path: Path, go_binary: Path, pair, world: ProviderWorld, flags: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    pair[1].stop()  # the Go provider binds fixed ports: one at a time
+    try:
+        a, b = _pair(tmp_path, go_binary, *flags, port=19000)
+        try:
+            objs = [o for o in PEM_CERTS if o["objectType"] == "secret"] + SECRETS[:2]
+            attrib = attributes(vault=world.vault, tenant=world.tenant, objects=objects_yaml(*objs))
+            mine, theirs = a.mount(attrib, world.secrets), b.mount(attrib, world.secrets)
+            assert files_of(mine) == files_of(theirs)
+            assert versions_of(mine) == versions_of(theirs)
+        finally:
+            a.stop()
+            b.stop()
+    finally:
+        pair[1].start()
+
+
+@pytest.mark.parametrize("identity", ["mi-system", "mi-user", "workload"])
+def test_same_files_with_other_identities(pair, world: ProviderWorld, identity: str) -> None:  # type: ignore[no-untyped-def]
+    extra: dict[str, str] = {}
+    tokens = None
+    if identity.startswith("mi"):
+        extra["useVMManagedIdentity"] = "true"
+        if identity == "mi-user":
+            extra["userAssignedIdentityID"] = MI_USER
+    else:
+        extra["clientID"] = WI_APP
+        tokens = {"api://AzureADTokenExchange": workload_token()}
+    attrib = attributes(
+        vault=world.vault,
+        tenant=world.tenant,
+        objects=objects_yaml(*SECRETS),
+        tokens=tokens,
+        **extra,
+    )
+    mine, theirs = both(pair, attrib, None)
+    assert files_of(mine) == files_of(theirs) and versions_of(mine) == versions_of(theirs)
+
+
+def _error(
+    process: ProviderProcess, attrib: dict[str, str], secrets: dict[str, str] | None
+) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        process.mount(attrib, secrets)
+    return info.value
+
+
+def test_deliberate_difference_error_codes_keep_prefix(pair, world: ProviderWorld) -> None:  # type: ignore[no-untyped-def]
+    cases = [
+        (
+            attributes(vault=world.vault, tenant="", objects=objects_yaml(*SECRETS[:1])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            attributes(
+                vault=world.vault,
+                tenant=world.tenant,
+                objects=objects_yaml({"objectName": "nope", "objectType": "secret"}),
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+    ]
+    for attrib, code in cases:
+        mine, theirs = (
+            _error(pair[0], attrib, world.secrets),
+            _error(pair[1], attrib, world.secrets),
+        )
+        assert theirs.code() is grpc.StatusCode.UNKNOWN and mine.code() is code
+        prefix = "failed to mount objects, error: "
+        assert mine.details().startswith(prefix) and theirs.details().startswith(prefix)
+        common = theirs.details().split(":")[0:2]
+        assert mine.details().split(":")[0:2] == common
+
+
+def test_deliberate_difference_bad_file_permission(pair, world: ProviderWorld) -> None:  # type: ignore[no-untyped-def]
+    attrib = attributes(
+        vault=world.vault,
+        tenant=world.tenant,
+        objects=objects_yaml(
+            {"objectName": "plain", "objectType": "secret", "filePermission": "0999"}
+        ),
+    )
+    theirs = pair[1].mount(attrib, world.secrets)
+    assert files_of(theirs)[0][1] == 0  # upstream: mode 0, silently
+    mine = _error(pair[0], attrib, world.secrets)
+    assert (
+        mine.code() is grpc.StatusCode.INVALID_ARGUMENT
+        and "filePermission '0999'" in mine.details()
+    )
+
+
+def test_deliberate_difference_latest(pair, world: ProviderWorld) -> None:  # type: ignore[no-untyped-def]
+    attrib = attributes(
+        vault=world.vault,
+        tenant=world.tenant,
+        objects=objects_yaml(
+            {"objectName": "plain", "objectType": "secret", "objectVersion": "latest"}
+        ),
+    )
+    mine = pair[0].mount(attrib, world.secrets)
+    assert files_of(mine)[0][2] == b"plain-value"
+    try:
+        theirs = pair[1].mount(attrib, world.secrets)
+    except grpc.RpcError as exc:  # upstream sends /secrets/plain/latest to Key Vault
+        assert exc.code() is grpc.StatusCode.UNKNOWN
+    else:
+        assert files_of(theirs) == files_of(mine)
