@@ -96,7 +96,9 @@ CASES = {
 }
 # The emulator re-exports an imported PFX with OpenSSL 3's defaults (SHA-256 MAC); Key Vault's
 # exports use a SHA-1 MAC, the only one Go's x/crypto/pkcs12 (in the upstream provider) reads.
-EMULATOR_PFX_GAP = "emulator PFX export uses a SHA-256 MAC that upstream's pkcs12 cannot read (Key Vault uses SHA-1)"
+EMULATOR_PFX_GAP = (
+    "emulator PFX export uses a SHA-256 MAC that upstream's pkcs12 cannot read (Key Vault: SHA-1)"
+)
 
 
 def _needs_pfx(case: str) -> bool:
