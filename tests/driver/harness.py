@@ -109,15 +109,21 @@ class DriverProcess:
 
 
 class ProviderProcess:
-    def __init__(self, socket: Path, log: Path) -> None:
+    def __init__(self, socket: Path, log: Path, argv: list[str] | None = None) -> None:
         self.socket = socket
         self.log = log
+        self.argv = argv or [
+            sys.executable,
+            "-m",
+            "tests.driver.fake_provider",
+            f"unix://{socket}",
+        ]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.driver.fake_provider", f"unix://{self.socket}"],
+                self.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
