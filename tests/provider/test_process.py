@@ -1,0 +1,80 @@
+"""End to end: `python -m provider_azure` over its unix socket, with exactly what the upstream
+driver sends; health, metrics, logs without secrets, stale socket, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+from keyvault_emulator.testing import workload_token
+
+from .conftest import SP_SECRET, WI_APP, ProviderWorld
+from .helpers import attributes, objects_yaml
+from .procs import ours
+
+
+def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld) -> None:
+    sock = tmp_path / "azure.sock"
+    sock.write_text("stale")  # a leftover from a previous run is replaced
+    log = tmp_path / "provider.log"
+    token = workload_token()
+    proc = ours(
+        str(sock),
+        "--log-format-json",
+        "-v=5",
+        healthz_port=28989,
+        prometheus_port=28898,
+        log_path=str(log),
+    )
+    proc.start()
+    try:
+        version = proc.stub.Version(
+            __import__("secrets_store_api.provider_pb2", fromlist=["x"]).VersionRequest(
+                version="v1alpha1"
+            )
+        )
+        assert version.runtime_name == "secrets-store-csi-driver-provider-azure"
+        objects = objects_yaml(
+            {"objectName": "plain", "objectType": "secret"},
+            {"objectName": "ec-pem", "objectType": "cert", "filePermission": "0440"},
+        )
+        attrib = attributes(
+            vault=world.vault,
+            tenant=world.tenant,
+            objects=objects,
+            clientID=WI_APP,
+            tokens={"api://AzureADTokenExchange": token, "other": "x.y.z"},
+        )
+        response = proc.mount(attrib, None, permission="420")  # secrets: "null"
+        assert [(f.path, f.mode) for f in response.files] == [("plain", 0o644), ("ec-pem", 0o440)]
+        assert response.files[0].contents == b"plain-value"
+        assert [v.id for v in response.object_version] == ["secret/plain", "cert/ec-pem"]
+
+        with urllib.request.urlopen("http://127.0.0.1:28989/healthz", timeout=5) as r:
+            assert r.status == 200 and r.read() == b"ok"
+        with urllib.request.urlopen("http://127.0.0.1:28898/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert "keyvault_request_count{" in metrics and 'object_name="plain"' in metrics
+        assert "grpc_request_count{" in metrics and 'grpc_code="OK"' in metrics
+        assert 'grpc_method="/v1alpha1.CSIDriverProvider/Mount"' in metrics
+
+        # A failing mount with a client secret: the secret is never echoed or logged.
+        bad = attributes(
+            vault=world.vault,
+            tenant=world.tenant,
+            objects=objects_yaml({"objectName": "nope", "objectType": "secret"}),
+        )
+        try:
+            proc.mount(bad, {"clientid": "x", "clientsecret": SP_SECRET})
+        except Exception as exc:
+            assert SP_SECRET not in str(exc)
+    finally:
+        code = proc.stop()
+    assert code == 0
+    assert not sock.exists()  # removed on SIGTERM
+    text = log.read_text()
+    for secret in (token, "plain-value", SP_SECRET, "BEGIN"):
+        assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(line.get("msg") == "mount" and line.get("files") == 2 for line in lines)
