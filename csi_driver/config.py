@@ -84,8 +84,10 @@ def _flagset() -> FlagSet:
     fs.add("v", 0, "number for the log level verbosity", "int")
     fs.add(
         "tmpfs-size",
-        "16Mi",
-        "size cap of each volume's tmpfs (bytes, or with Ki/Mi/Gi suffix) [this driver only]",
+        "",
+        "size cap of each volume's tmpfs (bytes, or with Ki/Mi/Gi suffix); default: the larger "
+        "of 16Mi and twice --max-call-recv-msg-size plus 1Mi (old and new payload during a "
+        "swap) [this driver only]",
     )
     fs.add(
         "provider-timeout",
@@ -133,7 +135,11 @@ def parse_args(argv: Sequence[str]) -> Config:
         log_format_json=values["log-format-json"],
         verbosity=values["v"],
         kubeconfig=values["kubeconfig"],
-        tmpfs_size=parse_size(values["tmpfs-size"]),
+        tmpfs_size=(
+            parse_size(values["tmpfs-size"])
+            if values["tmpfs-size"]
+            else max(16 << 20, 2 * values["max-call-recv-msg-size"] + (1 << 20))
+        ),
         provider_timeout=values["provider-timeout"],
         version=values["version"],
     )

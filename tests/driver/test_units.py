@@ -43,6 +43,14 @@ def test_upstream_manifest_flags_parse() -> None:
     assert c.rotation_poll_interval == 120.0
     assert c.verbosity == 2
     assert c.max_call_recv_msg_size == 4 * 1024 * 1024
+    assert c.tmpfs_size == 16 << 20
+
+
+def test_tmpfs_size() -> None:
+    assert parse_args(["--tmpfs-size=1Mi"]).tmpfs_size == 1 << 20
+    assert parse_args(["--max-call-recv-msg-size=33554432"]).tmpfs_size == 65 << 20
+    with pytest.raises(FlagError):
+        parse_args(["--tmpfs-size=lots"])
 
 
 def test_go_flag_syntax_variants() -> None:
