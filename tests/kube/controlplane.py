@@ -139,6 +139,7 @@ class ControlPlane:
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--enable-priority-and-fairness=false",
                 "--storage-media-type=application/json",
+                "--allow-privileged=true",
             ],
         )
         self.ca_file = w / "certs" / "apiserver.crt"
