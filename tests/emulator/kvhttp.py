@@ -16,15 +16,17 @@ SCHEMAS = Path(__file__).parent / "schemas"
 
 
 @cache
-def _schema(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
-    return loaded
+def _validator(schema: str, definition: str) -> jsonschema.protocols.Validator:
+    root = json.loads((SCHEMAS / f"{schema}.schema.json").read_text())
+    full = {**root, "$ref": f"#/$defs/{definition}"}
+    cls = jsonschema.validators.validator_for(full)
+    cls.check_schema(full)
+    return cls(full)
 
 
 def validate(definition: str, body: Any, schema: str = "keyvault") -> None:
     """Validates `body` against `#/$defs/<definition>` of schemas/<schema>.schema.json."""
-    root = _schema(schema)
-    jsonschema.validate(body, {**root, "$ref": f"#/$defs/{definition}"})
+    _validator(schema, definition).validate(body)
 
 
 class Raw:

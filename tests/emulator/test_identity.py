@@ -320,7 +320,7 @@ def test_issuer_added_at_run_time(emulator: Emulator) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     jwk = jwt.PyJWK.from_json(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    jwk_dict = {**jwk._jwk_data, "kid": "k2", "alg": "RS256", "use": "sig"}  # noqa: SLF001
+    jwk_dict = {**jwk._jwk_data, "kid": "k2", "alg": "RS256", "use": "sig"}
     emulator.seed(
         {
             "issuers": [{"issuer": "https://kube.emulator.test", "jwks": {"keys": [jwk_dict]}}],
