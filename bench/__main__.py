@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import ssl
-import statistics
 import sys
 import tempfile
 import time
@@ -49,14 +48,22 @@ def seed(emu: Emulator) -> None:
     emu.seed(
         {
             "identities": [
-                {"name": "bench-sp", "type": "servicePrincipal", "clientId": SP_ID, "clientSecret": SP_SECRET}
+                {
+                    "name": "bench-sp",
+                    "type": "servicePrincipal",
+                    "clientId": SP_ID,
+                    "clientSecret": SP_SECRET,
+                }
             ],
             "vaults": [
                 {
                     "name": VAULT,
                     "tenant": TENANT_ID,
                     "roleAssignments": [{"identity": "bench-sp", "role": "Key Vault Secrets User"}],
-                    "secrets": [{"name": f"bench-{i:02d}", "value": f"value-{i:02d}-" + "x" * 40} for i in range(max(SIZES))],
+                    "secrets": [
+                        {"name": f"bench-{i:02d}", "value": f"value-{i:02d}-" + "x" * 40}
+                        for i in range(max(SIZES))
+                    ],
                 }
             ],
         }
@@ -81,8 +88,10 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(rounds: int, rss_mounts: int) -> str:
-    go_binary = peers_dir() / f"azure-provider-{VERSIONS['azure-provider']}" / BINARIES["azure-provider"][1]
+def run(rounds: int, rss_mounts: int, latencies: tuple[int, ...] = (20, 0)) -> str:
+    go_binary = (
+        peers_dir() / f"azure-provider-{VERSIONS['azure-provider']}" / BINARIES["azure-provider"][1]
+    )
     if not go_binary.is_file():
         sys.exit(f"upstream provider missing at {go_binary}: run `make peers`")
     state = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -94,7 +103,7 @@ def run(rounds: int, rss_mounts: int) -> str:
         mine = ours(str(state / "ours.sock"), healthz_port=18989, prometheus_port=18898).start()
         theirs = upstream(go_binary, str(state / "go.sock")).start()
         try:
-            for latency in (20, 0):
+            for latency in latencies:
                 emu.set_latency(latency)
                 for n in SIZES:
                     attrib = request(n)
@@ -130,12 +139,14 @@ def run(rounds: int, rss_mounts: int) -> str:
         f"({os.cpu_count()} CPUs), Python {platform.python_version()}, {rounds} interleaved "
         "rounds per row, service principal, secrets of ~50 bytes.",
         "",
-        "| emulator latency | objects | ours p50 ms | ours p99 ms | Go p50 ms | Go p99 ms | p50 ratio | p99 ratio |",
+        "| emulator latency | objects | ours p50 ms | ours p99 ms | Go p50 ms | Go p99 ms "
+        "| p50 ratio | p99 ratio |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"RSS of our provider: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after "
-        f"{rss_mounts} mounts of 10 objects (Go provider at the end of the run: {go_rss / 1024:.1f} MiB).",
+        f"RSS of our provider: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB "
+        f"after {rss_mounts} mounts of 10 objects (Go provider at the end of the run: "
+        f"{go_rss / 1024:.1f} MiB).",
     ]
     return "\n".join(header)
 
@@ -144,9 +155,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--rss-mounts", type=int, default=1000)
+    parser.add_argument("--latency", type=int, action="append", help="emulator ms (repeatable)")
     parser.add_argument("--write", help="replace the results section of this markdown file")
     args = parser.parse_args()
-    result = run(args.rounds, args.rss_mounts)
+    result = run(args.rounds, args.rss_mounts, tuple(args.latency or (20, 0)))
     print(result)
     if args.write:
         path = Path(args.write)

@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import grpc
@@ -162,6 +163,15 @@ async def serve(opts: dict[str, Any]) -> int:
     return 0
 
 
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when installed: it roughly halves the event loop's share of a mount's CPU."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0)
     log.info("Starting Azure Key Vault Provider", extra={"version": __version__})
     try:
-        code = asyncio.run(serve(opts))
+        code = _run(serve(opts))
     except (ValueError, OSError, ProviderError) as exc:
         log.error("failed to start", extra={"error": str(exc)})
         code = 1
