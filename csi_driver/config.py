@@ -49,6 +49,7 @@ class Config:
     tmpfs_size: int
     provider_timeout: float
     version: bool
+    rotation_share_provider_calls: bool = True
 
     @property
     def provider_paths(self) -> tuple[str, ...]:
@@ -94,6 +95,13 @@ def _flagset() -> FlagSet:
         60.0,
         "deadline of one provider Mount call, retries included [this driver only]",
         "duration",
+    )
+    fs.add(
+        "rotation-share-provider-calls",
+        True,
+        "one provider call per tick for mounts sharing SPC, namespace, service account and "
+        "nodePublishSecretRef [this driver only]",
+        "bool",
     )
     for name in _IGNORED_STRING_FLAGS:
         fs.add(name, "", "accepted for compatibility; ignored")
@@ -142,4 +150,5 @@ def parse_args(argv: Sequence[str]) -> Config:
         ),
         provider_timeout=values["provider-timeout"],
         version=values["version"],
+        rotation_share_provider_calls=values["rotation-share-provider-calls"],
     )

@@ -55,9 +55,28 @@ class Metrics:
             "rotation_reconcile_duration_sec",
             "Distribution of how long it took to rotate secrets-store content for pods",
             ["os_type"],
+            buckets=[0.1 * 2**i for i in range(13)],  # 0.1 s .. ~6.8 min
+            registry=registry,
+        )
+
+        # upstream declares these and never records them; recorded here on every Secret write
+        self.sync_k8s_secret = Counter(
+            "sync_k8s_secret",
+            "Total number of k8s secrets synced",
+            ["provider", "os_type"],
+            registry=registry,
+        )
+        self.k8s_secret_duration = Histogram(
+            "k8s_secret_duration_sec",
+            "Distribution of how long it took to sync k8s secret",
+            ["os_type"],
             buckets=[0.1 * 2**i for i in range(11)],
             registry=registry,
         )
+
+    def secret_synced(self, provider: str, seconds: float) -> None:
+        self.sync_k8s_secret.labels(provider, OS_TYPE).inc()
+        self.k8s_secret_duration.labels(OS_TYPE).observe(seconds)
 
     def publish_ok(self, provider: str) -> None:
         self.node_publish.labels(provider, OS_TYPE).inc()

@@ -74,6 +74,20 @@ def go_json(value: Any) -> str:
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
+def build_mount_request(
+    spc_parameters: Mapping[str, str],
+    volume_context: Mapping[str, str],
+    secrets: Mapping[str, str],
+) -> tuple[str, str]:
+    """The provider's attributes and secrets JSON; publish and rotation both build them here."""
+    parameters = dict(spc_parameters)
+    parameters.update(volume_context)
+    tokens = secrets.get(SA_TOKENS) or volume_context.get(SA_TOKENS, "")
+    if tokens:
+        parameters[SA_TOKENS] = tokens
+    return go_json(parameters), go_json(dict(secrets) if secrets else None)
+
+
 class NodeService:
     def __init__(
         self,
@@ -98,6 +112,8 @@ class NodeService:
         self.mounts: dict[str, PodStatusRecord] = {}
         # Called on a publish of an already-mounted target (the rotation issue plugs in here).
         self.on_republish: Callable[[PublishRequest], Awaitable[None]] | None = None
+        # Called after a first publish succeeded (secret sync: the Secret before the containers).
+        self.on_published: Callable[[PodStatusRecord], Awaitable[None]] | None = None
 
     @contextmanager
     def _exclusive(self, target: str) -> Iterator[None]:
@@ -202,16 +218,10 @@ class NodeService:
         state["provider"] = spc.provider
         if not spc.parameters:
             raise PublishFailed(f"parameters not set in {pod_ns}/{spc_name}")
-        parameters = dict(spc.parameters)
-        parameters.update(attrib)
-        tokens = req.secrets.get(SA_TOKENS) or attrib.get(SA_TOKENS, "")
-        if tokens:
-            parameters[SA_TOKENS] = tokens
         if not req.readonly:
             raise InvalidRequest("Readonly is not true in request")
 
-        attributes = go_json(parameters)
-        secrets = go_json(dict(req.secrets) if req.secrets else None)
+        attributes, secrets = build_mount_request(spc.parameters, attrib, req.secrets)
         permission = go_json(FILE_PERMISSION)
 
         started = time.monotonic()
@@ -261,6 +271,8 @@ class NodeService:
                 log.error("failed to unmount target path %s: %s", target, e.strerror)
             raise
         self.mounts[_key(target)] = record
+        if self.on_published is not None:
+            await self.on_published(record)
         log.info(
             "node publish volume complete: target=%s pod=%s/%s time=%.3fs",
             target,

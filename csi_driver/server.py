@@ -19,6 +19,8 @@ from .config import Config
 from .kube import SpcCache, make_client
 from .node import NodeService
 from .provider_client import ProviderClients
+from .rotation import Reconciler
+from .secret_sync import SecretSync
 from .servicers import IdentityServicer, NodeServicer
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,18 @@ class Driver:
         self._metrics_server: Any = None
         self._socket_path = ""
         self._health_task: asyncio.Task[None] | None = None
+        self.sync = SecretSync(self.client, config.node_id, self.metrics, self.node.mounts)
+        self.node.on_published = self.sync.sync_now
+        self.rotation: Reconciler | None = None
+        if config.enable_secret_rotation:
+            self.rotation = Reconciler(
+                self.node,
+                self.client,
+                interval=config.rotation_poll_interval,
+                share=config.rotation_share_provider_calls,
+                driver_name=config.driver_name,
+            )
+            self.node.on_republish = self.rotation.republish
 
     async def start(self) -> None:
         scheme, address = parse_endpoint(self.config.endpoint)
@@ -97,6 +111,9 @@ class Driver:
         )
         self.spcs.start()
         await self.node.recover()
+        self.sync.start()
+        if self.rotation is not None:
+            self.rotation.start()
         if self.config.provider_health_check:
             self._health_task = asyncio.create_task(self._health_check())
 
@@ -118,9 +135,12 @@ class Driver:
     async def stop(self, grace: float = 5.0) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
+        if self.rotation is not None:
+            await self.rotation.stop()
         if self.server is not None:
             await self.server.stop(grace)
         await self.spcs.stop()
+        await self.sync.stop()
         await self.providers.close()
         if self.client is not None:
             with contextlib.suppress(Exception):
