@@ -276,3 +276,33 @@ def test_deliberate_difference_latest(pair, world: ProviderWorld) -> None:  # ty
         assert exc.code() is grpc.StatusCode.UNKNOWN
     else:
         assert files_of(theirs) == files_of(mine)
+
+
+def test_same_files_in_a_custom_cloud(pair, world: ProviderWorld, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET
+
+    env = tmp_path / "azurestackcloud.json"
+    env.write_text(
+        json.dumps(
+            {
+                "name": "AzureStackCloud",
+                "activeDirectoryEndpoint": "https://login.custom-cloud.test/",
+                "keyVaultEndpoint": "https://vault.custom-cloud.test/",
+                "keyVaultDNSSuffix": "vault.custom-cloud.test",
+                "resourceManagerEndpoint": "https://management.custom-cloud.test/",
+                "managementPortalURL": "https://portal.custom-cloud.test/",
+            }
+        )
+    )
+    attrib = attributes(
+        vault="kv-custom",
+        tenant=world.tenant,
+        objects=objects_yaml({"objectName": "custom-secret", "objectType": "secret"}),
+        cloudName="AzureStackCloud",
+        cloudEnvFileName=str(env),
+    )
+    secrets = {"clientid": SP_READER_ID, "clientsecret": SP_READER_SECRET}
+    mine, theirs = both(pair, attrib, secrets)
+    assert files_of(mine) == files_of(theirs) == [("custom-secret", 0o644, b"custom-cloud-value")]

@@ -388,3 +388,36 @@ async def test_vault_that_does_not_answer_times_out(world: ProviderWorld) -> Non
     finally:
         emu.clear_faults()
         await p.close()
+
+
+async def test_custom_cloud_from_environment_file(
+    provider: Provider, world: ProviderWorld, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET
+
+    env = tmp_path / "azurestackcloud.json"
+    env.write_text(
+        json.dumps(
+            {
+                "name": "AzureStackCloud",
+                "activeDirectoryEndpoint": "https://login.custom-cloud.test/",
+                "keyVaultEndpoint": "https://vault.custom-cloud.test/",
+                "keyVaultDNSSuffix": "vault.custom-cloud.test",
+                "resourceManagerEndpoint": "https://management.custom-cloud.test/",
+            }
+        )
+    )
+    world.emulator.clear_requests()
+    a = attributes(
+        vault="kv-custom",
+        tenant=world.tenant,
+        objects=objects_yaml({"objectName": "custom-secret", "objectType": "secret"}),
+        cloudName="AzureStackCloud",
+        cloudEnvFileName=str(env),
+    )
+    result = await provider.mount(
+        json.dumps(a),
+        json.dumps({"clientid": SP_READER_ID, "clientsecret": SP_READER_SECRET}),
+        "420",
+    )
+    assert by_path(result) == {"custom-secret": b"custom-cloud-value"}
