@@ -4,6 +4,7 @@ log and counters, latency, an operator's secret setter and a token minter."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ async def health(ctx: AdminContext) -> web.StreamResponse:
     return json_response(
         {
             "status": "ok",
+            "pid": os.getpid(),
             "tenant": store.default_tenant,
             "vaults": sorted(store.vaults),
             "identities": len(store.identities),

@@ -21,6 +21,7 @@ from .material import (
     RSA_OPS,
     MaterialError,
     generate_key,
+    key_kty,
     load_private_key_pem,
     parse_pem_bundle,
     parse_pfx,
@@ -358,8 +359,6 @@ def _key(vault: Vault, spec: Any, where: str, base: Path | None) -> int:
                 key = generate_key(str(v.get("kty", "RSA")), v.get("size"), v.get("curve"))
         except MaterialError as exc:
             raise SeedError(f"{vwhere}: {exc}") from None
-        from .material import key_kty
-
         kty = str(v.get("kty") or key_kty(key))
         if kty.removesuffix("-HSM") != key_kty(key):
             raise SeedError(f"{vwhere}.kty: {kty} does not match the key material")

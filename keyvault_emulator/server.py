@@ -65,6 +65,34 @@ def _unverified_appid(header: str | None) -> str:
         return ""
 
 
+def _record(
+    emulator: Emulator,
+    service: str,
+    method: str,
+    path: str,
+    route: str,
+    vault: str,
+    identity: str,
+    status: int,
+    fault: int | None,
+) -> None:
+    """Into the request log and counters; a debug log line too (never a body or a token)."""
+    emulator.requests.record(service, method, path, route, vault, identity, status, fault)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "request",
+            extra={
+                "service": service,
+                "method": method,
+                "path": path,
+                "vault": vault,
+                "identity": identity,
+                "status": status,
+                "fault": fault,
+            },
+        )
+
+
 class Emulator:
     """All server-side state, and the request handlers that act on it."""
 
@@ -140,8 +168,16 @@ class Emulator:
             status = resp.status
             return resp
         finally:
-            self.requests.record(
-                "imds", request.method, request.path, route_name, "", identity, status, fault_id
+            _record(
+                self,
+                "imds",
+                request.method,
+                request.path,
+                route_name,
+                "",
+                identity,
+                status,
+                fault_id,
             )
 
     # --- services ------------------------------------------------------------------------
@@ -189,8 +225,16 @@ class Emulator:
             status = resp.status
             return resp
         finally:
-            self.requests.record(
-                "entra", request.method, request.path, route_name, "", identity, status, fault_id
+            _record(
+                self,
+                "entra",
+                request.method,
+                request.path,
+                route_name,
+                "",
+                identity,
+                status,
+                fault_id,
             )
 
     async def _kv(self, request: web.Request, host: str) -> web.StreamResponse:
@@ -224,7 +268,8 @@ class Emulator:
             status = resp.status
             return resp
         finally:
-            self.requests.record(
+            _record(
+                self,
                 "kv",
                 request.method,
                 request.path,

@@ -151,7 +151,8 @@ class Emulator:
             if proc.poll() is not None:
                 raise EmulatorError(f"emulator exited with {proc.returncode}: {emu.log_tail()}")
             try:
-                if emu.ca_path.exists() and emu._call("GET", "/health").get("status") == "ok":
+                # the pid tells our emulator from another one already on the port
+                if emu.ca_path.exists() and emu._call("GET", "/health").get("pid") == proc.pid:
                     return emu
             except (OSError, urllib.error.URLError, ssl.SSLError, EmulatorError):
                 pass
