@@ -10,6 +10,7 @@ token), so a mount never rides on a token another identity earned.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -57,13 +58,17 @@ def build_credential(
 
 
 class ClientCache:
-    """One credential per identity and one VaultClient per (identity, vault), for the process."""
+    """One credential per identity and one VaultClient per (identity, vault), for the process.
 
-    def __init__(self, options: ClientOptions | None = None) -> None:
+    Least recently used identities beyond `max_identities` are closed and dropped, so rotated
+    client secrets and short-lived service accounts do not accumulate."""
+
+    def __init__(self, options: ClientOptions | None = None, max_identities: int = 256) -> None:
         self.options = options or ClientOptions()
-        self._credentials: dict[
+        self.max_identities = max_identities
+        self._credentials: OrderedDict[
             tuple[str, ...], tuple[AsyncTokenCredential, _Assertion | None]
-        ] = {}
+        ] = OrderedDict()
         self._clients: dict[tuple[tuple[str, ...], str], VaultClient] = {}
         self._lock = asyncio.Lock()
         self.credentials_built = 0
@@ -77,6 +82,8 @@ class ClientCache:
                 entry = build_credential(params.identity, authority)
                 self._credentials[key] = entry
                 self.credentials_built += 1
+                await self._evict()
+            self._credentials.move_to_end(key)
             credential, holder = entry
             if holder is not None:
                 holder.token = params.identity.assertion
@@ -86,6 +93,14 @@ class ClientCache:
                 client = VaultClient(params.vault_name, params.vault_url, credential, self.options)
                 self._clients[client_key] = client
             return client
+
+    async def _evict(self) -> None:
+        while len(self._credentials) > self.max_identities:
+            old_key, (credential, _) = self._credentials.popitem(last=False)
+            stale = [k for k in self._clients if k[0] == old_key]
+            clients = [self._clients.pop(k) for k in stale]
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            await asyncio.gather(credential.close(), return_exceptions=True)
 
     async def close(self) -> None:
         clients = list(self._clients.values())

@@ -101,7 +101,7 @@ class ClientOptions:
     """Bounded retries (Retry-After honoured) and a deadline per Key Vault operation."""
 
     retry_total: int = 4
-    retry_backoff_factor: float = 0.8
+    retry_backoff_factor: float = 1.0  # 1, 2, 4, 8 s (with jitter) unless Retry-After says
     retry_backoff_max: int = 16
     timeout: float = 30.0
 

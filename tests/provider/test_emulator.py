@@ -421,3 +421,38 @@ async def test_custom_cloud_from_environment_file(
         "420",
     )
     assert by_path(result) == {"custom-secret": b"custom-cloud-value"}
+
+
+async def test_huge_retry_after_does_not_hang(world: ProviderWorld) -> None:
+    p = Provider(ContentOptions(), clouds.PUBLIC, Metrics(), ClientCache(ClientOptions(timeout=2)))
+    emu = world.emulator
+    try:
+        await mount(p, world, {"objectName": "plain", "objectType": "secret"})
+        emu.add_fault(
+            service="kv", vault=world.vault, path="/secrets/hexed", status=429, retry_after=3600
+        )
+        start = time.monotonic()
+        with pytest.raises(ProviderError) as info:
+            await mount(p, world, {"objectName": "hexed", "objectType": "secret"})
+        assert time.monotonic() - start < 5
+        assert info.value.kind is Kind.DEADLINE_EXCEEDED
+    finally:
+        emu.clear_faults()
+        await p.close()
+
+
+async def test_client_cache_is_bounded(world: ProviderWorld) -> None:
+    p = Provider(ContentOptions(), clouds.PUBLIC, Metrics(), ClientCache(max_identities=1))
+    try:
+        await mount(p, world, {"objectName": "plain", "objectType": "secret"})
+        await mount(
+            p,
+            world,
+            {"objectName": "plain", "objectType": "secret"},
+            secrets="null",
+            useVMManagedIdentity="true",
+        )
+        await mount(p, world, {"objectName": "plain", "objectType": "secret"})
+        assert p.clients.credentials_built == 3 and len(p.clients._credentials) == 1
+    finally:
+        await p.close()
