@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from lightkube import ApiError, AsyncClient
+from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAccessReviewSpec
+from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.core_v1 import Event, Pod, Secret
 
 from . import tls_split
@@ -276,12 +278,13 @@ class SecretSync:
         self._mounts = mounts  # target path (normalised) → mount record: what we mounted
         self._spcps: dict[tuple[str, str], dict[str, Any]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self._spc_objects: dict[tuple[str, str], Any] = {}  # SPC → its secretObjects
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
         self._retry: dict[tuple[str, str], float] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._events: set[tuple[str, str, str]] = set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -299,8 +302,41 @@ class SecretSync:
                 self._watch(Pod, self._on_pod, fields={"spec.nodeName": self.node_id}),
                 name="sync-pod-watch",
             ),
+            asyncio.create_task(
+                self._watch(SecretProviderClass, self._on_spc), name="sync-spc-watch"
+            ),
             asyncio.create_task(self._worker(), name="sync-worker"),
+            asyncio.create_task(self.check_rbac(), name="sync-rbac-check"),
         ]
+
+    async def check_rbac(self) -> list[str]:
+        """The Secret verbs the driver lacks, said once at start (one review per verb)."""
+        assert self.client is not None
+
+        async def allowed(verb: str) -> bool:
+            assert self.client is not None
+            review = SelfSubjectAccessReview(
+                spec=SelfSubjectAccessReviewSpec(
+                    resourceAttributes=ResourceAttributes(verb=verb, resource="secrets")
+                )
+            )
+            try:
+                result = await self.client.create(review)
+            except Exception as e:
+                log.warning("secret sync: cannot review the driver's RBAC: %s", api_error_text(e))
+                return True
+            return bool(result.status is not None and result.status.allowed)
+
+        verbs = ("get", "create", "update", "delete")
+        answers = await asyncio.gather(*(allowed(v) for v in verbs))
+        missing = [v for v, ok in zip(verbs, answers, strict=True) if not ok]
+        if missing:
+            log.error(
+                "secret sync is disabled in effect: the driver may not %s secrets; %s",
+                "/".join(missing),
+                RBAC_HINT,
+            )
+        return missing
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -341,6 +377,21 @@ class SecretSync:
         self._spcps[key] = data
         if old is None or old.get("status") != data.get("status"):
             self._enqueue(key)
+
+    def _on_spc(self, event: str, data: dict[str, Any]) -> None:
+        """An edit of secretObjects resyncs the mounts of that SPC on this node."""
+        meta = data.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        objects = (data.get("spec") or {}).get("secretObjects")
+        if event == "DELETED":
+            self._spc_objects.pop(key, None)
+            return
+        if key in self._spc_objects and self._spc_objects[key] != objects:
+            for (ns, name), spcps in list(self._spcps.items()):
+                status = spcps.get("status") or {}
+                if ns == key[0] and status.get("secretProviderClassName") == key[1]:
+                    self._enqueue((ns, name))
+        self._spc_objects[key] = objects
 
     def _on_pod(self, event: str, data: dict[str, Any]) -> None:
         meta = data.get("metadata") or {}

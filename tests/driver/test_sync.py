@@ -32,7 +32,7 @@ from lightkube.models.core_v1 import (
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.apps_v1 import ReplicaSet
 from lightkube.resources.core_v1 import Event, Pod, Secret
-from lightkube.types import CascadeType
+from lightkube.types import CascadeType, PatchType
 
 from csi_driver.kube import NODE_LABEL, SecretProviderClass, SecretProviderClassPodStatus
 from tests.kube.kubelet import DRIVER, NODE_NAME, Kubelet, PodVolume
@@ -424,6 +424,35 @@ async def test_no_write_when_nothing_changed(
     assert driver.metric("sync_k8s_secret_total") == writes
 
 
+async def test_spc_edit_resyncs(
+    kubelet: Kubelet, driver: DriverProcess, admin_client: AsyncClient, namespace: str
+) -> None:
+    """Editing secretObjects (a new key, a label) updates the Secret, owners kept."""
+    name = unique("edited")
+    objects = [{"secretName": name, "type": "Opaque", "data": [{"objectName": "a", "key": "a"}]}]
+    spc = await make_spc(admin_client, namespace, {"a": "1", "b": "2"}, objects)
+    await mount(kubelet, admin_client, namespace, spc)
+    first = await get_secret(admin_client, namespace, name)
+    assert first is not None and decoded(first) == {"a": b"1"}
+    objects[0]["data"].append({"objectName": "b", "key": "b"})
+    objects[0]["labels"] = {"tier": "db"}
+    await admin_client.patch(
+        SecretProviderClass,
+        spc,
+        {"spec": {"secretObjects": objects}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+
+    async def updated() -> dict[str, Any] | None:
+        s = await get_secret(admin_client, namespace, name)
+        return s if s is not None and decoded(s) == {"a": b"1", "b": b"2"} else None
+
+    secret = await eventually(updated, what="resync after the SPC edit")
+    assert secret["metadata"]["labels"] == {"tier": "db", MANAGED: "true"}
+    assert secret["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
+
+
 async def test_type_change_recreates_and_says_so(
     kubelet: Kubelet, driver: DriverProcess, admin_client: AsyncClient, namespace: str
 ) -> None:
@@ -648,7 +677,7 @@ async def nosync_kubelet(
     root: Path,
     provider_dirs: tuple[Path, Path],
     fake_provider: Any,
-) -> AsyncIterator[Kubelet]:
+) -> AsyncIterator[tuple[Kubelet, DriverProcess]]:
     """A second driver whose ServiceAccount has every role but secretprovidersyncing-role."""
     from lightkube.models.authentication_v1 import TokenRequestSpec
     from lightkube.resources.core_v1 import ServiceAccount, ServiceAccountToken
@@ -689,14 +718,15 @@ async def nosync_kubelet(
     )
     d.start()
     k = Kubelet(admin_client, root / "kubelet-nosync", str(d.socket))
-    yield k
+    yield k, d
     await k.close()
     d.stop()
 
 
 async def test_bad_sync_clusterrole_absent(
-    nosync_kubelet: Kubelet, admin_client: AsyncClient, namespace: str
+    nosync_kubelet: tuple[Kubelet, DriverProcess], admin_client: AsyncClient, namespace: str
 ) -> None:
+    kubelet, nosync = nosync_kubelet
     name = unique("norbac")
     spc = await make_spc(
         admin_client,
@@ -704,8 +734,10 @@ async def test_bad_sync_clusterrole_absent(
         {"a": "x"},
         [{"secretName": name, "type": "Opaque", "data": [{"objectName": "a", "key": "k"}]}],
     )
-    vol = await mount(nosync_kubelet, admin_client, namespace, spc, node=NOSYNC_NODE)
+    vol = await mount(kubelet, admin_client, namespace, spc, node=NOSYNC_NODE)
     assert (vol.target / "a").read_text() == "x"  # the mount works without the sync role
     message = await wait_event(admin_client, vol.pod, "forbidden")
     assert "secretprovidersyncing-role" in message
     await _no_secret(admin_client, namespace, name)
+    # said at start too, before any pod needs it
+    assert "the driver may not get/create/update/delete secrets" in nosync.logs()
