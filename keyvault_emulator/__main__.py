@@ -72,6 +72,13 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="sleep added to every Key Vault and Entra ID answer",
     )
+    s.add_argument(
+        "--throttle",
+        type=int,
+        default=0,
+        metavar="N",
+        help="429 Throttled past N requests per vault per 10 s (Key Vault: 4000); 0: off",
+    )
     s.add_argument("--persist", type=Path, help="save state to this file and load it at start")
     s.add_argument(
         "--extra-san",
@@ -106,6 +113,8 @@ async def serve(args: argparse.Namespace) -> int:
     emulator = Emulator(
         store, pki, args.latency_ms, on_change=persister.schedule(store) if persister else None
     )
+    if args.throttle:
+        emulator.throttle.configure(args.throttle, 10.0)
     runner = web.AppRunner(make_app(emulator), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(

@@ -104,6 +104,23 @@ async def put_latency(ctx: AdminContext) -> web.StreamResponse:
     return json_response({"latency_ms": ms})
 
 
+async def get_throttle(ctx: AdminContext) -> web.StreamResponse:
+    t = ctx.emulator.throttle
+    return json_response({"limit": t.limit, "window_seconds": t.window})
+
+
+async def put_throttle(ctx: AdminContext) -> web.StreamResponse:
+    """`{"limit": N, "window_seconds": 10}` per vault; limit 0 turns it off."""
+    body = await ctx.json()
+    if not isinstance(body, dict) or not isinstance(body.get("limit"), int):
+        raise ValueError("body needs an integer 'limit'")
+    window = body.get("window_seconds", 10)
+    if not isinstance(window, int | float):
+        raise ValueError("window_seconds must be a number")
+    ctx.emulator.throttle.configure(body["limit"], float(window))
+    return await get_throttle(ctx)
+
+
 def _vault(ctx: AdminContext) -> Vault:
     vault = ctx.emulator.store.vaults.get(ctx.params["vault"].lower())
     if vault is None:
@@ -179,6 +196,8 @@ def register(router: Router[AdminContext]) -> None:
     router.add("DELETE", p + "/counters", clear_requests)
     router.add("GET", p + "/latency", get_latency)
     router.add("PUT", p + "/latency", put_latency)
+    router.add("GET", p + "/throttle", get_throttle)
+    router.add("PUT", p + "/throttle", put_throttle)
     router.add("PUT", p + "/vaults/{vault}/secrets/{name}", put_secret)
     router.add("PATCH", p + "/vaults/{vault}/secrets/{name}/{version?}", patch_secret_version)
     router.add("POST", p + "/token", mint_token)

@@ -23,6 +23,7 @@ from .faults import FaultRule, Faults, RequestLog
 from .imds import ImdsContext
 from .routing import Router
 from .store import Store
+from .throttle import Throttle
 from .tls import Pki
 from .tokens import TokenAuthority
 from .vault_common import KvContext, authenticate
@@ -110,6 +111,7 @@ class Emulator:
         self.faults = Faults()
         self.requests = RequestLog()
         self.jwks_cache = JwksCache()
+        self.throttle = Throttle()
         self.identity_header = imds.IDENTITY_HEADER
         self._on_change = on_change
         self.kv_router: Router[KvContext] = Router()
@@ -189,6 +191,9 @@ class Emulator:
                 {"error": "not found" if not other else "method not allowed"},
                 status=405 if other else 404,
             )
+        if request.remote not in ("127.0.0.1", "::1"):
+            # --host 0.0.0.0 must not open the admin API to other machines
+            return json_response({"error": "the admin API answers loopback only"}, status=403)
         try:
             return await route.handler(admin.AdminContext(request, self, params))
         except (ValueError, KeyError, TypeError) as exc:
@@ -258,6 +263,7 @@ class Emulator:
             if route is not None:
                 route_name = route.template
             try:
+                self.throttle.check(vault_name)
                 resp = await self._kv_dispatch(request, host, vault_name, route, params, other)
             except KeyVaultError as exc:
                 resp = exc.response()

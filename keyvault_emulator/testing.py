@@ -228,6 +228,10 @@ class Emulator:
     def set_latency(self, ms: int) -> None:
         self._call("PUT", "/latency", {"latency_ms": ms})
 
+    def set_throttle(self, limit: int, window_seconds: float = 10.0) -> None:
+        """At most `limit` requests per vault per window, then 429 Throttled; 0 turns it off."""
+        self._call("PUT", "/throttle", {"limit": limit, "window_seconds": window_seconds})
+
     def set_secret(self, vault: str, name: str, value: str, **fields: Any) -> str:
         """Sets a secret as an operator (no auth); returns the new version id."""
         result = self._call("PUT", f"/vaults/{vault}/secrets/{name}", {"value": value, **fields})

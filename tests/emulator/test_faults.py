@@ -191,3 +191,22 @@ def test_seed_errors_name_the_entry(emulator: Emulator) -> None:
                 ]
             }
         )
+
+
+def test_throttle(emulator: Emulator) -> None:
+    raw = Raw(emulator, t.SP_READER_ID, vault="kv-custom")
+    emulator.set_throttle(3, window_seconds=30)
+    try:
+        assert [raw.call("GET", "/secrets/custom-secret").status_code for _ in range(3)] == [
+            200
+        ] * 3
+        resp = raw.call("GET", "/secrets/custom-secret")
+        assert resp.status_code == 429
+        assert 1 <= int(resp.headers["Retry-After"]) <= 30
+        validate("KeyVaultError", resp.json())
+        assert resp.json()["error"]["code"] == "Throttled"
+        # per vault: another vault is not affected
+        assert Raw(emulator, t.SP_READER_ID).call("GET", "/secrets/plain").status_code == 200
+    finally:
+        emulator.set_throttle(0)
+    assert raw.call("GET", "/secrets/custom-secret").status_code == 200
