@@ -122,6 +122,13 @@ class Schedule:
             return s.retry_at <= now
         return full_tick
 
+    def taken(self, target: str, now: float) -> None:
+        """A backed-off volume is being retried: whatever happens to it (skipped, busy), the
+        loop must not wake for it again before another backoff."""
+        s = self.state(target)
+        if s.failures:
+            s.retry_at = now + self.backoff(s.failures)
+
     def next_retry(self) -> float:
         return min((s.retry_at for s in self.states.values() if s.failures), default=math.inf)
 
@@ -278,6 +285,8 @@ class Reconciler:
         records = list(self.node.mounts.values())
         self.schedule.forget({_key(r.target_path) for r in records})
         due = [r for r in records if self.schedule.due(r.target_path, now, full)]
+        for r in due:
+            self.schedule.taken(r.target_path, now)
         if not due:
             return
         if self.client is None:

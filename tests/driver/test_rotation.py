@@ -5,7 +5,9 @@ provider_azure, the Key Vault emulator. Each test starts its own driver with a s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import sys
 import threading
 import time
@@ -44,8 +46,8 @@ def objects(*names: str) -> str:
     )
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(pred: Callable[[], Any], within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = pred()
         if asyncio.iscoroutine(value):
@@ -53,7 +55,7 @@ async def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {what}")
+            raise TimeoutError(f"not within {within}s: {what}")
         await asyncio.sleep(0.05)
 
 
@@ -136,6 +138,7 @@ def provider(root: Path, world: Emulator) -> Iterator[ProviderProcess]:
     p.start()
     yield p
     p.stop()
+    shutil.copy(p.log, "/tmp/rotation-provider.log")  # for a look after a failed run
 
 
 DriverFactory = Callable[..., DriverProcess]
@@ -190,14 +193,10 @@ class Node:
 
     async def close(self) -> None:
         for v in self.volumes:
-            try:
+            with contextlib.suppress(Exception):
                 await self.kubelet.unpublish(v)
-            except Exception:
-                pass
-            try:
+            with contextlib.suppress(Exception):
                 await self.kubelet.delete_pod(v.pod)
-            except Exception:
-                pass
         await self.kubelet.close()
 
 
@@ -479,6 +478,22 @@ async def _fault_row(
         await wait_for(lambda: path.read_text() == new_value, 10, "recovery")
 
 
+async def _wi_pod(
+    world: Emulator,
+    start_driver: DriverFactory,
+    make_node: Callable[[DriverProcess], Node],
+    make_spc: SpcFactory,
+    *flags: str,
+) -> tuple[DriverProcess, PodVolume, str, str]:
+    name = unique("rot-fault")
+    world.set_secret(VAULT, name, "before")
+    spc = await wi_spc(make_spc, name)
+    driver = start_driver(*flags)
+    node = make_node(driver)
+    vol = await node.pod(spc)
+    return driver, vol, name, spc
+
+
 @pytest.fixture
 async def wi_pod(
     world: Emulator,
@@ -486,13 +501,7 @@ async def wi_pod(
     make_node: Callable[[DriverProcess], Node],
     make_spc: SpcFactory,
 ) -> tuple[DriverProcess, PodVolume, str, str]:
-    name = unique("rot-fault")
-    world.set_secret(VAULT, name, "before")
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver()
-    node = make_node(driver)
-    vol = await node.pod(spc)
-    return driver, vol, name, spc
+    return await _wi_pod(world, start_driver, make_node, make_spc)
 
 
 async def test_fault_provider_down(
@@ -516,10 +525,17 @@ async def test_fault_provider_down(
 async def test_fault_key_vault_throttled_or_failing(
     status: int,
     world: Emulator,
-    wi_pod: tuple[DriverProcess, PodVolume, str, str],
+    start_driver: DriverFactory,
+    make_node: Callable[[DriverProcess], Node],
+    make_spc: SpcFactory,
     admin_client: AsyncClient,
 ) -> None:
-    driver, vol, name, _ = wi_pod
+    """The provider's SDK retries a persistent 429/503 for ~14 s and the driver retries an
+    Unavailable provider; a short --provider-timeout makes the driver give up (and keep the
+    content) within the test's time."""
+    driver, vol, name, _ = await _wi_pod(
+        world, start_driver, make_node, make_spc, "--provider-timeout=2s"
+    )
     world.add_fault(
         service="kv", vault=VAULT, path=f"/secrets/{name}", status=status, retry_after=0
     )

@@ -1,0 +1,145 @@
+"""The reconciler's timing and grouping rules, on fake time (no sleeps, no cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from csi_driver.metrics import Metrics
+from csi_driver.rotation import Plan, Reconciler, Schedule, volume_name_from_target
+from csi_driver.spcps import PodStatusRecord
+
+TARGET = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/secrets-store/mount"
+
+
+def test_jitter_stays_within_ten_percent() -> None:
+    assert Schedule(120, rng=lambda: 0.0).jittered() == pytest.approx(108)
+    assert Schedule(120, rng=lambda: 1.0).jittered() == pytest.approx(132)
+    assert Schedule(120, rng=lambda: 0.5).jittered() == pytest.approx(120)
+
+
+def test_backoff_doubles_and_is_capped_by_the_interval() -> None:
+    s = Schedule(10, rng=lambda: 0.5)
+    assert [s.backoff(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_failure_schedules_a_retry_and_success_clears_it() -> None:
+    s = Schedule(60, rng=lambda: 0.5)
+    assert s.due(TARGET, 0, full_tick=True)
+    assert not s.due(TARGET, 0, full_tick=False)
+    assert s.failed(TARGET, 100) == 101
+    assert s.failed(TARGET, 101) == 103
+    assert not s.due(TARGET, 102, full_tick=True)  # waiting out its backoff, even at a tick
+    assert s.due(TARGET, 103, full_tick=False)
+    assert s.next_retry() == 103
+    s.taken(TARGET, 103)  # retried, but skipped (pod busy): no busy loop
+    assert s.next_retry() == 105
+    s.succeeded(TARGET)
+    assert s.next_retry() == math.inf
+    assert s.due(TARGET, 104, full_tick=True)
+
+
+def test_republish_throttle() -> None:
+    s = Schedule(120, rng=lambda: 0.5)
+    assert not s.republish_allowed(TARGET, 1000)  # first sight: wait an interval
+    assert not s.republish_allowed(TARGET, 1119)
+    assert s.republish_allowed(TARGET, 1120)
+    s.state(TARGET).last_attempt = 1120
+    assert not s.republish_allowed(TARGET, 1130)
+    s.failed(TARGET, 1130)
+    assert s.republish_allowed(TARGET, 1131)  # a failed volume retries on its backoff
+
+
+def test_forget_drops_unmounted_volumes() -> None:
+    s = Schedule(1)
+    s.state(TARGET)
+    s.forget(set())
+    assert s.states == {}
+
+
+def test_volume_name_from_target() -> None:
+    assert volume_name_from_target(TARGET) == "secrets-store"
+    assert volume_name_from_target("/x") == ""
+
+
+def _plan(**kw: Any) -> Plan:
+    record = PodStatusRecord(
+        pod_name=kw.pop("pod", "p1"),
+        namespace="ns",
+        pod_uid="u1",
+        spc_name="spc",
+        target_path=TARGET,
+        node_id="n",
+        mounted=True,
+        objects={},
+    )
+    context = {
+        "secretProviderClass": "spc",
+        "csi.storage.k8s.io/pod.name": record.pod_name,
+        "csi.storage.k8s.io/pod.uid": record.pod_name + "-uid",
+    }
+    context.update(kw.pop("context", {}))
+    defaults: dict[str, Any] = {
+        "provider": "azure",
+        "spc_parameters": {"keyvaultName": "kv"},
+        "volume_context": context,
+        "secrets": {},
+        "service_account": "default",
+        "secret_ref": "",
+    }
+    defaults.update(kw)
+    return Plan(record=record, **defaults)
+
+
+def test_pods_differing_only_in_pod_facts_share() -> None:
+    assert _plan(pod="a").share_key() == _plan(pod="b").share_key()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"service_account": "other"},
+        {"secret_ref": "creds"},
+        {"context": {"keyvaultName": "elsewhere"}},
+        {"provider": "vault"},
+    ],
+)
+def test_anything_else_separates(other: dict[str, Any]) -> None:
+    assert _plan(pod="a").share_key() != _plan(pod="b", **other).share_key()
+
+
+def test_forced_and_pod_identity_never_share() -> None:
+    assert _plan(forced=True).share_key() is None
+    assert _plan(spc_parameters={"usePodIdentity": "true"}).share_key() is None
+
+
+async def test_run_ticks_on_the_interval_and_wakes_for_retries() -> None:
+    now = [0.0]
+    sleeps: list[float] = []
+
+    async def sleep(d: float) -> None:
+        sleeps.append(round(d, 6))
+        now[0] += d
+        if len(sleeps) > 6:
+            raise asyncio.CancelledError
+
+    node = SimpleNamespace(metrics=Metrics(CollectorRegistry()), mounts={}, node_id="n")
+    r = Reconciler(node, None, interval=10, clock=lambda: now[0], sleep=sleep, rng=lambda: 0.5)  # type: ignore[arg-type]
+    calls: list[tuple[float, bool]] = []
+
+    async def tick(full: bool = True) -> None:
+        calls.append((now[0], full))
+        if len(calls) <= 2:  # a volume fails twice: retried 1 s later, then 2 s later
+            r.schedule.failed(TARGET, now[0])
+        elif len(calls) == 3:
+            r.schedule.succeeded(TARGET)
+
+    r.tick = tick  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await r.run()
+    assert calls[:5] == [(10, True), (11, False), (13, False), (20, True), (30, True)]
