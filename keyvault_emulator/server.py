@@ -152,6 +152,7 @@ class Emulator:
             fault = self.faults.take("imds", request.method, request.path, "", identity)
             if fault is not None:
                 fault_id = fault.id
+                status = 0  # logged for a dropped connection; any answer overwrites it
                 resp = await self._apply_fault(request, fault, "imds")
                 if resp is not None:
                     status = resp.status
@@ -209,6 +210,7 @@ class Emulator:
             fault = self.faults.take("entra", request.method, request.path, "", identity)
             if fault is not None:
                 fault_id = fault.id
+                status = 0  # logged for a dropped connection; any answer overwrites it
                 resp = await self._apply_fault(request, fault, "entra")
                 if resp is not None:
                     status = resp.status
@@ -253,6 +255,7 @@ class Emulator:
             fault = self.faults.take("kv", request.method, request.path, vault_name, identity)
             if fault is not None:
                 fault_id = fault.id
+                status = 0  # logged for a dropped connection; any answer overwrites it
                 resp = await self._apply_fault(request, fault, "kv")
                 if resp is not None:
                     status = resp.status

@@ -98,13 +98,15 @@ def test_delay_and_drop(emulator: Emulator) -> None:
     start = time.monotonic()
     assert raw.call("GET", "/secrets/plain").status_code == 200
     assert time.monotonic() - start >= 0.15
-    emulator.add_fault(service="kv", path="^/secrets/plain$", drop=True, count=1)
+    rule = emulator.add_fault(service="kv", path="^/secrets/plain$", drop=True, count=1)
     with pytest.raises(requests.ConnectionError):
         requests.get(
             "https://kv-test.vault.azure.net/secrets/plain?api-version=7.6",
             headers={"Authorization": f"Bearer {raw.token}"},
             timeout=10,
         )
+    dropped = [r for r in emulator.requests(service="kv") if r["fault"] == rule["id"]]
+    assert [r["status"] for r in dropped] == [0]
     assert raw.call("GET", "/secrets/plain").status_code == 200
 
 
