@@ -305,6 +305,10 @@ class SecretSync:
             asyncio.create_task(
                 self._watch(SecretProviderClass, self._on_spc), name="sync-spc-watch"
             ),
+            asyncio.create_task(
+                self._watch(Secret, self._on_secret, labels={MANAGED_LABEL: "true"}),
+                name="sync-secret-watch",
+            ),
             asyncio.create_task(self._worker(), name="sync-worker"),
             asyncio.create_task(self.check_rbac(), name="sync-rbac-check"),
         ]
@@ -393,6 +397,27 @@ class SecretSync:
                     self._enqueue((ns, name))
         self._spc_objects[key] = objects
 
+    def _on_secret(self, event: str, data: dict[str, Any]) -> None:
+        """A managed Secret deleted while this node still mounts its SPC comes back.
+
+        Only deletions: reacting to updates would let two nodes with different content (a
+        rotation in progress) overwrite each other forever.
+        """
+        if event != "DELETED":
+            return
+        meta = data.get("metadata") or {}
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        spcs = {
+            spc
+            for (spc_ns, spc), objects in self._spc_objects.items()
+            if spc_ns == ns
+            and any(str((o or {}).get("secretName") or "").strip() == name for o in objects or [])
+        }
+        for (spcps_ns, spcps_name), spcps in list(self._spcps.items()):
+            status = spcps.get("status") or {}
+            if spcps_ns == ns and status.get("secretProviderClassName") in spcs:
+                self._enqueue((spcps_ns, spcps_name))
+
     def _on_pod(self, event: str, data: dict[str, Any]) -> None:
         meta = data.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
@@ -470,12 +495,10 @@ class SecretSync:
         pod_name = str(status.get("podName", ""))
         spc_name = str(status.get("secretProviderClassName", ""))
         target = str(status.get("targetPath", ""))
-        pod = self._pods.get((ns, pod_name))
-        if pod is None:
-            try:
-                pod = _to_dict(await self.client.get(Pod, pod_name, namespace=ns))
-            except ApiError as e:
-                return e.status.code != 404
+        try:  # not from the watch cache: a pod just deleted must not bring its Secret back
+            pod = _to_dict(await self.client.get(Pod, pod_name, namespace=ns))
+        except ApiError as e:
+            return e.status.code != 404
         pmeta = pod.get("metadata") or {}
         if pmeta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
             "Succeeded",

@@ -453,6 +453,30 @@ async def test_spc_edit_resyncs(
     assert secret["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
 
 
+async def test_deleted_secret_comes_back_while_mounted(
+    kubelet: Kubelet, driver: DriverProcess, admin_client: AsyncClient, namespace: str
+) -> None:
+    name = unique("again")
+    spc = await make_spc(
+        admin_client,
+        namespace,
+        {"a": "1"},
+        [{"secretName": name, "type": "Opaque", "data": [{"objectName": "a", "key": "a"}]}],
+    )
+    await mount(kubelet, admin_client, namespace, spc)
+    first = await get_secret(admin_client, namespace, name)
+    assert first is not None
+    await admin_client.delete(Secret, name, namespace=namespace)
+
+    async def back() -> dict[str, Any] | None:
+        s = await get_secret(admin_client, namespace, name)
+        return s if s is not None and s["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    secret = await eventually(back, what="the deleted Secret to be created again")
+    assert decoded(secret) == {"a": b"1"}
+    assert secret["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
+
+
 async def test_type_change_recreates_and_says_so(
     kubelet: Kubelet, driver: DriverProcess, admin_client: AsyncClient, namespace: str
 ) -> None:
@@ -629,18 +653,16 @@ async def test_bad_forged_spcps_target_path(
 ) -> None:
     """An SPCPS naming one pod with another pod's target path is not read."""
     name = unique("forged")
+    victim_spc = await make_spc(admin_client, namespace, {"a": "victim-data"}, [])
+    victim = await make_pod(admin_client, namespace, victim_spc)
+    victim_vol = await kubelet.volume(victim)
+    await kubelet.publish(victim_vol)
     spc = await make_spc(
         admin_client,
         namespace,
-        {"a": "victim-data"},
+        {},
         [{"secretName": name, "type": "Opaque", "data": [{"objectName": "a", "key": "k"}]}],
     )
-    victim = await make_pod(admin_client, namespace, spc)
-    victim_vol = await kubelet.volume(victim)
-    await kubelet.publish(victim_vol)
-    secret = await get_secret(admin_client, namespace, name)
-    assert secret is not None
-    await admin_client.delete(Secret, name, namespace=namespace)
     attacker = await make_pod(admin_client, namespace, spc)
     assert attacker.metadata is not None
     await admin_client.create(
