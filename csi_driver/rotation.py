@@ -239,6 +239,8 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
         self.provider_calls = 0
+        # Called after a mount's files or versions changed (secret sync refreshes its Secrets).
+        self.on_rotated: Callable[[PodStatusRecord], Awaitable[None]] | None = None
         metrics = node.metrics
         self.metrics = metrics
         self.calls_saved = Counter(
@@ -537,6 +539,8 @@ class Reconciler:
                 ) from None
             self.node.mounts[_key(target)] = new
         self.metrics.rotation_reconcile.labels(plan.provider, OS_TYPE, str(rotated).lower()).inc()
+        if (rotated or changed) and self.on_rotated is not None:
+            await self.on_rotated(self.node.mounts.get(_key(target), record))
         if rotated or changed or plan.forced:
             log.info(
                 "rotation: %s/%s spc %s: versions %s, files %s%s",

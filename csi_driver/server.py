@@ -84,6 +84,7 @@ class Driver:
                 driver_name=config.driver_name,
             )
             self.node.on_republish = self.rotation.republish
+            self.rotation.on_rotated = self.sync.sync_now
 
     async def start(self) -> None:
         scheme, address = parse_endpoint(self.config.endpoint)

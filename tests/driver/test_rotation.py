@@ -687,3 +687,57 @@ async def test_driver_restarted_between_ticks(
         lambda: (vol.target / name).read_text() == "after-restart", 3 * INTERVAL, "rotation"
     )
     assert "recovered 1 existing mounts" in again.logs() or "recovered" in again.logs()
+
+
+async def test_synced_secret_follows_rotation(
+    world: Emulator,
+    start_driver: DriverFactory,
+    make_node: Callable[[DriverProcess], Node],
+    admin_client: AsyncClient,
+    namespace: str,
+) -> None:
+    name, secret_name, spc = unique("rot-sync"), unique("rot-synced"), unique("spc")
+    world.set_secret(VAULT, name, "sync-before")
+    body = {
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": spc, "namespace": namespace},
+        "spec": {
+            "provider": "azure",
+            "parameters": {
+                "keyvaultName": VAULT,
+                "tenantId": TENANT_ID,
+                "clientID": WI_CLIENT,
+                "objects": objects(name),
+            },
+            "secretObjects": [
+                {
+                    "secretName": secret_name,
+                    "type": "Opaque",
+                    "data": [{"objectName": name, "key": "value"}],
+                }
+            ],
+        },
+    }
+    await admin_client.create(SecretProviderClass.from_dict(body))
+    driver = start_driver()
+    node = make_node(driver)
+    vol = await node.pod(spc)
+
+    async def synced() -> str:
+        try:
+            s = await admin_client.get(Secret, secret_name, namespace=namespace)
+        except Exception:
+            return ""
+        import base64
+
+        return base64.b64decode((s.data or {}).get("value", "")).decode()
+
+    await wait_for(lambda: _eq(synced(), "sync-before"), 5, "synced Secret")
+    world.set_secret(VAULT, name, "sync-after")
+    await wait_for(lambda: (vol.target / name).read_text() == "sync-after", 3 * INTERVAL, "file")
+    await wait_for(lambda: _eq(synced(), "sync-after"), 2 * INTERVAL, "synced Secret rotated")
+
+
+async def _eq(value: Awaitable[str], expected: str) -> bool:
+    return await value == expected
