@@ -14,13 +14,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from . import seed as seeding
-from .server import Emulator, make_app, make_imds_app
-from .store import Store
-from .tls import ensure_pki, server_ssl_context
-
 log = logging.getLogger("keyvault_emulator")
 
 
@@ -95,6 +88,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    # Imported here so that `keyvault-emulator seed` starts fast.
+    from aiohttp import web
+
+    from . import seed as seeding
+    from .server import Emulator, make_app, make_imds_app
+    from .store import Store
+    from .tls import ensure_pki, server_ssl_context
+
     pki = ensure_pki(args.state_dir, args.extra_san)
     store = Store()
     persister = None

@@ -22,7 +22,7 @@ def _ctx(query: str) -> KvContext:
     )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(n=st.integers(0, 80), size=st.integers(1, 25))
 def test_paging_yields_each_item_once(n: int, size: int) -> None:
     items = [{"id": str(i)} for i in range(n)]
