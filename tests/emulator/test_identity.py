@@ -3,6 +3,7 @@ and Entra's error rows, raw."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +394,112 @@ def test_imds_errors(emulator: Emulator) -> None:
         IMDS, params={"api-version": "2018-02-01"}, headers={"Metadata": "true"}, timeout=10
     )
     assert no_resource.status_code == 400
+
+
+def _emulator_signed_assertion(emulator: Emulator, issuer: str, subject: str) -> tuple[str, str]:
+    """An assertion signed by the emulator's own Entra key, so that the emulator's JWKS
+    endpoint can stand in for a remote issuer's (kube-apiserver's /openid/v1/jwks)."""
+    key = (emulator.state_dir / "entra-signing-key.pem").read_bytes()
+    jwks = requests.get(f"{LOGIN}/{t.TENANT_ID}/discovery/v2.0/keys", timeout=10).json()
+    kid = jwks["keys"][0]["kid"]
+    return t.workload_token(issuer=issuer, subject=subject, key_pem=key, kid=kid), kid
+
+
+@pytest.mark.parametrize("mode", ["jwksUri", "discovery"])
+def test_issuer_keys_fetched(emulator: Emulator, mode: str) -> None:
+    client_id = str(uuid.uuid4())
+    if mode == "jwksUri":
+        issuer = f"https://fetched-{uuid.uuid4().hex[:6]}.emulator.test"
+        spec = {
+            "issuer": issuer,
+            "jwksUri": f"{LOGIN}/{t.TENANT_ID}/discovery/v2.0/keys",
+            "caFile": str(emulator.ca_path),
+        }
+    else:
+        # OIDC discovery: <issuer>/.well-known/openid-configuration -> jwks_uri
+        issuer = f"{LOGIN}/{t.TENANT_ID}/v2.0"
+        spec = {"issuer": issuer}
+    subject = f"system:serviceaccount:fetch:{mode.lower()}"
+    emulator.seed(
+        {
+            "issuers": [spec],
+            "identities": [
+                {
+                    "name": f"wi-{client_id[:8]}",
+                    "type": "application",
+                    "clientId": client_id,
+                    "federatedCredentials": [{"issuer": issuer, "subject": subject}],
+                }
+            ],
+            "vaults": [
+                {
+                    "name": "kv-test",
+                    "roleAssignments": [{"identity": client_id, "role": "Key Vault Secrets User"}],
+                }
+            ],
+        }
+    )
+    assertion, _ = _emulator_signed_assertion(emulator, issuer, subject)
+    cred = ClientAssertionCredential(t.TENANT_ID, client_id, lambda: assertion)
+    assert SecretClient(KV_TEST, cred).get_secret("plain").value == "plain-v2"
+
+
+def test_issuer_keys_unreachable(emulator: Emulator) -> None:
+    client_id = str(uuid.uuid4())
+    issuer = "https://unreachable.emulator.test"
+    emulator.seed(
+        {
+            "issuers": [
+                {"issuer": issuer, "jwksUri": "https://kv-denied.vault.azure.net/no-jwks-here"}
+            ],
+            "identities": [
+                {
+                    "name": f"wi-{client_id[:8]}",
+                    "type": "application",
+                    "clientId": client_id,
+                    "federatedCredentials": [{"issuer": issuer, "subject": "s"}],
+                }
+            ],
+        }
+    )
+    assertion, _ = _emulator_signed_assertion(emulator, issuer, "s")
+    entra_error(
+        token_request(
+            {
+                "client_id": client_id,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+            }
+        ),
+        401,
+        50166,
+        "invalid_client",
+    )
+
+
+def test_v1_endpoint_and_basic_auth(emulator: Emulator) -> None:
+    v1 = requests.post(
+        f"{LOGIN}/{t.TENANT_ID}/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": t.SP_READER_ID,
+            "client_secret": t.SP_READER_SECRET,
+            "resource": "https://vault.azure.net",
+        },
+        timeout=10,
+    )
+    assert v1.status_code == 200
+    body = v1.json()
+    validate("TokenResponse", body, "entra")
+    assert body["resource"] == "https://vault.azure.net" and body["expires_on"].isdigit()
+    basic = requests.post(
+        TOKEN_URL,
+        data={"grant_type": "client_credentials", "scope": VAULT_SCOPE},
+        auth=(t.SP_READER_ID, t.SP_READER_SECRET),
+        timeout=10,
+    )
+    assert basic.status_code == 200
+    validate("TokenResponse", basic.json(), "entra")
+    assert claims(basic.json()["access_token"])["appid"] == t.SP_READER_ID
+    wrong_grant = requests.post(TOKEN_URL, data={"grant_type": "password"}, timeout=10)
+    entra_error(wrong_grant, 400, 70003, "unsupported_grant_type")
