@@ -8,6 +8,7 @@ the combined file; `objectVersionHistory: N` (N > 1) gives `name/0..name/N`, new
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -94,22 +95,32 @@ class Fetcher:
         self.options = options
         self.concurrency = concurrency
         self.observe = observe
+        # Fetches in flight, shared by concurrent mounts of the same (client, object, version):
+        # many pods on one SecretProviderClass cost one Key Vault GET per object, not one each.
+        # Only while in flight: a finished fetch is never reused, so content is never stale.
+        self._inflight: dict[tuple[int, str, str, str, str], asyncio.Future[list[_Piece]]] = {}
 
     async def mount(self, params: MountParameters, vault: Vault) -> MountResult:
         semaphore = asyncio.Semaphore(self.concurrency)
-        memo: dict[tuple[str, str, str], asyncio.Task[list[_Piece]]] = {}
+        memo: dict[tuple[int, str, str, str, str], asyncio.Future[list[_Piece]]] = {}
 
         async def bounded(coro: Awaitable[Any]) -> Any:
             async with semaphore:
                 return await coro
 
-        def fetch(obj: KeyVaultObject, version: str) -> asyncio.Task[list[_Piece]]:
-            key = (obj.type.value, obj.name, version + "|" + obj.format.value)
+        def fetch(obj: KeyVaultObject, version: str) -> asyncio.Future[list[_Piece]]:
+            key = (id(vault), obj.type.value, obj.name, version, obj.format.value)
             task = memo.get(key)
             if task is None:
-                task = asyncio.ensure_future(
-                    bounded(self._timed(obj, self._content(vault, obj, version)))
-                )
+                shared = self._inflight.get(key)
+                if shared is None:
+                    shared = asyncio.ensure_future(
+                        bounded(self._timed(obj, self._content(vault, obj, version)))
+                    )
+                    self._inflight[key] = shared
+                    shared.add_done_callback(functools.partial(self._forget, key))
+                # A mount that gives up (deadline) must not cancel the others' fetch.
+                task = asyncio.ensure_future(asyncio.shield(shared))
                 memo[key] = task
             return task
 
@@ -130,8 +141,8 @@ class Fetcher:
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
-            for task in [*tasks, *memo.values()]:
-                task.cancel()
+            for pending in [*tasks, *memo.values()]:
+                pending.cancel()
             raise
 
         files: list[File] = []
@@ -154,6 +165,12 @@ class Fetcher:
                     files.append(File(path, mode, data))
                     versions.append(ObjectVersion(uid, piece.version))
         return MountResult(tuple(files), tuple(versions))
+
+    def _forget(self, key: tuple[int, str, str, str, str], done: asyncio.Future[Any]) -> None:
+        if self._inflight.get(key) is done:
+            del self._inflight[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: no "exception was never retrieved" noise
 
     async def _timed(self, obj: KeyVaultObject, coro: Awaitable[Any]) -> Any:
         start = time.perf_counter()

@@ -220,3 +220,32 @@ def test_not_found_names_object() -> None:
     with pytest.raises(ProviderError) as info:
         mount(MemoryVault(), {"objectName": "nope", "objectType": "secret"})
     assert info.value.kind is Kind.NOT_FOUND
+
+
+def test_concurrent_mounts_share_fetches_in_flight_only() -> None:
+    vault = MemoryVault()
+    vault.add("s", "x")
+    vault.add("t", "y")
+    params = parse_mount(
+        json.dumps(
+            attributes(
+                objects=objects_yaml(
+                    {"objectName": "s", "objectType": "secret"},
+                    {"objectName": "t", "objectType": "secret"},
+                )
+            )
+        ),
+        json.dumps(SP_SECRETS),
+        "420",
+    )
+    fetcher = Fetcher(ContentOptions())
+
+    async def run() -> None:
+        results = await asyncio.gather(*(fetcher.mount(params, vault) for _ in range(5)))
+        assert all(r == results[0] for r in results)
+        assert sorted(vault.calls) == [("secret", "s", ""), ("secret", "t", "")]
+        await fetcher.mount(params, vault)  # finished fetches are not reused
+        assert len(vault.calls) == 4
+        assert fetcher._inflight == {}
+
+    asyncio.run(run())
