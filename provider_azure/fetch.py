@@ -141,7 +141,9 @@ class Fetcher:
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
-            for pending in [*tasks, *memo.values()]:
+            for task in tasks:
+                task.cancel()
+            for pending in memo.values():
                 pending.cancel()
             raise
 
