@@ -143,7 +143,7 @@ class Faults:
 
 @dataclass
 class RequestLog:
-    entries: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200_000))
+    entries: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50_000))
     by_route: Counter[str] = field(default_factory=Counter)
     by_service: Counter[str] = field(default_factory=Counter)
     by_vault: Counter[str] = field(default_factory=Counter)

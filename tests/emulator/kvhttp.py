@@ -16,12 +16,16 @@ SCHEMAS = Path(__file__).parent / "schemas"
 
 
 @cache
+def _root(schema: str) -> dict[str, Any]:
+    root: dict[str, Any] = json.loads((SCHEMAS / f"{schema}.schema.json").read_text())
+    jsonschema.validators.validator_for(root).check_schema(root)  # once per file
+    return root
+
+
+@cache
 def _validator(schema: str, definition: str) -> jsonschema.protocols.Validator:
-    root = json.loads((SCHEMAS / f"{schema}.schema.json").read_text())
-    full = {**root, "$ref": f"#/$defs/{definition}"}
-    cls = jsonschema.validators.validator_for(full)
-    cls.check_schema(full)
-    return cls(full)
+    full = {**_root(schema), "$ref": f"#/$defs/{definition}"}
+    return jsonschema.validators.validator_for(full)(full)
 
 
 def validate(definition: str, body: Any, schema: str = "keyvault") -> None:

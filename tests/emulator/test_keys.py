@@ -29,7 +29,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.mark.parametrize("size", [2048, 3072])
+@pytest.mark.parametrize("size", [2048, 3072, 4096])
 def test_create_rsa(keys_officer: KeyClient, size: int) -> None:
     name = unique("rsa")
     key = keys_officer.create_rsa_key(name, size=size)
