@@ -364,7 +364,7 @@ async def test_owners_merge_across_a_rollout_and_gc(
     assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [old.uid]
 
     new = await replicaset()
-    await mount(kubelet, admin_client, namespace, spc, owners=[new])
+    new_vol = await mount(kubelet, admin_client, namespace, spc, owners=[new])
     secret = await get_secret(admin_client, namespace, name)
     assert secret is not None
     assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [old.uid, new.uid]
@@ -380,6 +380,9 @@ async def test_owners_merge_across_a_rollout_and_gc(
         return [o["uid"] for o in s["metadata"]["ownerReferences"]] == [new.uid]
 
     await eventually(old_owner_dropped, what="GC to drop the deleted ReplicaSet's reference")
+    # scaled to zero: the new ReplicaSet's pod goes, the ReplicaSet stays → the Secret stays
+    await kubelet.unpublish(new_vol)
+    await kubelet.delete_pod(new_vol.pod)
     await asyncio.sleep(1.0)
     assert await get_secret(admin_client, namespace, name) is not None
 
