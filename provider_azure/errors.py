@@ -15,6 +15,7 @@ class Kind(enum.Enum):
     UNAUTHENTICATED = "Unauthenticated"
     UNAVAILABLE = "Unavailable"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    FAILED_PRECONDITION = "FailedPrecondition"
     UNIMPLEMENTED = "Unimplemented"
     INTERNAL = "Internal"
 

@@ -252,6 +252,12 @@ def map_error(exc: AzureError, what: tuple[str, str, str], vault: str) -> Provid
         )
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         status = exc.status_code
+        if status == 403 and "disabled" in str(getattr(exc, "message", "") or exc).lower():
+            pinned = f" version {version}" if version else " (its current version)"
+            return ProviderError(
+                Kind.FAILED_PRECONDITION,
+                f"{prefix}: {object_type} {name}{pinned} is disabled in Key Vault {vault}",
+            )
         if status == 403:
             return ProviderError(
                 Kind.PERMISSION_DENIED,

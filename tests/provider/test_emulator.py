@@ -456,3 +456,15 @@ async def test_client_cache_is_bounded(world: ProviderWorld) -> None:
         assert p.clients.credentials_built == 3 and len(p.clients._credentials) == 1
     finally:
         await p.close()
+
+
+async def test_disabled_version_is_not_reported_as_a_missing_role(
+    provider: Provider, world: ProviderWorld
+) -> None:
+    with pytest.raises(ProviderError) as info:
+        await mount(
+            provider,
+            world,
+            {"objectName": "hist", "objectType": "secret", "objectVersion": world.history[2]},
+        )
+    assert info.value.kind is Kind.FAILED_PRECONDITION and "is disabled" in info.value.message
