@@ -55,6 +55,10 @@ class CountingClient:
         return [c for c in self.calls if c[0] in WRITES and c[1] == "Secret"]
 
 
+async def _reads_since(client: CountingClient, index: int) -> bool:
+    return ("get", "Secret") in client.calls[index:]
+
+
 @pytest.fixture
 async def fake_clock() -> AsyncIterator[Callable[[float], None]]:
     loop = asyncio.get_running_loop()
@@ -139,6 +143,18 @@ async def test_five_idle_minutes_zero_secret_writes(
         after = client.calls[before:]
         print(f"API calls in 5 idle minutes: {len(after)} {after}")
         assert not [c for c in after if c[0] in WRITES]
+        # a driver restart replays every watched object: compared (reads), never rewritten
+        await sync.stop()
+        before = len(client.calls)
+        sync = SecretSync(client, NODE, Metrics(CollectorRegistry()))  # type: ignore[arg-type]
+        sync.start()
+        await eventually(lambda: _reads_since(client, before), what="the replay's reads")
+        await asyncio.sleep(0.5)
+        after = client.calls[before:]
+        print(f"API calls after a restart: {len(after)} {after}")
+        assert ("get", "Secret") in after
+        # the start-up RBAC self-review is a create that stores nothing; nothing else writes
+        assert not [c for c in after if c[0] in WRITES and c[1] != "SelfSubjectAccessReview"]
     finally:
         await sync.stop()
         await inner.close()
