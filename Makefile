@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PEERS_DIR ?= $(HOME)/.cache/secrets-store-csi-peers
 export PEERS_DIR
 PROTOS := proto/secrets_store_api/provider.proto proto/secrets_store_api/csi.proto
-DEB_PACKAGES := iproute2 util-linux mount
+DEB_PACKAGES := iproute2 util-linux mount containerd runc busybox-static
 
 .PHONY: install deb proto lint peers test test-unit bench demo clean
 

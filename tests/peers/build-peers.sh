@@ -25,8 +25,11 @@ wrapper() {
 
 build_kubernetes() {
   local out="$PEERS_DIR/kubernetes-$K8S_VERSION"
-  [ -f "$out/.ok" ] && return 0
-  log "building kube-apiserver, kube-controller-manager $K8S_VERSION (cold: ~10 min)"
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet) b ok=1
+  # Check every binary, not only the marker: an older cache may lack kubelet or kube-scheduler.
+  for b in "${bins[@]}"; do [ -x "$out/$b" ] || ok=0; done
+  [ -f "$out/.ok" ] && [ $ok = 1 ] && return 0
+  log "building ${bins[*]} $K8S_VERSION (cold: ~10 min)"
   local w; w=$(mktemp -d)
   wrapper "$w" k8s.io/kubernetes "$K8S_VERSION"
   local staging_ver="v0.${K8S_VERSION#v1.}"
@@ -37,7 +40,7 @@ build_kubernetes() {
     | while read -r m; do printf 'replace %s => %s %s\n' "$m" "$m" "$staging_ver"; done >>"$w/go.mod"
   mkdir -p "$out"
   (cd "$w" && go build -trimpath -o "$out/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+      "${bins[@]/#/k8s.io/kubernetes/cmd/}")
   touch "$out/.ok"; rm -rf "$w"
 }
 

@@ -19,6 +19,8 @@ VERSIONS = {
 BINARIES = {
     "kube-apiserver": ("kubernetes", "kube-apiserver"),
     "kube-controller-manager": ("kubernetes", "kube-controller-manager"),
+    "kube-scheduler": ("kubernetes", "kube-scheduler"),
+    "kubelet": ("kubernetes", "kubelet"),
     "etcd": ("etcd", "etcd"),
     "csi-sanity": ("csi-sanity", "csi-sanity"),
     "azure-provider": ("azure-provider", "secrets-store-csi-driver-provider-azure"),

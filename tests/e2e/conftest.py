@@ -1,0 +1,431 @@
+"""The real-node tier: one single-node cluster for the session (tests/e2e/node.py), our
+driver and provider as the node's plugins (host processes in the namespace, registered with
+kubelet through tests/e2e/registrar.py), the Key Vault emulator trusting this cluster's
+service-account issuer. Pods are real: containerd + runc run them, kubelet mounts our volumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import yaml
+from lightkube import AsyncClient, codecs
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
+from lightkube.resources.storage_v1 import CSINode
+
+from keyvault_emulator.testing import TENANT_ID, Emulator
+from tests.driver.harness import DriverProcess, ProviderProcess
+from tests.kube.controlplane import free_port
+from tests.kube.fixtures import driver_token_kubeconfig, prepare_cluster
+from tests.peers.locate import peer
+
+from . import images
+from .node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, unmount_under
+from .registrar import Registrar
+
+DRIVER = "secrets-store.csi.k8s.io"
+NAMESPACE = "e2e"
+VAULT = "kv-e2e"
+WI_CLIENT = "0e000001-0000-4000-8000-0000000000e1"
+SP_CLIENT, SP_SECRET = "0e000002-0000-4000-8000-0000000000e2", "e2e-sp-secret"
+NOROLE_CLIENT, NOROLE_SECRET = "0e000003-0000-4000-8000-0000000000e3", "e2e-norole-secret"
+ROTATION_INTERVAL = "5s"
+_names = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`verify=<str>` is deprecated:DeprecationWarning"
+    )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+def _require_debian(*programs: str) -> None:
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        message = f"real-node tier needs {', '.join(missing)}: run `make deb`"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass
+class Cluster:
+    node: Node
+    admin: AsyncClient
+    driver: DriverProcess
+    provider: ProviderProcess
+    emulator: Emulator
+    kubectl_cache: Path
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "kubectl",
+                f"--kubeconfig={self.node.cp.admin_kubeconfig}",
+                f"--cache-dir={self.kubectl_cache}",
+                *args,
+            ],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def exec(
+        self, pod: str, *cmd: str, namespace: str = NAMESPACE
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl exec` through the apiserver, kubelet and containerd's streaming server."""
+        return self.kubectl("exec", "-n", namespace, pod, "--", *cmd, check=False)
+
+    def target(self, pod: Pod, volume: str = "secrets-store") -> Path:
+        assert pod.metadata is not None and pod.metadata.uid is not None
+        return (
+            self.node.root
+            / "pods"
+            / pod.metadata.uid
+            / "volumes"
+            / "kubernetes.io~csi"
+            / volume
+            / "mount"
+        )
+
+
+def _seed_world(emulator: Emulator, jwks: dict[str, Any]) -> None:
+    emulator.seed(
+        {
+            "issuers": [{"issuer": E2E_ISSUER, "jwks": jwks}],
+            "identities": [
+                {
+                    "name": "e2e-wi",
+                    "type": "application",
+                    "clientId": WI_CLIENT,
+                    "federatedCredentials": [
+                        {
+                            "issuer": E2E_ISSUER,
+                            "subject": f"system:serviceaccount:{NAMESPACE}:default",
+                            "audience": "api://AzureADTokenExchange",
+                        }
+                    ],
+                },
+                {
+                    "name": "e2e-sp",
+                    "type": "servicePrincipal",
+                    "clientId": SP_CLIENT,
+                    "clientSecret": SP_SECRET,
+                },
+                {
+                    "name": "e2e-norole",
+                    "type": "servicePrincipal",
+                    "clientId": NOROLE_CLIENT,
+                    "clientSecret": NOROLE_SECRET,
+                },
+            ],
+            "vaults": [
+                {
+                    "name": VAULT,
+                    "tenant": TENANT_ID,
+                    "roleAssignments": [
+                        {"identity": ident, "role": role}
+                        for ident in ("e2e-wi", "e2e-sp")
+                        for role in ("Key Vault Secrets User", "Key Vault Reader")
+                    ],
+                    "secrets": [
+                        {"name": "db-password", "value": "hunter2-from-keyvault"},
+                        {"name": "username", "value": "app-user"},
+                        {"name": "rotating", "value": "rot-v1"},
+                    ],
+                    "keys": [{"name": "signing-key", "kty": "RSA", "size": 2048}],
+                    "certificates": [
+                        {
+                            "name": "tls-cert",
+                            "generate": {
+                                "subject": "CN=e2e.example.test",
+                                "kty": "RSA",
+                                "size": 2048,
+                                "dnsNames": ["e2e.example.test"],
+                            },
+                            "contentType": "application/x-pem-file",
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def vault_resolves() -> Iterator[None]:
+    """tests/netns-run's /etc/hosts is a private temp file: add this tier's vault to it."""
+    if os.environ.get("NETNS_RUN_INSIDE") != "1":
+        pytest.fail("run inside tests/netns-run", pytrace=False)
+    hosts = Path("/etc/hosts")
+    before = hosts.read_text()
+    hosts.write_text(before + f"127.0.0.1 {VAULT}.vault.azure.net\n")
+    yield
+    hosts.write_text(hosts.read_text().replace(f"127.0.0.1 {VAULT}.vault.azure.net\n", ""))
+
+
+@pytest.fixture(scope="session")
+async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Cluster]:
+    _require_debian("containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", "kubectl")
+    bins = {
+        n: peer(n)
+        for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+    }
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))  # short: socket paths < 108 bytes
+    cp = NodeControlPlane(
+        tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
+    )
+    node = Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])
+    (tmp / "node").mkdir()
+    registrar: Registrar | None = None
+    driver: DriverProcess | None = None
+    provider: ProviderProcess | None = None
+    admin: AsyncClient | None = None
+    try:
+        node.isolate()
+        tarballs = images.build(tmp)
+        node.start_containerd()
+        node.import_images(tarballs)
+        cp.start()
+        admin = await prepare_cluster(cp)
+        node.start_scheduler()
+        jwks = httpx.get(
+            f"{cp.server}/openid/v1/jwks",
+            headers={"Authorization": f"Bearer {cp.admin_token}"},
+            verify=str(cp.ca_file),
+        ).json()
+        _seed_world(emulator, jwks)
+        # the node's plugins: provider, driver (its own ServiceAccount), registrar
+        providers = tmp / "providers"
+        providers.mkdir()
+        sock = providers / "azure.sock"
+        provider = ProviderProcess(
+            sock,
+            tmp / "provider.log",
+            [
+                sys.executable,
+                "-m",
+                "provider_azure",
+                f"--endpoint=unix://{sock}",
+                f"--healthz-port={free_port()}",
+                f"--prometheus-port={free_port()}",
+            ],
+        )
+        provider.start()
+        (node.root / "plugins").mkdir()
+        driver = DriverProcess(
+            node.root / "plugins",
+            kubeconfig=await driver_token_kubeconfig(cp, admin),
+            provider_dirs=(providers, tmp / "no-providers"),
+            node_id=NODE_NAME,
+            name="csi-secrets-store",
+            extra=(
+                "--enable-secret-rotation=true",
+                f"--rotation-poll-interval={ROTATION_INTERVAL}",
+            ),
+        )
+        driver.start()
+        registrar = Registrar(node.root, DRIVER, driver.socket, tmp / "stubs")
+        registrar.start()
+        node.start_kubelet()
+        await _wait_node_ready(node, admin, registrar)
+        await _namespace(admin)
+        print(f"\n[e2e] node up in {time.monotonic() - started:.1f}s ({tmp})")
+        yield Cluster(node, admin, driver, provider, emulator, tmp / "kubectl-cache")
+    finally:
+        if admin is not None:
+            await _delete_pods(admin)
+        try:
+            node.stop()
+        finally:
+            if registrar is not None:
+                registrar.stop()
+            if driver is not None and driver.proc is not None:
+                driver.stop()
+            if provider is not None:
+                provider.stop()
+            if admin is not None:
+                await admin.close()
+            cp.stop()
+            unmount_under(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _wait_node_ready(node: Node, admin: AsyncClient, registrar: Registrar) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        node._alive("kubelet")
+        node._alive("containerd")
+        try:
+            csinode = await admin.get(CSINode, NODE_NAME)
+            drivers = [d.name for d in (csinode.spec.drivers or [])]
+            if DRIVER in drivers and registrar.registered.is_set():
+                return
+        except Exception:
+            pass
+        if registrar.errors:
+            raise RuntimeError(f"plugin registration failed: {registrar.errors}")
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"node not ready:\n{node.log('kubelet')[-4000:]}")
+
+
+async def _namespace(admin: AsyncClient) -> None:
+    await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
+    for _ in range(600):
+        try:
+            await admin.get(ServiceAccount, "default", namespace=NAMESPACE)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise TimeoutError("no default ServiceAccount")
+
+
+async def _delete_pods(admin: AsyncClient) -> None:
+    """Pods go first (kubelet unpublishes their volumes) so nothing stays mounted."""
+    try:
+        pods = [p async for p in admin.list(Pod, namespace=NAMESPACE)]
+        for p in pods:
+            assert p.metadata is not None and p.metadata.name is not None
+            await admin.delete(Pod, p.metadata.name, namespace=NAMESPACE, grace_period=0)
+        for _ in range(100):
+            if not [p async for p in admin.list(Pod, namespace=NAMESPACE)]:
+                break
+            await asyncio.sleep(0.2)
+    except Exception:
+        pass
+
+
+# -- helpers for the stories ------------------------------------------------------------
+
+
+SLEEP = "trap 'exit 0' TERM; sleep 3600 & wait"
+
+
+def objects(*items: dict[str, str]) -> str:
+    return yaml.safe_dump({"array": [yaml.safe_dump(i) for i in items]})
+
+
+async def create_spc(
+    admin: AsyncClient,
+    parameters: dict[str, str],
+    *,
+    secret_objects: list[dict[str, Any]] | None = None,
+    name: str | None = None,
+) -> str:
+    name = name or unique("spc")
+    spec: dict[str, Any] = {"provider": "azure", "parameters": parameters}
+    if secret_objects is not None:
+        spec["secretObjects"] = secret_objects
+    await admin.create(
+        codecs.from_dict(
+            {
+                "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                "kind": "SecretProviderClass",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": spec,
+            }
+        )
+    )
+    return name
+
+
+async def create_sp_secret(
+    admin: AsyncClient, client_id: str = SP_CLIENT, secret: str = SP_SECRET
+) -> str:
+    name = unique("kv-creds")
+    await admin.create(
+        Secret(
+            metadata=ObjectMeta(name=name, namespace=NAMESPACE),
+            data={
+                "clientid": base64.b64encode(client_id.encode()).decode(),
+                "clientsecret": base64.b64encode(secret.encode()).decode(),
+            },
+        )
+    )
+    return name
+
+
+def pod_manifest(
+    name: str,
+    spc: str,
+    *,
+    secret_ref: str | None = None,
+    env: list[dict[str, Any]] | None = None,
+    command: str = SLEEP,
+) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"secretProviderClass": spc}
+    csi: dict[str, Any] = {"driver": DRIVER, "readOnly": True, "volumeAttributes": attrs}
+    if secret_ref is not None:
+        csi["nodePublishSecretRef"] = {"name": secret_ref}
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": images.BUSYBOX_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["/bin/sh", "-c", command],
+        "volumeMounts": [
+            {"name": "secrets-store", "mountPath": "/mnt/secrets-store", "readOnly": True}
+        ],
+    }
+    if env:
+        container["env"] = env
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+        "spec": {
+            "hostNetwork": True,
+            "terminationGracePeriodSeconds": 5,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [container],
+            "volumes": [{"name": "secrets-store", "csi": csi}],
+        },
+    }
+
+
+async def run_pod(admin: AsyncClient, manifest: dict[str, Any], within: float = 60) -> Pod:
+    """Create the pod and wait until it is Running; on timeout, say why (events)."""
+    pod = await admin.create(Pod.from_dict(manifest))
+    name = manifest["metadata"]["name"]
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pod = await admin.get(Pod, name, namespace=NAMESPACE)
+        if pod.status is not None and pod.status.phase == "Running":
+            return pod
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"pod {name} not Running: {await pod_events(admin, name)}\n{pod.status}")
+
+
+async def pod_events(admin: AsyncClient, pod: str) -> list[str]:
+    from lightkube.resources.core_v1 import Event
+
+    return [
+        f"{e.type} {e.reason}: {e.message}"
+        async for e in admin.list(Event, namespace=NAMESPACE)
+        if e.involvedObject.name == pod
+    ]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value)
