@@ -13,7 +13,7 @@ from keyvault_emulator.testing import TENANT_ID, Emulator
 
 from .pki import Chain, make_chain
 
-VAULT = "kv-pem"
+VAULT = "kv-ec"  # resolved by tests/netns-hosts; seeded only by this suite
 SP_ID, SP_SECRET = "0c000001-0000-4000-8000-0000000000a1", "prov-sp-secret"
 SP_DENIED_ID, SP_DENIED_SECRET = "0c000002-0000-4000-8000-0000000000a2", "prov-denied-secret"
 MI_SYSTEM = "0a000011-0000-4000-8000-000000000011"
