@@ -137,7 +137,8 @@ def run(rounds: int, rss_mounts: int, latencies: tuple[int, ...] = (20, 0)) -> s
     header = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
         f"({os.cpu_count()} CPUs), Python {platform.python_version()}, {rounds} interleaved "
-        "rounds per row, service principal, secrets of ~50 bytes.",
+        "rounds per row, service principal, secrets of ~50 bytes; load average at the end "
+        f"{os.getloadavg()[0]:.1f} (other work on the machine skews the no-latency rows).",
         "",
         "| emulator latency | objects | ours p50 ms | ours p99 ms | Go p50 ms | Go p99 ms "
         "| p50 ratio | p99 ratio |",
