@@ -277,7 +277,7 @@ class SecretSync:
         self.metrics = metrics
         self._mounts = mounts  # target path (normalised) → mount record: what we mounted
         self._spcps: dict[tuple[str, str], dict[str, Any]] = {}
-        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pods: dict[tuple[str, str], list[Any]] = {}  # pod → its ownerReferences
         self._spc_objects: dict[tuple[str, str], Any] = {}  # SPC → its secretObjects
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
@@ -424,10 +424,11 @@ class SecretSync:
         if event == "DELETED":
             self._pods.pop(key, None)
             return
-        old = self._pods.get(key)
-        self._pods[key] = data
-        old_refs = (old or {}).get("metadata", {}).get("ownerReferences")
-        if old is None or old_refs != meta.get("ownerReferences"):
+        refs = meta.get("ownerReferences") or []
+        known = key in self._pods
+        old_refs = self._pods.get(key)
+        self._pods[key] = refs
+        if not known or old_refs != refs:
             for (ns, name), spcps in list(self._spcps.items()):
                 if ns == key[0] and (spcps.get("status") or {}).get("podName") == key[1]:
                     self._enqueue((ns, name))
@@ -462,9 +463,14 @@ class SecretSync:
         if key in self._spcps:
             self._enqueue(key)
 
+    def _wants_sync(self, namespace: str, spc_name: str) -> bool:
+        """False only when the SPC watch says this SPC has no secretObjects (no API call)."""
+        key = (namespace, spc_name)
+        return key not in self._spc_objects or bool(self._spc_objects[key])
+
     async def sync_now(self, record: Any) -> None:
         """After a first publish: sync before the pod's containers start. Never raises."""
-        if self.client is None:
+        if self.client is None or not self._wants_sync(record.namespace, record.spc_name):
             return
         try:
             async with asyncio.timeout(10):
@@ -495,6 +501,14 @@ class SecretSync:
         pod_name = str(status.get("podName", ""))
         spc_name = str(status.get("secretProviderClassName", ""))
         target = str(status.get("targetPath", ""))
+        if not self._wants_sync(ns, spc_name):
+            return False
+        try:
+            spc = _to_dict(await self.client.get(SecretProviderClass, spc_name, namespace=ns))
+        except ApiError as e:
+            return e.status.code != 404
+        if not (spc.get("spec") or {}).get("secretObjects"):
+            return False
         try:  # not from the watch cache: a pod just deleted must not bring its Secret back
             pod = _to_dict(await self.client.get(Pod, pod_name, namespace=ns))
         except ApiError as e:
@@ -504,12 +518,6 @@ class SecretSync:
             "Succeeded",
             "Failed",
         ):
-            return False
-        try:
-            spc = _to_dict(await self.client.get(SecretProviderClass, spc_name, namespace=ns))
-        except ApiError as e:
-            return e.status.code != 404
-        if not (spc.get("spec") or {}).get("secretObjects"):
             return False
         problem = self._check_target(pod, spc_name, target)
         if problem:
