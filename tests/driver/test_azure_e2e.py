@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,22 +40,7 @@ def _objects(*names: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def vault_name_resolves() -> Iterator[None]:
-    """tests/netns-run maps only the vaults listed in tests/netns-hosts; this suite's vault
-    is added to the namespace's private copy of /etc/hosts (a temp file bound over it)."""
-    hosts = Path("/etc/hosts")
-    before = hosts.read_text()
-    if os.environ.get("NETNS_RUN_INSIDE") != "1":
-        pytest.fail("run inside tests/netns-run")
-    hosts.write_text(before + f"127.0.0.1 {VAULT}.vault.azure.net\n")
-    yield
-    hosts.write_text(before)
-
-
-@pytest.fixture(scope="module")
-def azure_world(
-    emulator: Emulator, control_plane: ControlPlane, namespace: str, vault_name_resolves: None
-) -> None:
+def azure_world(emulator: Emulator, control_plane: ControlPlane, namespace: str) -> None:
     jwks = httpx.get(
         f"{control_plane.server}/openid/v1/jwks",
         headers={"Authorization": f"Bearer {control_plane.admin_token}"},
