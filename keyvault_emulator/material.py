@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from . import pfx
 from .store import PrivateKey
 from .tokens import b64url, b64url_uint
 
@@ -237,10 +238,7 @@ def secret_value(material: CertMaterial, content_type: str) -> str:
             c.public_bytes(serialization.Encoding.PEM) for c in [material.leaf, *material.chain]
         )
         return (key_pem + certs).decode()
-    pfx = pkcs12.serialize_key_and_certificates(
-        None, material.key, material.leaf, material.chain or None, serialization.NoEncryption()
-    )
-    return base64.b64encode(pfx).decode()
+    return base64.b64encode(pfx.export(material.key, material.leaf, material.chain)).decode()
 
 
 def x5t(der: bytes) -> str:

@@ -247,3 +247,16 @@ async def test_aio_round_trip(emulator: Emulator) -> None:
         assert name in [c.name async for c in client.list_properties_of_certificates()]
         versions = [v async for v in client.list_properties_of_certificate_versions(name)]
         assert len(versions) == 1
+
+
+def test_pfx_secret_is_exported_as_key_vault_does(secrets_officer: SecretClient) -> None:
+    """Empty password, SHA-1 MAC, 3DES-shrouded key: what older PKCS#12 readers (the upstream
+    Go provider's) can read."""
+    data = base64.b64decode(secrets_officer.get_secret("cert-gen").value or "")
+    sha1_oid = bytes.fromhex("06052b0e03021a")
+    assert data.rfind(sha1_oid) > len(data) - 60  # in MacData, at the end
+    assert bytes.fromhex("060b2a864886f70d010c0a0102") in data  # pkcs8ShroudedKeyBag
+    assert bytes.fromhex("060a2a864886f70d010c0103") in data  # pbeWithSHAAnd3-KeyTripleDES-CBC
+    for password in (None, b""):
+        key, cert, _ = pkcs12.load_key_and_certificates(data, password)
+        assert key is not None and cert is not None
