@@ -303,13 +303,14 @@ class Reconciler:
             return
         settings: TokenSettings | None = None
         groups: dict[Any, list[Plan]] = {}
+        secret_cache: dict[tuple[str, str], dict[str, str] | RotationError] = {}
         for record in due:
             pod = pods.get((record.namespace, record.pod_name))
             if not self._live(pod, record):
                 continue
             assert pod is not None
             try:
-                plan = await self._plan(record, pod)
+                plan = await self._plan(record, pod, secret_cache)
             except RotationError as e:
                 self._failed(record, pod, "", e)
                 continue
@@ -329,8 +330,15 @@ class Reconciler:
                             RotationError(str(e), TOKEN_REQUEST_FAILED),
                         )
                 return
+        calls = self.provider_calls
         await asyncio.gather(
             *(self._reconcile_group(plans, pods, settings) for plans in groups.values())
+        )
+        log.info(
+            "rotation tick: %d mounts due, %d provider calls, %.3fs",
+            len(due),
+            self.provider_calls - calls,
+            self.clock() - now,
         )
 
     async def _pods(self) -> dict[tuple[str, str], Pod]:
@@ -359,7 +367,12 @@ class Reconciler:
             return False
         return pod.spec.nodeName == self.node.node_id
 
-    async def _plan(self, record: PodStatusRecord, pod: Pod) -> Plan:
+    async def _plan(
+        self,
+        record: PodStatusRecord,
+        pod: Pod,
+        secret_cache: dict[tuple[str, str], dict[str, str] | RotationError] | None = None,
+    ) -> Plan:
         assert pod.metadata is not None and pod.spec is not None and self.client is not None
         ns = record.namespace
         volume = find_volume(pod, record, self.driver_name)
@@ -390,17 +403,13 @@ class Reconciler:
         secrets: dict[str, str] = {}
         ref = volume.csi.nodePublishSecretRef
         if ref is not None and ref.name:
-            try:
-                secret = await self.client.get(Secret, ref.name, namespace=ns)
-            except Exception as e:
-                raise RotationError(
-                    f"failed to get node publish secret {ns}/{ref.name}, err: {api_error_text(e)}",
-                    SECRET_REF_NOT_FOUND,
-                ) from None
-            secrets = {
-                k: base64.b64decode(v).decode("utf-8", "replace")
-                for k, v in (secret.data or {}).items()
-            }
+            cache = secret_cache if secret_cache is not None else {}
+            cached = cache.get((ns, ref.name))
+            if cached is None:
+                cached = cache[(ns, ref.name)] = await self._secret_data(ns, ref.name)
+            if isinstance(cached, RotationError):
+                raise cached
+            secrets = dict(cached)
         annotations = pod.metadata.annotations or {}
         force = annotations.get(FORCE_ANNOTATION, "")
         state = self.schedule.state(record.target_path)
@@ -416,6 +425,21 @@ class Reconciler:
             secret_ref=ref.name if ref is not None and ref.name else "",
             forced=forced,
         )
+
+    async def _secret_data(self, ns: str, name: str) -> dict[str, str] | RotationError:
+        """A nodePublishSecretRef's data, read once per tick however many pods use it."""
+        assert self.client is not None
+        try:
+            secret = await self.client.get(Secret, name, namespace=ns)
+        except Exception as e:
+            return RotationError(
+                f"failed to get node publish secret {ns}/{name}, err: {api_error_text(e)}",
+                SECRET_REF_NOT_FOUND,
+            )
+        return {
+            k: base64.b64decode(v).decode("utf-8", "replace")
+            for k, v in (secret.data or {}).items()
+        }
 
     async def _reconcile_group(
         self, plans: list[Plan], pods: Mapping[tuple[str, str], Pod], settings: TokenSettings | None
