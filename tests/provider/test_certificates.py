@@ -7,7 +7,7 @@ import base64
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provider_azure import certificates
@@ -95,6 +95,7 @@ def test_public_key_pem_rsa_and_ec() -> None:
         certificates.public_key_pem("oct")
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=3000), st.sampled_from(["CERTIFICATE", "PRIVATE KEY", "X"]))
 def test_pem_round_trip_matches_standard_encoding(data: bytes, kind: str) -> None:
     encoded = certificates.pem_encode(certificates.PemBlock(kind, data))
@@ -103,6 +104,7 @@ def test_pem_round_trip_matches_standard_encoding(data: bytes, kind: str) -> Non
     assert certificates.pem_decode_all(encoded.decode()) == [certificates.PemBlock(kind, data)]
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=200))
 def test_encodings(data: bytes) -> None:
     assert (
