@@ -121,7 +121,11 @@ def main() -> int:
             drive(token, emu.ca_path, args.seconds, args.connections, args.pipeline)
         )
         elapsed = time.monotonic() - t0  # warm-up included, on both sides of the ratio
-        server_cpu = (cpu_seconds(emu.proc.pid) - before) / elapsed
+        used = cpu_seconds(emu.proc.pid) - before
+        server_cpu = used / elapsed
+        # CPU per request, warm-up requests counted at the measured rate: robust to a busy
+        # machine, unlike req/s
+        per_request = used / (count * elapsed / args.seconds)
         lat.sort()
         q = statistics.quantiles(lat, n=100)
         print(
@@ -129,7 +133,9 @@ def main() -> int:
             f"{args.pipeline} in flight, "
             f"{args.seconds:.0f} s, latency {args.latency_ms} ms, server on 1 CPU:\n"
             f"  {count / args.seconds:,.0f} req/s; per round trip p50 {q[49] * 1000:.2f} ms, "
-            f"p99 {q[98] * 1000:.2f} ms; server CPU {server_cpu * 100:.0f} % of one core"
+            f"p99 {q[98] * 1000:.2f} ms; server CPU {server_cpu * 100:.0f} % of one core\n"
+            f"  server CPU per request {per_request * 1e6:.0f} us "
+            f"(one core's capacity ~{1 / per_request:,.0f} req/s)"
         )
     finally:
         emu.stop()
