@@ -39,6 +39,8 @@ ROLES: dict[str, list[str]] = {
         P + "keys/sign/action",
         P + "keys/verify/action",
     ],
+    # Management plane only: a common mistake, it grants no data-plane access.
+    "Key Vault Contributor": [],
     "Key Vault Crypto Service Encryption User": [
         P + "keys/read",
         P + "keys/wrap/action",
