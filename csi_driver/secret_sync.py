@@ -474,10 +474,14 @@ class SecretSync:
             return
         try:
             async with asyncio.timeout(10):
-                obj = await self.client.get(
-                    SecretProviderClassPodStatus, record.name, namespace=record.namespace
+                ns = record.namespace
+                spcps, spc, pod = await asyncio.gather(  # one round trip, not three
+                    self._get(SecretProviderClassPodStatus, record.name, ns),
+                    self._get(SecretProviderClass, record.spc_name, ns),
+                    self._get(Pod, record.pod_name, ns),
                 )
-                await self.reconcile(_to_dict(obj))
+                if spcps is not None:
+                    await self.reconcile(spcps, (spc, pod))
         except Exception as e:
             log.warning(
                 "secret sync after publish of %s/%s: %s (the watch will retry)",
@@ -488,8 +492,25 @@ class SecretSync:
 
     # ---- one SPCPS -------------------------------------------------------------------------
 
-    async def reconcile(self, spcps: Mapping[str, Any]) -> bool:
-        """Sync every secretObject of one mount; True when a transient failure wants a retry."""
+    async def _get(self, res: Any, name: str, namespace: str) -> dict[str, Any] | None:
+        """The object as a dict; None if it does not exist."""
+        assert self.client is not None
+        try:
+            return _to_dict(await self.client.get(res, name, namespace=namespace))
+        except ApiError as e:
+            if e.status.code == 404:
+                return None
+            raise
+
+    async def reconcile(
+        self,
+        spcps: Mapping[str, Any],
+        fetched: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None,
+    ) -> bool:
+        """Sync every secretObject of one mount; True when a transient failure wants a retry.
+
+        `fetched`: its SPC and pod, when the caller already read them.
+        """
         assert self.client is not None
         meta = spcps.get("metadata") or {}
         status = spcps.get("status") or {}
@@ -503,16 +524,16 @@ class SecretSync:
         target = str(status.get("targetPath", ""))
         if not self._wants_sync(ns, spc_name):
             return False
-        try:
-            spc = _to_dict(await self.client.get(SecretProviderClass, spc_name, namespace=ns))
-        except ApiError as e:
-            return e.status.code != 404
-        if not (spc.get("spec") or {}).get("secretObjects"):
+        if fetched is None:
+            try:  # the pod not from the watch cache: one just deleted must not bring it back
+                fetched = await asyncio.gather(
+                    self._get(SecretProviderClass, spc_name, ns), self._get(Pod, pod_name, ns)
+                )
+            except ApiError:
+                return True
+        spc, pod = fetched
+        if spc is None or pod is None or not (spc.get("spec") or {}).get("secretObjects"):
             return False
-        try:  # not from the watch cache: a pod just deleted must not bring its Secret back
-            pod = _to_dict(await self.client.get(Pod, pod_name, namespace=ns))
-        except ApiError as e:
-            return e.status.code != 404
         pmeta = pod.get("metadata") or {}
         if pmeta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
             "Succeeded",
