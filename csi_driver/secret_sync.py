@@ -31,7 +31,7 @@ from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAcc
 from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.core_v1 import Event, Pod, Secret
 
-from . import tls_split
+from . import mounter, tls_split
 from .kube import NODE_LABEL, SecretProviderClass, SecretProviderClassPodStatus, api_error_text
 from .metrics import Metrics
 
@@ -284,6 +284,7 @@ class SecretSync:
         self._retry: dict[tuple[str, str], float] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._events: set[tuple[str, str, str]] = set()
+        self._warnings: dict[str, int] = {}  # pod uid → Warning events asked for
         self._tasks: list[asyncio.Task[Any]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -541,11 +542,15 @@ class SecretSync:
         ):
             return False
         problem = self._check_target(pod, spc_name, target)
+        if not problem and not await self._mounted_here(target):
+            problem = f"target path of pod {ns}/{pod_name} is not a volume mounted on this node"
         if problem:
             log.warning("secret sync: %s", problem)
             await self._event(pod, "Warning", FAILED_TO_CREATE, problem)
             return False
         objects, errors = parse_secret_objects(spc)
+        uid = str(pmeta.get("uid", ""))
+        warnings = self._warnings.get(uid, 0)
         for message in errors:
             await self._event(pod, "Warning", FAILED_TO_CREATE, message)
         owners = owners_for(pod, spcps)
@@ -566,6 +571,10 @@ class SecretSync:
             lock = self._locks.setdefault((ns, obj.secret_name), asyncio.Lock())
             async with lock:
                 retry |= await self._apply(pod, ns, provider, obj, data, owners)
+        if not retry and self._warnings.get(uid, 0) == warnings:
+            # all good: a failure that comes back later is said again
+            self._events = {k for k in self._events if k[0] != uid}
+            self._warnings.pop(uid, None)
         return retry
 
     def _check_target(self, pod: Mapping[str, Any], spc_name: str, target: str) -> str:
@@ -589,9 +598,17 @@ class SecretSync:
                 "secret provider class pod status volume name did not match a volume of "
                 f"{where} using secretProviderClass {spc_name}"
             )
-        if self._mounts is not None and posixpath.normpath(target) not in self._mounts:
-            return f"target path of {where} is not a volume this driver mounted on this node"
         return ""
+
+    async def _mounted_here(self, target: str) -> bool:
+        """In the driver's mount table; else (a restart that could not recover it from the API
+        server) at least a mount point on this node."""
+        if self._mounts is None or posixpath.normpath(target) in self._mounts:
+            return True
+        try:
+            return await asyncio.to_thread(mounter.is_mount_point, target)
+        except OSError:
+            return False
 
     async def _apply(
         self,
@@ -752,11 +769,14 @@ class SecretSync:
         assert self.client is not None
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid", ""))
+        if kind == "Warning":
+            self._warnings[uid] = self._warnings.get(uid, 0) + 1
         key = (uid, reason, message)
         if key in self._events:
             return
         if len(self._events) > 10_000:
             self._events.clear()
+            self._warnings.clear()
         self._events.add(key)
         if kind == "Warning":
             log.warning("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), message)
