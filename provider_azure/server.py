@@ -57,8 +57,21 @@ class Provider:
         self.clients = clients or ClientCache()
         self.fetcher = Fetcher(content, observe=metrics.observe_keyvault)
 
-    async def mount(self, attributes: str, secrets: str, permission: str) -> MountResult:
+    async def mount(
+        self,
+        attributes: str,
+        secrets: str,
+        permission: str,
+        log_fields: dict[str, Any] | None = None,
+    ) -> MountResult:
         params = parse_mount(attributes, secrets, permission, self.default_cloud)
+        if log_fields is not None:
+            log_fields.update(
+                pod=f"{params.pod_namespace}/{params.pod_name}",
+                vault=params.vault_name,
+                identity=params.identity.mode.value,
+                objects=len(params.objects),
+            )
         vault = await self.clients.client_for(params)
         return await self.fetcher.mount(params, vault)
 
@@ -84,23 +97,24 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
     ) -> provider_pb2.MountResponse:
         start = time.perf_counter()
         method = "/v1alpha1.CSIDriverProvider/Mount"
+        fields: dict[str, Any] = {"target": request.target_path}
         try:
             result = await self.provider.mount(
-                request.attributes, request.secrets, request.permission
+                request.attributes, request.secrets, request.permission, fields
             )
         except ProviderError as exc:
             code = CODES[exc.kind]
             message = exc.message if exc.request_error else MOUNT_PREFIX + exc.message
-            self._done(method, code, message, start, target=request.target_path)
+            self._done(method, code, message, start, **fields)
             await context.abort(code, message)
             raise AssertionError("unreachable") from None
         except Exception:
-            log.exception("mount failed unexpectedly", extra={"target": request.target_path})
+            log.exception("mount failed unexpectedly", extra=fields)
             code, message = (
                 grpc.StatusCode.INTERNAL,
                 MOUNT_PREFIX + "internal error (see provider logs)",
             )
-            self._done(method, code, message, start, target=request.target_path)
+            self._done(method, code, message, start, **fields)
             await context.abort(code, message)
             raise AssertionError("unreachable") from None
         self._done(
@@ -108,8 +122,8 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
             grpc.StatusCode.OK,
             "",
             start,
-            target=request.target_path,
             files=len(result.files),
+            **fields,
         )
         return provider_pb2.MountResponse(
             object_version=[

@@ -94,15 +94,6 @@ CASES = {
     "pfx-certs": PFX_CERTS,
     "history": HISTORY,
 }
-# The emulator re-exports an imported PFX with OpenSSL 3's defaults (SHA-256 MAC); Key Vault's
-# exports use a SHA-1 MAC, the only one Go's x/crypto/pkcs12 (in the upstream provider) reads.
-EMULATOR_PFX_GAP = (
-    "emulator PFX export uses a SHA-256 MAC that upstream's pkcs12 cannot read (Key Vault: SHA-1)"
-)
-
-
-def _needs_pfx(case: str) -> bool:
-    return case == "pfx-certs"
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +137,7 @@ def both(
     return pair[0].mount(attrib, secrets), pair[1].mount(attrib, secrets)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(reason=EMULATOR_PFX_GAP, strict=True))
-        if _needs_pfx(c)
-        else c
-        for c in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_same_files_and_versions(pair, world: ProviderWorld, case: str) -> None:  # type: ignore[no-untyped-def]
     attrib = attributes(vault=world.vault, tenant=world.tenant, objects=objects_yaml(*CASES[case]))
     mine, theirs = both(pair, attrib, world.secrets)
@@ -174,7 +157,7 @@ def test_same_files_with_flags(
     try:
         a, b = _pair(tmp_path, go_binary, *flags, port=19000)
         try:
-            objs = [o for o in PEM_CERTS if o["objectType"] == "secret"] + SECRETS[:2]
+            objs = [o for o in CERTS if o["objectType"] == "secret"] + SECRETS[:2]
             attrib = attributes(vault=world.vault, tenant=world.tenant, objects=objects_yaml(*objs))
             mine, theirs = a.mount(attrib, world.secrets), b.mount(attrib, world.secrets)
             assert files_of(mine) == files_of(theirs)

@@ -26,7 +26,9 @@ class ScriptedProvider(Provider):
         super().__init__(ContentOptions(), clouds.PUBLIC, Metrics())
         self.answer: MountResult | ProviderError | Exception = MountResult((), ())
 
-    async def mount(self, attributes: str, secrets: str, permission: str) -> MountResult:
+    async def mount(
+        self, attributes: str, secrets: str, permission: str, log_fields: object = None
+    ) -> MountResult:
         from provider_azure.parameters import parse_mount
 
         parse_mount(attributes, secrets, permission)
