@@ -766,3 +766,61 @@ async def test_bad_sync_clusterrole_absent(
     await _no_secret(admin_client, namespace, name)
     # said at start too, before any pod needs it
     assert "the driver may not get/create/update/delete secrets" in nosync.logs()
+
+
+# ---- two nodes, one Secret -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def node2(
+    root: Path,
+    provider_dirs: tuple[Path, Path],
+    driver_kubeconfig: Path,
+    admin_client: AsyncClient,
+    fake_provider: Any,
+) -> AsyncIterator[tuple[Kubelet, DriverProcess]]:
+    d = DriverProcess(
+        root,
+        kubeconfig=driver_kubeconfig,
+        provider_dirs=provider_dirs,
+        node_id="node-2",
+        name="driver-node-2",
+    )
+    d.start()
+    k = Kubelet(admin_client, root / "kubelet-node-2", str(d.socket))
+    yield k, d
+    await k.close()
+    d.stop()
+
+
+async def test_two_nodes_race_for_one_secret(
+    kubelet: Kubelet,
+    driver: DriverProcess,
+    node2: tuple[Kubelet, DriverProcess],
+    admin_client: AsyncClient,
+    namespace: str,
+) -> None:
+    """Pods on two nodes mount at the same moment: one creates, the other finds it (409),
+    compares and adds its owner; both owners end up on the Secret, content once."""
+    kubelet2, _ = node2
+    for _ in range(3):
+        name = unique("shared")
+        spc = await make_spc(
+            admin_client,
+            namespace,
+            {"a": "same"},
+            [{"secretName": name, "type": "Opaque", "data": [{"objectName": "a", "key": "a"}]}],
+        )
+        pod1 = await make_pod(admin_client, namespace, spc)
+        pod2 = await make_pod(admin_client, namespace, spc, node="node-2")
+        v1, v2 = await kubelet.volume(pod1), await kubelet2.volume(pod2)
+        await asyncio.gather(kubelet.publish(v1), kubelet2.publish(v2))
+        secret = await get_secret(admin_client, namespace, name)
+        assert secret is not None and decoded(secret) == {"a": b"same"}
+        owners = {o["name"] for o in secret["metadata"]["ownerReferences"]}
+        assert owners == {
+            f"{pod1.metadata.name}-{namespace}-{spc}",  # type: ignore[union-attr]
+            f"{pod2.metadata.name}-{namespace}-{spc}",  # type: ignore[union-attr]
+        }
+        await kubelet.unpublish(v1)
+        await kubelet2.unpublish(v2)
