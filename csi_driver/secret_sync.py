@@ -671,7 +671,8 @@ class SecretSync:
                     return False
                 merged_owners = merge_owners(list(emeta.get("ownerReferences") or []), owners)
                 if (existing.get("type") or "Opaque") != obj.type:
-                    await self._recreate(existing, labels, obj, encoded, merged_owners)
+                    if not await self._recreate(existing, labels, obj, encoded, merged_owners):
+                        continue
                     await self._event(
                         pod,
                         "Normal",
@@ -692,7 +693,8 @@ class SecretSync:
                 ):
                     return False  # in sync: no write
                 if existing.get("immutable"):
-                    await self._recreate(existing, labels, obj, encoded, merged_owners)
+                    if not await self._recreate(existing, labels, obj, encoded, merged_owners):
+                        continue
                     self._synced(provider, started)
                     return False
                 emeta["labels"] = new_labels
@@ -739,7 +741,9 @@ class SecretSync:
         obj: SecretObject,
         encoded: Mapping[str, str],
         owners: list[dict[str, Any]],
-    ) -> None:
+    ) -> bool:
+        """Delete and create (type and immutable Secrets cannot change in place); False when
+        someone else created it in between (compare again)."""
         assert self.client is not None
         emeta = existing.get("metadata") or {}
         ns, name = str(emeta.get("namespace")), str(emeta.get("name"))
@@ -758,8 +762,14 @@ class SecretSync:
             "type": obj.type,
             "data": dict(encoded),
         }
-        await self.client.create(_secret(body))
+        try:
+            await self.client.create(_secret(body))
+        except ApiError as e:
+            if e.status.code == 409:
+                return False
+            raise
         log.info("recreated Secret %s/%s with type %s", ns, name, obj.type)
+        return True
 
     def _synced(self, provider: str, started: float) -> None:
         self.metrics.secret_synced(provider, time.monotonic() - started)

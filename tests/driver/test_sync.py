@@ -513,6 +513,29 @@ async def test_type_change_recreates_and_says_so(
     await wait_event(admin_client, vol.pod, "the type cannot change", kind="Normal")
 
 
+async def test_immutable_managed_secret_is_recreated(
+    kubelet: Kubelet, driver: DriverProcess, admin_client: AsyncClient, namespace: str
+) -> None:
+    name = unique("frozen")
+    await admin_client.create(
+        Secret(
+            metadata=ObjectMeta(name=name, namespace=namespace, labels={MANAGED: "true"}),
+            immutable=True,
+            stringData={"a": "stale"},
+        )
+    )
+    spc = await make_spc(
+        admin_client,
+        namespace,
+        {"a": "fresh"},
+        [{"secretName": name, "type": "Opaque", "data": [{"objectName": "a", "key": "a"}]}],
+    )
+    await mount(kubelet, admin_client, namespace, spc)
+    secret = await get_secret(admin_client, namespace, name)
+    assert secret is not None and decoded(secret) == {"a": b"fresh"}
+    assert secret["metadata"]["ownerReferences"]
+
+
 # ---- bad input: one test a row ---------------------------------------------------------------
 
 
