@@ -51,6 +51,14 @@ class Attributes:
         return out
 
 
+def after(previous: list[Any], attrs: Attributes) -> None:
+    """Makes a new version's `created` later than its predecessor's, so that versions made in
+    the same second (seeds, tests) still sort newest-first by `created`, as clients sort them."""
+    if previous and attrs.created <= previous[-1].attributes.created:
+        attrs.created = previous[-1].attributes.created + 1
+        attrs.updated = max(attrs.updated, attrs.created)
+
+
 @dataclass
 class SecretVersion:
     version: str

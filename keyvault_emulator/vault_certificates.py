@@ -41,6 +41,7 @@ from .store import (
     PendingOperation,
     SecretVersion,
     Vault,
+    after,
     new_version,
     now,
 )
@@ -210,6 +211,7 @@ def add_version(
     version = version or new_version()
     leaf = material.leaf
     attrs = attributes or Attributes()
+    after(vault.certificates.get(name.lower(), []), attrs)
     attrs.nbf = int(leaf.not_valid_before_utc.timestamp())
     attrs.exp = int(leaf.not_valid_after_utc.timestamp())
     der = leaf.public_bytes(serialization.Encoding.DER)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from .errors import KeyVaultError, bad_parameter
 from .material import EC_OPS, RSA_OPS, MaterialError, generate_key, private_key_from_jwk, public_jwk
 from .routing import Router
-from .store import Deleted, KeyVersion, PrivateKey, Vault, new_version, now
+from .store import Deleted, KeyVersion, PrivateKey, Vault, after, new_version, now
 from .vault_common import (
     KvContext,
     deleted_conflict,
@@ -80,7 +80,9 @@ def deleted_bundle(base: str, vault: Vault, name: str, d: Deleted, full: bool) -
 
 def add_version(vault: Vault, name: str, version: KeyVersion) -> None:
     vault.remember_name(KIND, name)
-    vault.keys.setdefault(name.lower(), []).append(version)
+    versions = vault.keys.setdefault(name.lower(), [])
+    after(versions, version.attributes)
+    versions.append(version)
 
 
 def _key_ops(raw: Any, default: list[str]) -> list[str]:

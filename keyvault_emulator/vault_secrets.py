@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .errors import KeyVaultError, bad_parameter
 from .routing import Router
-from .store import Deleted, SecretVersion, Vault, new_version, now
+from .store import Deleted, SecretVersion, Vault, after, new_version, now
 from .vault_common import (
     KvContext,
     deleted_conflict,
@@ -79,7 +79,9 @@ def deleted_bundle(base: str, vault: Vault, name: str, d: Deleted) -> dict[str, 
 
 def add_version(vault: Vault, name: str, version: SecretVersion) -> None:
     vault.remember_name(KIND, name)
-    vault.secrets.setdefault(name.lower(), []).append(version)
+    versions = vault.secrets.setdefault(name.lower(), [])
+    after(versions, version.attributes)
+    versions.append(version)
 
 
 def _get_versions(vault: Vault, name: str) -> list[SecretVersion]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 import uuid
 
@@ -181,3 +182,16 @@ def test_raw_shapes(emulator: Emulator) -> None:
 def test_any_api_version(emulator: Emulator, api: str) -> None:
     raw = Raw(emulator, t.SP_READER_ID, api=api)
     assert raw.call("GET", "/secrets/plain").json()["value"] == "plain-v2"
+
+
+def test_versions_made_in_one_second_sort_by_created(secrets_officer: SecretClient) -> None:
+    name = unique("burst")
+    made = [secrets_officer.set_secret(name, str(i)).properties for i in range(4)]
+    created = [p.created_on for p in made]
+    assert all(a is not None and b is not None and a < b for a, b in itertools.pairwise(created))
+    listed = sorted(
+        secrets_officer.list_properties_of_secret_versions(name),
+        key=lambda p: p.created_on,  # type: ignore[arg-type,return-value]
+        reverse=True,
+    )
+    assert [p.version for p in listed] == [p.version for p in reversed(made)]
