@@ -205,6 +205,7 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
     admin: AsyncClient | None = None
     try:
         node.isolate()
+        node.make_cgroup_root()
         tarballs = images.build(tmp)
         node.start_containerd()
         node.import_images(tarballs)

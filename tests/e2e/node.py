@@ -96,6 +96,9 @@ class Node:
         self.containerd_dir = workdir / "containerd"
         self.containerd_sock = self.containerd_dir / "containerd.sock"
         self.pod_logs = workdir / "pod-logs"
+        # cgroupfs is shared by every namespace on the machine: a root of its own per node, so
+        # that two runs at once (or another kubelet) never touch each other's pods
+        self.cgroup_root = f"/e2e-{workdir.parent.name}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._undo: list[Callable[[], object]] = []
 
@@ -244,6 +247,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "kind": "KubeletConfiguration",
             "failCgroupV1": False,
             "cgroupDriver": "cgroupfs",
+            "cgroupRoot": self.cgroup_root,
             "failSwapOn": False,
             "address": NODE_IP,
             "port": free_port(),
@@ -330,11 +334,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(proc.name), signal.SIGKILL)
 
-    def _remove_cgroups(self) -> None:
-        """kubelet's cgroupfs hierarchy (kubepods) is kernel state outside the namespace."""
+    def _cgroup_dirs(self) -> list[Path]:
         base = Path("/sys/fs/cgroup")
-        for controller in base.iterdir():
-            top = controller / "kubepods"
+        return [
+            c / self.cgroup_root.lstrip("/")
+            for c in sorted(base.iterdir())
+            if c.is_dir() and (c / "cgroup.procs").exists()
+        ]
+
+    def make_cgroup_root(self) -> None:
+        for d in self._cgroup_dirs():
+            d.mkdir(exist_ok=True)
+            for f in ("cpuset.cpus", "cpuset.mems"):  # an empty cpuset admits no process
+                if (d / f).exists() and not (d / f).read_text().strip():
+                    (d / f).write_text((d.parent / f).read_text())
+        self._undo.append(self._remove_cgroups)
+
+    def _remove_cgroups(self) -> None:
+        """kubelet's cgroups are kernel state outside the namespace: remove them, deepest first."""
+        for top in self._cgroup_dirs():
             if not top.is_dir():
                 continue
             dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
@@ -350,7 +368,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             lambda: self._stop_proc("containerd"),
             self._kill_shims,
             lambda: self._stop_proc("kube-scheduler"),
-            self._remove_cgroups,
             *reversed(self._undo),
         ]
         for step in steps:
