@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -143,3 +145,97 @@ async def test_run_ticks_on_the_interval_and_wakes_for_retries() -> None:
     with pytest.raises(asyncio.CancelledError):
         await r.run()
     assert calls[:5] == [(10, True), (11, False), (13, False), (20, True), (30, True)]
+
+
+# ---- kubelet republish, with fakes (the e2e test covers the throttle's first half) ------------
+
+
+def _read(target: str) -> str:
+    return Path(target, "s").read_text()
+
+
+class _Providers:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, str]] = []
+        self.version = "v1"
+        self.fail = False
+
+    async def mount(
+        self,
+        provider: str,
+        attributes: str,
+        secrets: str,
+        target: str,
+        permission: str,
+        current: dict[str, str],
+    ) -> Any:
+        from csi_driver.atomic_writer import FileProjection
+        from csi_driver.errors import ProviderError
+        from csi_driver.provider_client import MountResult
+
+        self.calls.append(current)
+        if self.fail:
+            raise ProviderError("rpc error: code = Unavailable desc = down")
+        return MountResult(
+            object_versions={"secret/s": self.version},
+            files={"s": FileProjection(data=self.version.encode(), mode=0o644)},
+        )
+
+
+class _Spcs:
+    async def get(self, ns: str, name: str) -> Any:
+        return SimpleNamespace(provider="azure", parameters={"keyvaultName": "kv"})
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.created: list[Any] = []
+
+    async def create(self, obj: Any, **kw: Any) -> Any:
+        self.created.append(obj)
+        return obj
+
+
+async def test_republish_refreshes_once_an_interval_and_keeps_content_on_failure(
+    tmp_path: Any,
+) -> None:
+    from csi_driver import atomic_writer
+    from csi_driver.node import PublishRequest
+
+    target = str(tmp_path / "pods" / "u1" / "volumes" / "kubernetes.io~csi" / "v" / "mount")
+    os.makedirs(target)
+    atomic_writer.write(target, {"s": atomic_writer.FileProjection(b"v0", 0o644)})
+    record = PodStatusRecord("p", "ns", "u1", "spc", target, "n", True, {"secret/s": "v0"})
+    providers, client = _Providers(), _Client()
+    node = SimpleNamespace(
+        metrics=Metrics(CollectorRegistry()),
+        mounts={target: record},
+        node_id="n",
+        providers=providers,
+        spcs=_Spcs(),
+    )
+    now = [0.0]
+    r = Reconciler(node, client, interval=60, clock=lambda: now[0], rng=lambda: 0.5)  # type: ignore[arg-type]
+    req = PublishRequest("vol", target, True, True, {"csi.storage.k8s.io/pod.name": "p"}, {})
+    await r.republish(req)  # first sight: starts the clock
+    now[0] = 59
+    await r.republish(req)
+    assert providers.calls == []
+    now[0] = 60
+    await r.republish(req)
+    assert providers.calls == [{"secret/s": "v0"}]  # current versions passed
+    assert _read(target) == "v1"
+    assert node.mounts[target].objects == {"secret/s": "v1"}
+    providers.version, providers.fail = "v2", True
+    now[0] = 120
+    await r.republish(req)
+    assert _read(target) == "v1"  # kept
+    assert r.schedule.state(target).failures == 1
+    now[0] = 121.5  # backoff (1 s ± 10 %) passed: retried without waiting an interval
+    providers.fail = False
+    await r.republish(req)
+    assert _read(target) == "v2"
+    assert r.schedule.state(target).failures == 0
+    await asyncio.sleep(0)  # let the Warning event task run
+    reasons = [getattr(o, "reason", None) for o in client.created]
+    assert "MountRotationFailed" in reasons and "MountRotationComplete" in reasons
