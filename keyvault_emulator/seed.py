@@ -39,6 +39,7 @@ from .store import (
     Store,
     Vault,
     new_version,
+    now,
 )
 from .vault_common import NAME_RE
 
@@ -81,11 +82,19 @@ def _list(data: dict[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def _time(value: Any, where: str) -> int | None:
+    """Unix seconds, an ISO 8601 date, or relative to now: "+1h", "-30d" (s, m, h, d)."""
     if value is None:
         return None
+    text = str(value).strip()
+    if text[:1] in "+-" and text[1:-1].isdigit() and text[-1:] in _UNITS:
+        sign = 1 if text[0] == "+" else -1
+        return now() + sign * int(text[1:-1]) * _UNITS[text[-1]]
     if isinstance(value, bool):
-        raise SeedError(f"{where}: a time is Unix seconds or an ISO 8601 date")
+        raise SeedError(f"{where}: a time is Unix seconds, an ISO 8601 date or +/-N[smhd]")
     if isinstance(value, int):
         return value
     if isinstance(value, datetime.datetime):

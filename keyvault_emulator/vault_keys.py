@@ -277,18 +277,28 @@ def _out(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+PRIVATE_OPS = {"decrypt", "sign", "unwrapKey"}
+
+
 def _usable(ctx: KvContext, op: str) -> tuple[str, KeyVersion]:
+    """The key version for `op`. A disabled (or expired, not yet valid) key refuses the
+    private-key operations only; encrypt, verify and wrap still work, as in Key Vault."""
     name = ctx.name()
     v = pick_version(ctx.vault.keys.get(name.lower(), []), ctx.version(), KIND, name)
-    if not v.attributes.enabled:
-        raise KeyVaultError(
-            403, "Forbidden", f"Operation {op} is not allowed on a disabled key.", "KeyDisabled"
-        )
-    t = now()
-    if (v.attributes.nbf and t < v.attributes.nbf) or (v.attributes.exp and t > v.attributes.exp):
-        raise KeyVaultError(
-            403, "Forbidden", f"Operation {op} is not allowed on an expired or not yet valid key."
-        )
+    if op in PRIVATE_OPS:
+        if not v.attributes.enabled:
+            raise KeyVaultError(
+                403, "Forbidden", f"Operation {op} is not allowed on a disabled key.", "KeyDisabled"
+            )
+        t = now()
+        if (v.attributes.nbf and t < v.attributes.nbf) or (
+            v.attributes.exp and t > v.attributes.exp
+        ):
+            raise KeyVaultError(
+                403,
+                "Forbidden",
+                f"Operation {op} is not allowed on an expired or not yet valid key.",
+            )
     if op not in v.key_ops:
         raise KeyVaultError(403, "Forbidden", f"Operation {op} is not permitted for this key.")
     return name, v

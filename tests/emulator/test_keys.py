@@ -169,3 +169,35 @@ async def test_aio_round_trip(emulator: Emulator) -> None:
         assert name in [p.name async for p in client.list_properties_of_keys()]
         deleted = await client.delete_key(name)
         assert deleted.name == name
+
+
+def test_disabled_key_refuses_private_operations_only(emulator: Emulator) -> None:
+    raw = Raw(emulator, t.SP_OFFICER_ID)
+    name = unique("dis")
+    kid = raw.ok("POST", f"/keys/{name}/create", "KeyBundle", {"kty": "RSA"})["key"]["kid"]
+    version = kid.rsplit("/", 1)[1]
+    raw.ok("PATCH", f"/keys/{name}/{version}", "KeyBundle", {"attributes": {"enabled": False}})
+    assert raw.call("GET", f"/keys/{name}").status_code == 200
+    digest = "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg"
+    raw.error(
+        "POST",
+        f"/keys/{name}/{version}/sign",
+        403,
+        "Forbidden",
+        {"alg": "RS256", "value": digest},
+        inner="KeyDisabled",
+    )
+    enc = raw.ok(
+        "POST",
+        f"/keys/{name}/{version}/encrypt",
+        "KeyOperationResult",
+        {"alg": "RSA-OAEP-256", "value": "aGVsbG8"},
+    )
+    raw.error(
+        "POST",
+        f"/keys/{name}/{version}/decrypt",
+        403,
+        "Forbidden",
+        {"alg": "RSA-OAEP-256", "value": enc["value"]},
+        inner="KeyDisabled",
+    )
