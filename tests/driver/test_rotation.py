@@ -744,3 +744,29 @@ async def test_synced_secret_follows_rotation(
 
 async def _eq(value: Awaitable[str], expected: str) -> bool:
     return await value == expected
+
+
+async def test_gone_pod_is_skipped_quietly(
+    world: Emulator,
+    start_driver: DriverFactory,
+    make_node: Callable[[DriverProcess], Node],
+    make_spc: SpcFactory,
+    admin_client: AsyncClient,
+) -> None:
+    name = unique("rot-gone")
+    world.set_secret(VAULT, name, "v")
+    spc = await wi_spc(make_spc, name)
+    driver = start_driver()
+    node = make_node(driver)
+    vol = await node.pod(spc)
+    await wait_for(lambda: driver.metric("rotation_reconcile_total") >= 1, 3 * INTERVAL, "tick")
+    await node.kubelet.delete_pod(vol.pod)  # kubelet has not unpublished yet
+    ticks = len(re.findall("rotation tick:", driver.logs()))
+    await wait_for(
+        lambda: len(re.findall("rotation tick:", driver.logs())) >= ticks + 2,
+        4 * INTERVAL,
+        "two more ticks",
+    )
+    assert driver.metric("rotation_reconcile_error_total") == 0
+    assert not await events(admin_client, vol, "MountRotationFailed")
+    assert "rotation failed" not in driver.logs()

@@ -239,3 +239,28 @@ async def test_republish_refreshes_once_an_interval_and_keeps_content_on_failure
     await asyncio.sleep(0)  # let the Warning event task run
     reasons = [getattr(o, "reason", None) for o in client.created]
     assert "MountRotationFailed" in reasons and "MountRotationComplete" in reasons
+
+
+def _pod(**kw: Any) -> Any:
+    meta = SimpleNamespace(uid=kw.get("uid", "u1"), deletionTimestamp=kw.get("deleting"))
+    spec = SimpleNamespace(nodeName=kw.get("node", "n"))
+    return SimpleNamespace(metadata=meta, spec=spec, status=SimpleNamespace(phase=kw.get("phase")))
+
+
+@pytest.mark.parametrize(
+    ("pod", "live"),
+    [
+        (_pod(), True),
+        (None, False),
+        (_pod(uid="u2"), False),  # replaced by a pod of the same name
+        (_pod(deleting="2026-11-23T21:00:00Z"), False),
+        (_pod(phase="Succeeded"), False),
+        (_pod(phase="Failed"), False),
+        (_pod(node="elsewhere"), False),
+    ],
+)
+def test_pods_gone_terminating_or_elsewhere_are_skipped(pod: Any, live: bool) -> None:
+    node = SimpleNamespace(metrics=Metrics(CollectorRegistry()), mounts={}, node_id="n")
+    r = Reconciler(node, None, interval=1)  # type: ignore[arg-type]
+    record = PodStatusRecord("p", "ns", "u1", "spc", TARGET, "n", True, {})
+    assert r._live(pod, record) is live
