@@ -51,10 +51,13 @@ def _make_trust() -> tuple[Path, Path]:
     atexit.register(shutil.rmtree, state, True)
     pki = ensure_pki(state)
     bundle = state / "trust.pem"
-    system = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    paths = ssl.get_default_verify_paths()
     parts = [pki.ca_path.read_text()]
-    if system and Path(system).is_file():
-        parts.append(Path(system).read_text())
+    # keep trusting what was trusted: a bundle the caller chose, else the system's
+    for candidate in (os.environ.get("SSL_CERT_FILE"), paths.cafile or paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            parts.append(Path(candidate).read_text())
+            break
     bundle.write_text("\n".join(parts))
     os.environ["SSL_CERT_FILE"] = str(bundle)
     os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
