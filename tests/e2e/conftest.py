@@ -24,11 +24,12 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import yaml
-from lightkube import AsyncClient, codecs
+from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
 from lightkube.resources.storage_v1 import CSINode
 
+from csi_driver.kube import SecretProviderClass
 from keyvault_emulator.testing import TENANT_ID, Emulator
 from tests.driver.harness import DriverProcess, ProviderProcess
 from tests.kube.controlplane import free_port
@@ -340,7 +341,7 @@ async def create_spc(
     if secret_objects is not None:
         spec["secretObjects"] = secret_objects
     await admin.create(
-        codecs.from_dict(
+        SecretProviderClass.from_dict(
             {
                 "apiVersion": "secrets-store.csi.x-k8s.io/v1",
                 "kind": "SecretProviderClass",
