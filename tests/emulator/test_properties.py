@@ -22,7 +22,7 @@ def _ctx(query: str) -> KvContext:
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(n=st.integers(0, 80), size=st.integers(1, 25))
 def test_paging_yields_each_item_once(n: int, size: int) -> None:
     items = [{"id": str(i)} for i in range(n)]
@@ -51,6 +51,7 @@ async def _h(ctx: object) -> Any:
     return None
 
 
+@settings(max_examples=40, deadline=None)
 @given(name=NAMES, version=st.one_of(st.just(""), st.from_regex(r"[0-9a-f]{32}", fullmatch=True)))
 def test_object_routes_capture_name_and_version(name: str, version: str) -> None:
     route = Route("GET", "/secrets/{name}/{version?}", _h)
