@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -62,7 +62,3 @@ class Router(Generic[Ctx]):
                 continue
             return route, {k: v for k, v in m.groupdict().items() if v is not None}, False
         return None, {}, other
-
-
-def params_any(params: dict[str, Any], key: str) -> str:
-    return str(params.get(key) or "")
