@@ -9,7 +9,7 @@ import time
 from lightkube.resources.core_v1 import Pod
 
 from csi_driver.kube import SecretProviderClassPodStatus
-from keyvault_emulator.testing import TENANT_ID
+from keyvault_emulator.testing import MI_USER_CLIENT_ID, TENANT_ID
 
 from .conftest import (
     NAMESPACE,
@@ -163,3 +163,22 @@ async def test_pod_deleted_unmounted_and_collected(cluster: Cluster) -> None:
         gone["spcps"] = spcps_name not in spcps
         await asyncio.sleep(0.2)
     assert all(gone.values()), f"after {time.monotonic() - started:.1f}s: {gone}"
+
+
+async def test_managed_identity_system_and_user_assigned(cluster: Cluster) -> None:
+    """Story 2c: the node's managed identity through IMDS (169.254.169.254, the emulator),
+    system-assigned and user-assigned (the AKS kubelet-identity case)."""
+    for user_assigned in ("", MI_USER_CLIENT_ID):
+        params = {
+            "keyvaultName": "kv-test",
+            "tenantId": TENANT_ID,
+            "useVMManagedIdentity": "true",
+            "objects": objects({"objectName": "plain", "objectType": "secret"}),
+        }
+        if user_assigned:
+            params["userAssignedIdentityID"] = user_assigned
+        spc = await create_spc(cluster.admin, params)
+        name = unique("mi")
+        await run_pod(cluster.admin, pod_manifest(name, spc))
+        r = cluster.exec(name, "cat", f"{MOUNT}/plain")
+        assert (r.returncode, r.stdout) == (0, "plain-v2"), r.stderr
