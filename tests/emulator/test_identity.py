@@ -14,6 +14,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.identity import (
     ClientAssertionCredential,
     ClientSecretCredential,
+    DefaultAzureCredential,
     ManagedIdentityCredential,
     WorkloadIdentityCredential,
 )
@@ -503,3 +504,38 @@ def test_v1_endpoint_and_basic_auth(emulator: Emulator) -> None:
     assert claims(basic.json()["access_token"])["appid"] == t.SP_READER_ID
     wrong_grant = requests.post(TOKEN_URL, data={"grant_type": "password"}, timeout=10)
     entra_error(wrong_grant, 400, 70003, "unsupported_grant_type")
+
+
+def test_default_azure_credential(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The chain's IMDS probe (no Metadata header, answered 400) and the workload-identity
+    environment variables both work as against Azure."""
+    for var in (
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "MSI_ENDPOINT",
+        "AZURE_AUTHORITY_HOST",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    exclude = {
+        "exclude_cli_credential": True,
+        "exclude_powershell_credential": True,
+        "exclude_developer_cli_credential": True,
+        "exclude_shared_token_cache_credential": True,
+        "exclude_visual_studio_code_credential": True,
+    }
+    mi = DefaultAzureCredential(**exclude)
+    assert claims(mi.get_token(VAULT_SCOPE).token)["appid"] == t.MI_SYSTEM_CLIENT_ID
+    token_file = tmp_path / "sa-token"
+    token_file.write_text(t.workload_token())
+    monkeypatch.setenv("AZURE_CLIENT_ID", t.WI_APP_CLIENT_ID)
+    monkeypatch.setenv("AZURE_TENANT_ID", t.TENANT_ID)
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    wi = DefaultAzureCredential(**exclude)
+    assert SecretClient(KV_TEST, wi).get_secret("plain").value == "plain-v2"
+    assert claims(wi.get_token(VAULT_SCOPE).token)["appid"] == t.WI_APP_CLIENT_ID
