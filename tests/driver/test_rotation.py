@@ -307,6 +307,7 @@ async def test_new_value_reaches_file_and_spcps_within_an_interval(
         t.join()
     assert not bad, bad[:5]
     assert seen == {"old-", "new-"}
+    print(f"new value visible after {took:.2f}s (interval {INTERVAL}s)")
     assert took < 2.5 * INTERVAL
     v1 = await wait_for(
         lambda: _changed(admin_client, vol, spc, v0), 2 * INTERVAL, "SPCPS versions"
