@@ -1,0 +1,91 @@
+"""Random requests never make the emulator fail (5xx) or hang: every answer is a Key Vault
+error body or a success. Names are random (prefix fz-) so seeded objects stay untouched."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyvault_emulator import testing as t
+from keyvault_emulator.testing import Emulator
+
+from .kvhttp import Raw, validate
+
+KINDS = ["secrets", "keys", "certificates", "deletedsecrets", "deletedkeys", "deletedcertificates"]
+TAILS = [
+    "",
+    "/",
+    "/versions",
+    "/create",
+    "/import",
+    "/pending",
+    "/policy",
+    "/recover",
+    "/0123456789abcdef0123456789abcdef",
+    "/0123456789abcdef0123456789abcdef/sign",
+    "/x/y/z",
+]
+NAME = st.from_regex(r"fz-[0-9a-zA-Z_.~-]{0,12}", fullmatch=True)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+BODY = st.one_of(
+    st.none(),
+    st.binary(max_size=64),
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "value": st.text(max_size=16),
+            "kty": st.sampled_from(["RSA", "EC", "oct", "x"]),
+            "crv": st.sampled_from(["P-256", "P-1"]),
+            "key_size": st.integers(-1, 5000),
+            "attributes": JSON,
+            "tags": JSON,
+            "policy": JSON,
+            "pwd": st.text(max_size=4),
+            "alg": st.sampled_from(["RS256", "ES256", "RSA-OAEP", "bogus"]),
+        },
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["GET", "PUT", "POST", "PATCH", "DELETE"]),
+    kind=st.sampled_from(KINDS),
+    name=NAME,
+    tail=st.sampled_from(TAILS),
+    body=BODY,
+    maxresults=st.one_of(st.none(), st.text(max_size=3)),
+)
+def test_no_server_errors(
+    emulator: Emulator,
+    method: str,
+    kind: str,
+    name: str,
+    tail: str,
+    body: bytes | None,
+    maxresults: str | None,
+) -> None:
+    raw = _raw(emulator)
+    params = {} if maxresults is None else {"maxresults": maxresults}
+    resp = raw.call(method, f"/{kind}/{name}{tail}", raw=body, params=params)
+    assert resp.status_code < 500, (resp.status_code, resp.text)
+    if resp.status_code >= 400:
+        validate("KeyVaultError", resp.json())
+
+
+_RAW: dict[str, Raw] = {}
+
+
+def _raw(emulator: Emulator) -> Raw:
+    if "officer" not in _RAW:
+        _RAW["officer"] = Raw(emulator, t.SP_OFFICER_ID)
+    return _RAW["officer"]
