@@ -89,3 +89,81 @@ def _raw(emulator: Emulator) -> Raw:
     if "officer" not in _RAW:
         _RAW["officer"] = Raw(emulator, t.SP_OFFICER_ID)
     return _RAW["officer"]
+
+
+FORM_VALUE = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            t.SP_READER_ID,
+            t.WI_APP_CLIENT_ID,
+            "client_credentials",
+            "https://vault.azure.net/.default",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "a.b.c",
+        ]
+    ),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tenant=st.sampled_from([t.TENANT_ID, "common", "emulator.test", "nope"]),
+    form=st.dictionaries(
+        st.sampled_from(
+            [
+                "grant_type",
+                "client_id",
+                "client_secret",
+                "scope",
+                "resource",
+                "client_assertion",
+                "client_assertion_type",
+            ]
+        ),
+        FORM_VALUE,
+        max_size=6,
+    ),
+    v2=st.booleans(),
+)
+def test_token_endpoint_never_fails(
+    emulator: Emulator, tenant: str, form: dict[str, str], v2: bool
+) -> None:
+    path = "oauth2/v2.0/token" if v2 else "oauth2/token"
+    resp = _raw(emulator).session.post(
+        f"https://login.microsoftonline.com/{tenant}/{path}", data=form, timeout=10
+    )
+    assert resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        validate("EntraError", resp.json(), "entra")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=st.dictionaries(
+        st.sampled_from(
+            [
+                "api-version",
+                "resource",
+                "client_id",
+                "object_id",
+                "msi_res_id",
+                "mi_res_id",
+                "principal_id",
+            ]
+        ),
+        st.text(max_size=10),
+        max_size=4,
+    ),
+    metadata=st.sampled_from([None, "true", "false", "TRUE"]),
+)
+def test_imds_never_fails(emulator: Emulator, query: dict[str, str], metadata: str | None) -> None:
+    headers = {"Metadata": metadata} if metadata is not None else {}
+    resp = _raw(emulator).session.get(
+        "http://169.254.169.254/metadata/identity/oauth2/token",
+        params=query,
+        headers=headers,
+        timeout=10,
+    )
+    assert resp.status_code < 500, resp.text
+    validate("ImdsError" if resp.status_code >= 400 else "ImdsToken", resp.json(), "entra")
