@@ -56,7 +56,7 @@ BODY = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     method=st.sampled_from(["GET", "PUT", "POST", "PATCH", "DELETE"]),
     kind=st.sampled_from(KINDS),
@@ -106,7 +106,7 @@ FORM_VALUE = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tenant=st.sampled_from([t.TENANT_ID, "common", "emulator.test", "nope"]),
     form=st.dictionaries(
