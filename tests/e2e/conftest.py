@@ -174,7 +174,7 @@ def _seed_world(emulator: Emulator, jwks: dict[str, Any]) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vault_resolves() -> Iterator[None]:
     """tests/netns-run's /etc/hosts is a private temp file: add this tier's vault to it."""
     if os.environ.get("NETNS_RUN_INSIDE") != "1":
@@ -186,7 +186,7 @@ def vault_resolves() -> Iterator[None]:
     hosts.write_text(hosts.read_text().replace(f"127.0.0.1 {VAULT}.vault.azure.net\n", ""))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down when the tier ends, not with the whole suite
 async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Cluster]:
     _require_debian("containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", "kubectl")
     bins = {
