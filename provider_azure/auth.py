@@ -22,6 +22,7 @@ from azure.identity.aio import (
 
 from .keyvault import ClientOptions, VaultClient
 from .parameters import Identity, IdentityMode, MountParameters
+from .ratelimit import TokenBucket
 
 
 @dataclass
@@ -70,6 +71,8 @@ class ClientCache:
             tuple[str, ...], tuple[AsyncTokenCredential, _Assertion | None]
         ] = OrderedDict()
         self._clients: dict[tuple[tuple[str, ...], str], VaultClient] = {}
+        # Key Vault's limit is per vault, whichever identity asks.
+        self._limiters: dict[str, TokenBucket] = {}
         self._lock = asyncio.Lock()
         self.credentials_built = 0
 
@@ -90,7 +93,10 @@ class ClientCache:
             client_key = (key, params.vault_url)
             client = self._clients.get(client_key)
             if client is None:
-                client = VaultClient(params.vault_name, params.vault_url, credential, self.options)
+                limiter = self._limiters.setdefault(params.vault_url, TokenBucket())
+                client = VaultClient(
+                    params.vault_name, params.vault_url, credential, self.options, limiter
+                )
                 self._clients[client_key] = client
             return client
 

@@ -40,6 +40,7 @@ from azure.keyvault.secrets._shared.async_challenge_auth_policy import (
 from azure.keyvault.secrets.aio import SecretClient
 
 from .errors import Kind, ProviderError, object_context
+from .ratelimit import TokenBucket
 
 
 def _env_proxies() -> bool:
@@ -120,9 +121,11 @@ class VaultClient:
         vault_url: str,
         credential: AsyncTokenCredential,
         options: ClientOptions,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.vault_name = vault_name
         self.options = options
+        self.limiter = limiter or TokenBucket()
         kwargs: dict[str, Any] = {
             "retry_total": options.retry_total,
             "retry_status": options.retry_total,
@@ -165,6 +168,7 @@ class VaultClient:
     async def _call(self, what: tuple[str, str, str], coro: Any) -> Any:
         try:
             async with asyncio.timeout(self.options.timeout):
+                await self.limiter.acquire()
                 return await coro
         except ProviderError:
             raise
