@@ -37,7 +37,7 @@ from tests.kube.fixtures import driver_token_kubeconfig, prepare_cluster
 from tests.peers.locate import peer
 
 from . import images
-from .node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, unmount_under
+from .node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
 from .registrar import Registrar
 
 DRIVER = "secrets-store.csi.k8s.io"
@@ -194,7 +194,10 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
         for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
     }
     started = time.monotonic()
+    for stale in reap_stale():
+        print(f"\n[e2e] cleaned up after a run killed without teardown: {stale}")
     tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))  # short: socket paths < 108 bytes
+    (tmp / "owner.pid").write_text(str(os.getpid()))
     cp = NodeControlPlane(
         tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
     )
@@ -249,9 +252,9 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
             ),
         )
         driver.start()
+        node.start_kubelet()  # before the registrar's threads: no gRPC server across fork()
         registrar = Registrar(node.root, DRIVER, driver.socket, tmp / "stubs")
         registrar.start()
-        node.start_kubelet()
         await _wait_node_ready(node, admin, registrar)
         await _namespace(admin)
         print(f"\n[e2e] node up in {time.monotonic() - started:.1f}s ({tmp})")

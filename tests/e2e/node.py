@@ -13,6 +13,7 @@ containerd needs restrict_oom_score_adj (no CAP_SYS_RESOURCE); only hostNetwork 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -40,6 +41,15 @@ KUBELET_SYSCTLS = {
     "kernel/keys/root_maxkeys": "1000000",
     "kernel/keys/root_maxbytes": "25000000",
 }
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when pytest dies without a teardown (timeout, kill -9), so no
+    kubelet or containerd outlives the run (the rest: reap_stale at the next run)."""
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -161,6 +171,7 @@ class Node:
             cwd=self.workdir,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def _alive(self, name: str) -> None:
@@ -381,3 +392,50 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         shutil.rmtree(self.workdir / "overlay", ignore_errors=True)
         if errors:
             raise errors[0]
+
+
+def _pids_in_cgroup(root: Path) -> list[int]:
+    pids: list[int] = []
+    for procs in root.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(x) for x in procs.read_text().split()]
+    return pids
+
+
+def reap_stale(base: Path = Path("/tmp")) -> list[Path]:
+    """Clean up after runs that died without a teardown (pytest killed): their control plane,
+    plugins, shims and containers (found by their temp dir and cgroup root), cgroups and temp
+    dir. A run is stale when the pytest that wrote its owner.pid is gone."""
+    reaped: list[Path] = []
+    for d in base.glob("e2e-*"):
+        owner = d / "owner.pid"
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue  # being set up, or not ours
+        if Path(f"/proc/{pid}").exists():
+            continue
+        marker = str(d).encode()
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if marker in (proc / "cmdline").read_bytes():
+                        os.kill(int(proc.name), signal.SIGKILL)
+        cgroups = [c / f"e2e-{d.name}" for c in Path("/sys/fs/cgroup").iterdir()]
+        for c in cgroups:
+            for p in _pids_in_cgroup(c):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        time.sleep(0.2)
+        for c in cgroups:
+            if c.is_dir():
+                for sub in sorted(
+                    (p for p in c.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+                ):
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()
+                with contextlib.suppress(OSError):
+                    c.rmdir()
+        shutil.rmtree(d, ignore_errors=True)
+        reaped.append(d)
+    return reaped
