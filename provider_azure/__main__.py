@@ -13,18 +13,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-import grpc
-from aiohttp import web
-
-from secrets_store_api import provider_pb2_grpc
-
 from . import __version__, clouds, flags, logs
-from .auth import ClientCache
 from .errors import ProviderError
-from .fetch import ContentOptions
-from .keyvault import ClientOptions
-from .metrics import Metrics
-from .server import Provider, ProviderServicer, health_handler, healthz_app, metrics_app
 
 log = logging.getLogger("provider_azure")
 
@@ -99,6 +89,18 @@ def remove_stale_socket(path: str) -> None:
 
 
 async def serve(opts: dict[str, Any]) -> int:
+    # Imported here so that --version and flag errors answer without loading the SDKs.
+    import grpc
+    from aiohttp import web
+
+    from secrets_store_api import provider_pb2_grpc
+
+    from .auth import ClientCache
+    from .fetch import ContentOptions
+    from .keyvault import ClientOptions
+    from .metrics import Metrics
+    from .server import Provider, ProviderServicer, health_handler, healthz_app, metrics_app
+
     scheme, address = parse_endpoint(opts["endpoint"])
     if opts["metrics-backend"].lower() != "prometheus":
         log.error("unsupported metrics backend", extra={"backend": opts["metrics-backend"]})
