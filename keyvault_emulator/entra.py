@@ -283,11 +283,11 @@ class JwksCache:
     def forget(self) -> None:
         self._cache.clear()
 
-    async def keys(self, issuer: Issuer) -> dict[str, Any]:
+    async def keys(self, issuer: Issuer, refresh: bool = False) -> dict[str, Any]:
         if issuer.jwks is not None:
             return issuer.jwks
         hit = self._cache.get(issuer.issuer)
-        if hit and hit[0] > time.monotonic():
+        if hit and hit[0] > time.monotonic() and not refresh:
             return hit[1]
         ctx = ssl.create_default_context(cafile=issuer.ca_file) if issuer.ca_file else None
         headers = {}
@@ -343,36 +343,25 @@ async def verify_federated(emulator: Emulator, identity: Identity, assertion: st
     if not creds:
         raise _no_match(claims)
     issuer = _issuer_for(emulator, iss)
-    try:
-        key_set = await emulator.jwks_cache.keys(issuer)
-    except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
-        log.warning("issuer keys unavailable", extra={"issuer": iss, "error": str(exc)})
-        raise EntraError(
-            401,
-            "invalid_client",
-            50166,
-            f"Request to External OIDC endpoint failed for issuer '{iss}'.",
-        ) from None
-    kid = header.get("kid")
-    candidates = [k for k in key_set.get("keys", []) if not kid or k.get("kid") in (kid, None)]
-    verified: dict[str, Any] | None = None
-    expired = False
-    for jwk in candidates:
+    verified, expired = None, False
+    # A key the cached set lacks (an issuer that rotated, or a test's new kube-apiserver on the
+    # same URL) triggers one fresh fetch before the assertion is refused.
+    for refresh in (False, True):
+        if refresh and issuer.jwks is not None:
+            break
         try:
-            pyjwk = jwt.PyJWK(jwk)
-            verified = jwt.decode(
-                assertion,
-                pyjwk.key,
-                algorithms=[str(header.get("alg", "RS256"))],
-                options={"verify_aud": False, "require": ["exp", "iss", "sub", "aud"]},
-                leeway=0,
-            )
+            key_set = await emulator.jwks_cache.keys(issuer, refresh=refresh)
+        except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
+            log.warning("issuer keys unavailable", extra={"issuer": iss, "error": str(exc)})
+            raise EntraError(
+                401,
+                "invalid_client",
+                50166,
+                f"Request to External OIDC endpoint failed for issuer '{iss}'.",
+            ) from None
+        verified, expired = _verify_with(assertion, header, key_set)
+        if verified is not None or expired:
             break
-        except jwt.ExpiredSignatureError:
-            expired = True
-            break
-        except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError):
-            continue
     if expired:
         now = int(time.time())
         raise EntraError(
@@ -389,6 +378,30 @@ async def verify_federated(emulator: Emulator, identity: Identity, assertion: st
         raise EntraError(401, "invalid_client", 50013, "Assertion failed signature validation.")
     if not any(_matches(c, verified) for c in creds):
         raise _no_match(verified)
+
+
+def _verify_with(
+    assertion: str, header: dict[str, Any], key_set: dict[str, Any]
+) -> tuple[dict[str, Any] | None, bool]:
+    """(claims, expired): claims when a key of the set verifies the assertion."""
+    kid = header.get("kid")
+    candidates = [k for k in key_set.get("keys", []) if not kid or k.get("kid") in (kid, None)]
+    for jwk in candidates:
+        try:
+            pyjwk = jwt.PyJWK(jwk)
+            claims: dict[str, Any] = jwt.decode(
+                assertion,
+                pyjwk.key,
+                algorithms=[str(header.get("alg", "RS256"))],
+                options={"verify_aud": False, "require": ["exp", "iss", "sub", "aud"]},
+                leeway=0,
+            )
+            return claims, False
+        except jwt.ExpiredSignatureError:
+            return None, True
+        except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError):
+            continue
+    return None, False
 
 
 def _matches(cred: FederatedCredential, claims: dict[str, Any]) -> bool:

@@ -3,6 +3,7 @@ and Entra's error rows, raw."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -539,3 +540,80 @@ def test_default_azure_credential(
     wi = DefaultAzureCredential(**exclude)
     assert SecretClient(KV_TEST, wi).get_secret("plain").value == "plain-v2"
     assert claims(wi.get_token(VAULT_SCOPE).token)["appid"] == t.WI_APP_CLIENT_ID
+
+
+def test_issuer_key_rotation_refetches(emulator: Emulator) -> None:
+    """An issuer serving its keys over HTTPS rotates them (as a new kube-apiserver on the same
+    issuer URL does): the next assertion, signed by the new key, is accepted at once."""
+    import http.server
+    import ssl
+    import threading
+
+    served: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = served["jwks"]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(emulator.state_dir / "server.pem", emulator.state_dir / "server-key.pem")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+
+        def keypair(kid: str) -> tuple[bytes, bytes]:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+            return pem, json.dumps({"keys": [{**jwk, "kid": kid, "alg": "RS256"}]}).encode()
+
+        issuer = f"https://rotating-{uuid.uuid4().hex[:6]}.emulator.test"
+        client_id = str(uuid.uuid4())
+        emulator.seed(
+            {
+                "issuers": [
+                    {
+                        "issuer": issuer,
+                        "caFile": str(emulator.ca_path),
+                        "jwksUri": f"https://127.0.0.1:{server.server_address[1]}/jwks",
+                    }
+                ],
+                "identities": [
+                    {
+                        "name": f"wi-{client_id[:8]}",
+                        "clientId": client_id,
+                        "federatedCredentials": [{"issuer": issuer, "subject": "sa"}],
+                    }
+                ],
+            }
+        )
+        form = {
+            "client_id": client_id,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        }
+        old_pem, served["jwks"] = keypair("old")
+        first = t.workload_token(issuer=issuer, subject="sa", key_pem=old_pem, kid="old")
+        assert token_request({**form, "client_assertion": first}).status_code == 200
+        new_pem, served["jwks"] = keypair("new")
+        second = t.workload_token(issuer=issuer, subject="sa", key_pem=new_pem, kid="new")
+        assert token_request({**form, "client_assertion": second}).status_code == 200
+        # the retired key no longer verifies
+        again = t.workload_token(issuer=issuer, subject="sa", key_pem=old_pem, kid="old")
+        entra_error(
+            token_request({**form, "client_assertion": again}), 401, 50013, "invalid_client"
+        )
+    finally:
+        server.shutdown()
