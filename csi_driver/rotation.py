@@ -510,14 +510,18 @@ class Reconciler:
         target = record.target_path
         try:
             if locked:
-                await self._write_and_record(plan, pod, versions, files)
+                changed = await self._write_files(target, files)
             else:
                 try:
+                    # only the file swap holds the target's lock: API calls happen outside it,
+                    # so an unpublish is never refused because of rotation bookkeeping
                     with self.node._exclusive(target):
-                        await self._write_and_record(plan, pod, versions, files)
+                        changed = await self._write_files(target, files)
                 except OperationPending:
                     log.info("rotation: %s busy (publish/unpublish in flight); next tick", target)
                     return
+            if changed is not None:
+                await self._record(plan, pod, versions, changed)
         except RotationError as e:
             self._failed(record, pod, plan.provider, e)
             return
@@ -527,23 +531,25 @@ class Reconciler:
             )
         self.schedule.succeeded(target)
 
-    async def _write_and_record(
-        self,
-        plan: Plan,
-        pod: Pod | None,
-        versions: dict[str, str],
-        files: dict[str, atomic_writer.FileProjection],
-    ) -> None:
-        record = plan.record
-        target = record.target_path
+    async def _write_files(
+        self, target: str, files: dict[str, atomic_writer.FileProjection]
+    ) -> bool | None:
+        """True when files changed; None when the volume was unpublished meanwhile."""
         if _key(target) not in self.node.mounts:
-            return  # unpublished while the provider answered
+            return None
         try:
-            changed = await asyncio.to_thread(self._write, target, files)
+            return await asyncio.to_thread(self._write, target, files)
         except (OSError, atomic_writer.PayloadError) as e:
             raise RotationError(f"failed to write files: {e}", FILE_WRITE_ERROR) from None
+
+    async def _record(
+        self, plan: Plan, pod: Pod | None, versions: dict[str, str], changed: bool
+    ) -> None:
+        """SPCPS, metric, synced Secrets, event: after the files are in place."""
+        record = plan.record
+        target = record.target_path
         rotated = dict(versions) != dict(record.objects)
-        if rotated:
+        if rotated and _key(target) in self.node.mounts:
             new = PodStatusRecord(
                 pod_name=record.pod_name,
                 namespace=record.namespace,
@@ -561,7 +567,8 @@ class Reconciler:
                     f"failed to update versions in spc pod status {record.name}, err: {e}",
                     SPCPS_UPDATE_FAILED,
                 ) from None
-            self.node.mounts[_key(target)] = new
+            if _key(target) in self.node.mounts:
+                self.node.mounts[_key(target)] = new
         self.metrics.rotation_reconcile.labels(plan.provider, OS_TYPE, str(rotated).lower()).inc()
         if (rotated or changed) and self.on_rotated is not None:
             await self.on_rotated(self.node.mounts.get(_key(target), record))

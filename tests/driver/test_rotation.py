@@ -771,3 +771,14 @@ async def test_gone_pod_is_skipped_quietly(
     assert driver.metric("rotation_reconcile_error_total") == 0
     assert not await events(admin_client, vol, "MountRotationFailed")
     assert "rotation failed" not in driver.logs()
+
+
+@pytest.fixture(autouse=True)
+def _no_mount_left(root: Path) -> Iterator[None]:
+    yield
+    from csi_driver import mounter
+
+    left = [p for p in mounter.mount_points() if p.startswith(str(root / "kubelet-rotation"))]
+    for p in left:
+        mounter.unmount(p)
+    assert not left, f"mounts left behind: {left}"
