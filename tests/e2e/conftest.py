@@ -81,7 +81,7 @@ class Cluster:
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
-                "kubectl",
+                str(peer("kubectl")),  # built with the other 1.37 peers, not the host's
                 f"--kubeconfig={self.node.cp.admin_kubeconfig}",
                 f"--cache-dir={self.kubectl_cache}",
                 *args,
@@ -188,7 +188,7 @@ def vault_resolves() -> Iterator[None]:
 
 @pytest.fixture(scope="package")  # torn down when the tier ends, not with the whole suite
 async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Cluster]:
-    _require_debian("containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", "kubectl")
+    _require_debian("containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox")
     bins = {
         n: peer(n)
         for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")

@@ -25,8 +25,8 @@ wrapper() {
 
 build_kubernetes() {
   local out="$PEERS_DIR/kubernetes-$K8S_VERSION"
-  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet) b ok=1
-  # Check every binary, not only the marker: an older cache may lack kubelet or kube-scheduler.
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl) b ok=1
+  # Check every binary, not only the marker: an older cache may lack some of them.
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || ok=0; done
   [ -f "$out/.ok" ] && [ $ok = 1 ] && return 0
   log "building ${bins[*]} $K8S_VERSION (cold: ~10 min)"

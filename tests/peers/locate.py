@@ -21,6 +21,7 @@ BINARIES = {
     "kube-controller-manager": ("kubernetes", "kube-controller-manager"),
     "kube-scheduler": ("kubernetes", "kube-scheduler"),
     "kubelet": ("kubernetes", "kubelet"),
+    "kubectl": ("kubernetes", "kubectl"),
     "etcd": ("etcd", "etcd"),
     "csi-sanity": ("csi-sanity", "csi-sanity"),
     "azure-provider": ("azure-provider", "secrets-store-csi-driver-provider-azure"),
