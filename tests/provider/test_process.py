@@ -7,6 +7,9 @@ import json
 import urllib.request
 from pathlib import Path
 
+import grpc
+import pytest
+
 from keyvault_emulator.testing import workload_token
 
 from .conftest import SP_SECRET, WI_APP, ProviderWorld
@@ -65,10 +68,18 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
             tenant=world.tenant,
             objects=objects_yaml({"objectName": "nope", "objectType": "secret"}),
         )
-        try:
+        with pytest.raises(grpc.RpcError) as info:
             proc.mount(bad, {"clientid": "x", "clientsecret": SP_SECRET})
-        except Exception as exc:
-            assert SP_SECRET not in str(exc)
+        failure = info.value
+        assert isinstance(failure, grpc.Call)
+        assert failure.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAUTHENTICATED,
+        ), failure
+        assert "objectName:nope" in (failure.details() or "") and "AADSTS700016" in (
+            failure.details() or ""
+        ), failure.details()
+        assert SP_SECRET not in (failure.details() or "") and SP_SECRET not in str(failure)
     finally:
         code = proc.stop()
     assert code == 0
