@@ -237,6 +237,10 @@ def test_object_item_not_mapping() -> None:
             "must be an octal",
         ),
         (
+            {"objectName": "s", "objectType": "secret", "filePermission": "10000"},
+            "filePermission '10000' must be an octal file mode such as 0644 (digits 0-7, at most",
+        ),
+        (
             {"objectName": "s", "objectType": "secret", "objectVersion": "../x"},
             "objectVersion must be",
         ),
