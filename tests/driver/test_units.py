@@ -191,3 +191,30 @@ def test_check_response_rows() -> None:
         check_response(provider_pb2.MountResponse())
     with pytest.raises(ProviderError, match="provider error code X"):
         check_response(provider_pb2.MountResponse(error=provider_pb2.Error(code="X")))
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ([("a", b"1"), ("a", b"2")], "duplicate file path in provider response: a"),
+        ([("../evil", b"x")], "invalid path: must not contain '..': ../evil"),
+        ([("/etc/evil", b"x")], "invalid path: must be relative path: /etc/evil"),
+    ],
+)
+def test_check_response_refuses_bad_files(files: list[tuple[str, bytes]], message: str) -> None:
+    from csi_driver.errors import ProviderError
+
+    bad = provider_pb2.MountResponse(
+        object_version=[provider_pb2.ObjectVersion(id="secret/a", version="1")],
+        files=[provider_pb2.File(path=p, mode=0o644, contents=c) for p, c in files],
+    )
+    with pytest.raises(ProviderError) as info:
+        check_response(bad)
+    assert info.value.message == message
+    assert info.value.error_type == "FileWriteError"
+
+
+def test_atomic_writer_refuses_a_file_that_is_also_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(PayloadError, match="a is both a file and a directory"):
+        atomic_writer.write(str(tmp_path), _files(a="1", a__b="2"))
+    assert list(tmp_path.iterdir()) == []
