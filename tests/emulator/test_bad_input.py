@@ -225,7 +225,15 @@ def test_invalid_names(officer_raw: Raw, method: str, path: str, body: object) -
     ],
 )
 def test_malformed_bodies(officer_raw: Raw, method: str, path: str, raw: bytes) -> None:
+    kind, name = path.split("/")[1:3]
+    before = officer_raw.call("GET", f"/{kind}/{name}")
     officer_raw.error(method, path, 400, "BadParameter", raw=raw)
+    after = officer_raw.call("GET", f"/{kind}/{name}")  # nothing written, nothing changed
+    assert after.status_code == before.status_code
+    if before.status_code == 200:
+        assert after.json() == before.json()
+    else:
+        assert after.status_code == 404
 
 
 def test_maxresults_out_of_range(officer_raw: Raw) -> None:
@@ -249,6 +257,8 @@ def test_pem_import_without_private_key(officer_raw: Raw) -> None:
     officer_raw.error(
         "POST", "/certificates/nokey/import", 400, "BadParameter", body={"value": pem.decode()}
     )
+    officer_raw.error("GET", "/certificates/nokey", 404, "CertificateNotFound")
+    officer_raw.error("GET", "/secrets/nokey", 404, "SecretNotFound")
 
 
 def test_pfx_wrong_password(officer_raw: Raw) -> None:
@@ -263,6 +273,8 @@ def test_pfx_wrong_password(officer_raw: Raw) -> None:
     officer_raw.error(
         "POST", "/certificates/badpw/import", 400, "BadParameter", body={"value": pfx}
     )
+    officer_raw.error("GET", "/certificates/badpw", 404, "CertificateNotFound")
+    officer_raw.error("GET", "/keys/badpw", 404, "KeyNotFound")
 
 
 # --- 401 -----------------------------------------------------------------------------------
