@@ -3,6 +3,7 @@ and the Key Vault failure rows (not found, 403, 429, no answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -382,7 +383,10 @@ async def test_vault_that_does_not_answer_times_out(world: ProviderWorld) -> Non
         emu.add_fault(service="kv", vault=world.vault, path="/secrets/b64", delay_ms=10_000)
         start = time.monotonic()
         with pytest.raises(ProviderError) as info:
-            await mount(p, world, {"objectName": "b64", "objectType": "secret"})
+            # a regression must fail here, not hang the suite for the Retry-After/delay
+            await asyncio.wait_for(
+                mount(p, world, {"objectName": "b64", "objectType": "secret"}), 10
+            )
         assert time.monotonic() - start < 5
         assert info.value.kind is Kind.DEADLINE_EXCEEDED and world.vault in info.value.message
     finally:
@@ -433,7 +437,10 @@ async def test_huge_retry_after_does_not_hang(world: ProviderWorld) -> None:
         )
         start = time.monotonic()
         with pytest.raises(ProviderError) as info:
-            await mount(p, world, {"objectName": "hexed", "objectType": "secret"})
+            # a regression must fail here, not hang the suite for the Retry-After/delay
+            await asyncio.wait_for(
+                mount(p, world, {"objectName": "hexed", "objectType": "secret"}), 10
+            )
         assert time.monotonic() - start < 5
         assert info.value.kind is Kind.DEADLINE_EXCEEDED
     finally:
