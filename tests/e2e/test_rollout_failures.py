@@ -8,9 +8,11 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Pod, ServiceAccount
+from lightkube.resources.core_v1 import Pod, Secret, ServiceAccount
 
 from keyvault_emulator.testing import TENANT_ID
 
@@ -157,7 +159,7 @@ async def test_secret_object_matching_no_file_warns(cluster: Cluster) -> None:
         },
         secret_objects=[
             {
-                "secretName": unique("mismatch"),
+                "secretName": (synced := unique("mismatch")),
                 "type": "Opaque",
                 "data": [{"objectName": "no-such-file", "key": "k"}],
             }
@@ -174,6 +176,9 @@ async def test_secret_object_matching_no_file_warns(cluster: Cluster) -> None:
     await eventually(warned, 20, "a Warning event naming the object")
     warnings = [e for e in await pod_events(cluster.admin, name) if "Warning" in e]
     print(f"[e2e] {warnings[0]}")
+    with pytest.raises(ApiError) as info:  # nothing half-synced
+        await cluster.admin.get(Secret, synced, namespace=NAMESPACE)
+    assert info.value.status.code == 404
 
 
 async def test_workload_identity_subject_mismatch_event(cluster: Cluster) -> None:

@@ -159,6 +159,8 @@ async def test_identity_without_role_failed_mount_event(cluster: Cluster) -> Non
     print(f"[e2e] {events[0]}")
     assert "db-password" in events[0], events
     assert "403" in events[0] or "Forbidden" in events[0], events
+    assert "Key Vault Secrets User" in events[0], events  # the role to grant
+    assert not any(NOROLE_SECRET in e for e in await pod_events(cluster.admin, name))
     pod = await cluster.admin.get(Pod, name, namespace=NAMESPACE)
     assert pod.status is not None and pod.status.phase == "Pending"
     await cluster.admin.delete(Pod, name, namespace=NAMESPACE, grace_period=0)
