@@ -309,8 +309,9 @@ async def test_forbidden_hints_role(provider: Provider, world: ProviderWorld) ->
     for object_type, role in (
         ("secret", "Key Vault Secrets User"),
         ("cert", "Key Vault Certificate User"),
+        ("key", "Key Vault Crypto User"),
     ):
-        name = "plain" if object_type == "secret" else "rsa-pem"
+        name = {"secret": "plain", "cert": "rsa-pem", "key": "rsa-key"}[object_type]
         with pytest.raises(ProviderError) as info:
             await mount(
                 provider, world, {"objectName": name, "objectType": object_type}, secrets=secrets
