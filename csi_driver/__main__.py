@@ -14,8 +14,13 @@ from .goflags import FlagError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["standalone"]:  # a word, never a Go flag: upstream's flags are unaffected
+        from . import standalone
+
+        return standalone.main(args[1:])
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
+        config = parse_args(args)
     except FlagError as e:
         print(e, file=sys.stderr)
         return 2

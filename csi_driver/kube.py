@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
@@ -39,6 +39,13 @@ class SecretProviderClassSpec:
     name: str
     provider: str
     parameters: Mapping[str, str]
+
+
+class SpcSource(Protocol):
+    """Where publishes and rotation read SecretProviderClasses: SpcCache (the API server) or,
+    in standalone mode, a manifest file (csi_driver.standalone.FileSpcSource)."""
+
+    async def get(self, namespace: str, name: str) -> SecretProviderClassSpec: ...
 
 
 def make_client(kubeconfig: str) -> AsyncClient | None:

@@ -35,7 +35,7 @@ from .errors import (
     PublishFailed,
     TargetPathError,
 )
-from .kube import SpcCache
+from .kube import SpcSource
 from .metrics import Metrics
 from .provider_client import ProviderClients
 from .spcps import PodStatusRecord, create_or_update, list_for_node
@@ -94,11 +94,13 @@ class NodeService:
         *,
         node_id: str,
         providers: ProviderClients,
-        spcs: SpcCache,
+        spcs: SpcSource,
         client: AsyncClient | None,
         metrics: Metrics,
         tmpfs_size: int,
         rotation_enabled: bool = False,
+        use_tmpfs: bool = True,
+        record_status: bool = True,
     ) -> None:
         self.node_id = node_id
         self.providers = providers
@@ -106,6 +108,10 @@ class NodeService:
         self.client = client
         self.metrics = metrics
         self.tmpfs_size = tmpfs_size
+        # False only in standalone mode without root: files go into the (private) directory.
+        self.use_tmpfs = use_tmpfs
+        # False only in standalone mode: no API server, so no SecretProviderClassPodStatus.
+        self.record_status = record_status
         self.rotation_enabled = rotation_enabled
         self._busy: set[str] = set()
         # target path → what was mounted there; rebuilt from SPCPS on start.
@@ -226,7 +232,8 @@ class NodeService:
 
         started = time.monotonic()
         try:
-            await asyncio.to_thread(mounter.mount_tmpfs, target, self.tmpfs_size)
+            if self.use_tmpfs:
+                await asyncio.to_thread(mounter.mount_tmpfs, target, self.tmpfs_size)
         except OSError as e:
             raise PublishFailed(f"failed to mount tmpfs at {target}: {e.strerror}") from None
         try:
@@ -257,13 +264,16 @@ class NodeService:
                 objects=result.object_versions,
             )
             try:
-                await create_or_update(self.client, record)
+                if self.record_status:
+                    await create_or_update(self.client, record)
             except KubeError as e:
                 raise PublishFailed(
                     "failed to create secret provider class pod status for pod "
                     f"{pod_ns}/{pod_name}, err: {e}"
                 ) from None
         except BaseException:
+            if not self.use_tmpfs:
+                raise  # nothing was mounted; a failed write removed its own directory
             try:
                 await asyncio.to_thread(mounter.unmount, target)
                 log.info("unmounted target path %s as node publish volume failed", target)

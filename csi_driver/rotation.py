@@ -241,6 +241,9 @@ class Reconciler:
         self.provider_calls = 0
         # Called after a mount's files or versions changed (secret sync refreshes its Secrets).
         self.on_rotated: Callable[[PodStatusRecord], Awaitable[None]] | None = None
+        # Without Kubernetes (standalone mode): a mount's plan comes from here, not from its pod.
+        self.plan_source: Callable[[PodStatusRecord], Awaitable[Plan]] | None = None
+        self.record_status = True  # False without an API server: no SPCPS to update
         metrics = node.metrics
         self.metrics = metrics
         self.calls_saved = Counter(
@@ -291,6 +294,9 @@ class Reconciler:
             self.schedule.taken(r.target_path, now)
         if not due:
             return
+        if self.plan_source is not None:
+            await self._tick_local(due, now)
+            return
         if self.client is None:
             log.warning("rotation: no Kubernetes API configured; skipping")
             return
@@ -340,6 +346,19 @@ class Reconciler:
             self.provider_calls - calls,
             self.clock() - now,
         )
+
+    async def _tick_local(self, due: list[PodStatusRecord], now: float) -> None:
+        """A tick without Kubernetes: plans from plan_source, then the same calls and writes."""
+        assert self.plan_source is not None
+        plans: list[Plan] = []
+        for record in due:
+            try:
+                plans.append(await self.plan_source(record))
+            except RotationError as e:
+                self._failed(record, None, "", e)
+                continue
+            self.schedule.state(record.target_path).last_attempt = now
+        await asyncio.gather(*(self._reconcile_group([p], {}, None) for p in plans))
 
     async def _pods(self) -> dict[tuple[str, str], Pod]:
         assert self.client is not None
@@ -463,10 +482,10 @@ class Reconciler:
             await self._apply(p, pod, result.object_versions, result.files, started, locked=False)
 
     async def _request(self, plan: Plan, settings: TokenSettings | None) -> tuple[str, str]:
-        assert self.client is not None
         context = dict(plan.volume_context)
         secrets = dict(plan.secrets)
         if settings is not None and settings.audiences:
+            assert self.client is not None
             try:
                 tokens = await pod_tokens(
                     self.client,
@@ -561,7 +580,8 @@ class Reconciler:
                 objects=dict(versions),
             )
             try:
-                await create_or_update(self.client, new)
+                if self.record_status:
+                    await create_or_update(self.client, new)
             except KubeError as e:
                 raise RotationError(
                     f"failed to update versions in spc pod status {record.name}, err: {e}",

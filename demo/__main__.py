@@ -1,18 +1,18 @@
-"""A mount and a rotation, end to end, on one machine.
+"""A mount and a rotation, end to end, on one machine, with the driver in standalone mode.
 
 The Key Vault emulator plays Key Vault and Entra ID, `python -m provider_azure` is the provider,
-and the driver's own pieces (tmpfs mounter, provider client, atomic writer) do what a
-NodePublishVolume and a rotation tick do. Run it through `make demo`, which puts it in a private
-network namespace where `kv-demo.vault.azure.net` and `login.microsoftonline.com` are local.
+and `python -m csi_driver.standalone` is the driver: it reads a SecretProviderClass manifest,
+mounts a tmpfs, calls the provider over its socket, writes the files atomically and keeps them
+rotated, through the same code as a CSI NodePublishVolume and the rotation reconciler. Run it
+through `make demo`, which puts it in a private network + mount namespace where
+`kv-demo.vault.azure.net` and `login.microsoftonline.com` are local.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -21,44 +21,48 @@ import time
 import urllib.request
 from pathlib import Path
 
-from csi_driver import atomic_writer, mounter
-from csi_driver.node import go_json
-from csi_driver.provider_client import MountResult, ProviderClients
+from csi_driver import mounter
 from keyvault_emulator.testing import Emulator
 
 HERE = Path(__file__).resolve().parent
 TENANT = "11111111-2222-4333-8444-555555555555"
 CLIENT_ID, CLIENT_SECRET = "0d000001-0000-4000-8000-000000000001", "demo-client-secret"
-INTERVAL = 2.0  # the demo's rotation poll interval, in seconds
+INTERVAL = "2s"  # the demo's --rotation-poll-interval
+WAIT_ROTATION = 10.0  # seconds: five intervals
+PROVIDER_METRICS, DRIVER_METRICS = "127.0.0.1:8898", "127.0.0.1:8095"
 
-# The SecretProviderClass parameters, written as the AKS docs write them.
-OBJECTS = """array:
-  - |
-    objectName: username
-    objectType: secret
-    objectAlias: foo1
-  - |
-    objectName: signing-key
-    objectType: key
-  - |
-    objectName: web-cert
-    objectType: cert
-  - |
-    objectName: web-cert
-    objectType: secret
-    objectAlias: web-cert.pem
+# The SecretProviderClass, written as the AKS docs write it: an objectAlias, a key, a cert and
+# the cert's secret (the PEM with its private key).
+SPC = f"""apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: azure-kv-demo
+  namespace: default
+spec:
+  provider: azure
+  parameters:
+    usePodIdentity: "false"
+    keyvaultName: kv-demo
+    tenantId: {TENANT}
+    objects: |
+      array:
+        - |
+          objectName: username
+          objectType: secret
+          objectAlias: foo1
+        - |
+          objectName: signing-key
+          objectType: key
+        - |
+          objectName: web-cert
+          objectType: cert
+        - |
+          objectName: web-cert
+          objectType: secret
+          objectAlias: web-cert.pem
 """
-PARAMETERS = {
-    "usePodIdentity": "false",
-    "keyvaultName": "kv-demo",
-    "tenantId": TENANT,
-    "objects": OBJECTS,
-    # What the driver adds from the pod (podInfoOnMount).
-    "csi.storage.k8s.io/pod.name": "demo-pod",
-    "csi.storage.k8s.io/pod.namespace": "default",
-    "csi.storage.k8s.io/pod.uid": "3f0c5a52-6d1e-4b8a-9d57-2f3c1e0b9a11",
-    "csi.storage.k8s.io/serviceAccount.name": "default",
-}
+# nodePublishSecretRef's data, as `kubectl create secret generic --from-literal` would hold it.
+SECRET = f"clientid: {CLIENT_ID}\nclientsecret: {CLIENT_SECRET}\n"
 
 
 def step(text: str) -> None:
@@ -74,99 +78,138 @@ def show_files(target: Path) -> None:
         print(f"    {stat.filemode(st.st_mode)} {st.st_size:5d}  {entry.name:14s} {first[:48]}")
 
 
-def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_for(what: str, cond: object, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"provider did not start (exit {proc.poll()})")
-        time.sleep(0.05)
+    while not cond():  # type: ignore[operator]
+        if proc.poll() is not None:
+            raise SystemExit(f"{what}: the process exited ({proc.returncode})")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.02)
 
 
-async def mount(
-    clients: ProviderClients, target: Path, current: dict[str, str] | None
-) -> MountResult:
-    secrets = go_json({"clientid": CLIENT_ID, "clientsecret": CLIENT_SECRET})
-    return await clients.mount(
-        "azure", go_json(PARAMETERS), secrets, str(target), go_json(0o644), current
-    )
-
-
-async def mount_and_rotate(work: Path, emu: Emulator) -> None:
-    target = work / "pods" / "demo-pod" / "volumes" / "kubernetes.io~csi" / "store" / "mount"
-    target.mkdir(parents=True)
-    clients = ProviderClients((str(work / "providers"),), 4 * 1024 * 1024, 30)
+def read(path: Path) -> str:
     try:
-        step(f"NodePublishVolume: tmpfs at {target}, provider Mount, atomic write")
-        mounter.mount_tmpfs(str(target), 8 * 1024 * 1024)
-        result = await mount(clients, target, None)
-        atomic_writer.write(str(target), result.files)
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+class LogTail:
+    """Prints the driver's new log lines (its own `standalone:` and `rotation` lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def show(self) -> None:
+        data = self.path.read_text(errors="replace")
+        new, self.offset = data[self.offset :], len(data)
+        for line in new.splitlines():
+            if "standalone:" in line or "rotation" in line:
+                print("    driver| " + line.split("] ", 1)[-1])
+
+
+def metrics(addr: str, prefixes: tuple[str, ...]) -> None:
+    body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(prefixes):
+            print("    " + line)
+
+
+def run(work: Path, emu: Emulator) -> None:
+    providers = work / "providers"
+    providers.mkdir()
+    step(f"starting the Azure provider on unix://{providers}/azure.sock (metrics on :8898)")
+    with open(work / "provider.log", "wb") as out:
+        provider = subprocess.Popen(
+            [sys.executable, "-m", "provider_azure", f"--endpoint=unix://{providers}/azure.sock"],
+            stderr=out,
+        )
+    driver: subprocess.Popen[bytes] | None = None
+    target = work / "mnt" / "secrets-store"
+    try:
+        wait_for("provider socket", (providers / "azure.sock").exists, provider, 30)
+        (work / "spc.yaml").write_text(SPC)
+        (work / "secret.yaml").write_text(SECRET)
+        os.chmod(work / "secret.yaml", 0o600)
+        target.mkdir(parents=True)
+        step(f"the SecretProviderClass ({work}/spc.yaml)")
+        print("    " + SPC.strip().replace("\n", "\n    "))
+
+        argv = [
+            "python",
+            "-m",
+            "csi_driver.standalone",
+            f"--spc={work}/spc.yaml",
+            f"--node-publish-secret-file={work}/secret.yaml",
+            f"--target-path={target}",
+            f"--provider-volume={providers}",
+            f"--rotation-poll-interval={INTERVAL}",
+            f"--metrics-addr={DRIVER_METRICS}",
+        ]
+        shown = " ".join(argv[:3]) + "".join(f" \\\n        {a}" for a in argv[3:])
+        step("starting the driver in standalone mode:\n    " + shown)
+        tail = LogTail(work / "driver.log")
+        started = time.monotonic()
+        with open(work / "driver.log", "wb") as out:
+            driver = subprocess.Popen([sys.executable, *argv[1:]], stderr=out)
+        wait_for("the mount", lambda: (target / "foo1").exists(), driver, 30)
+        print(f"    mounted in {time.monotonic() - started:.1f}s")
+        tail.show()
+        fstype = mounter.mount_points().get(str(target), "(not a mount)")
+        step(f"files at {target} ({fstype}; each a symlink into ..data, swapped atomically)")
         show_files(target)
-        print("    object versions:", json.dumps(result.object_versions, indent=None))
-        print(f"    foo1 = {(target / 'foo1').read_text()!r}")
+        print(f"    foo1 = {read(target / 'foo1')!r}")
 
         step("changing secret 'username' in the emulator (a new version)")
-        changed_at = time.monotonic()
         emu.set_secret("kv-demo", "username", "admin-v2")
+        changed = time.monotonic()
 
-        step(f"rotation: re-mounting every {INTERVAL:.0f}s with the current versions")
-        current = dict(result.object_versions)
-        for tick in range(1, 11):
-            await asyncio.sleep(INTERVAL)
-            result = await mount(clients, target, current)
-            rotated = result.object_versions != current
-            wrote = atomic_writer.write(str(target), result.files)
-            print(f"    tick {tick}: versions changed={rotated} files rewritten={wrote}")
-            current = dict(result.object_versions)
-            if rotated:
-                value = (target / "foo1").read_text()
-                took = time.monotonic() - changed_at
-                print(f"    foo1 = {value!r}  ({took:.1f}s after the change;")
-                print("    written to a new timestamped dir, swapped in through the ..data link)")
-                break
-        else:
-            raise SystemExit("the change did not arrive within 10 intervals")
+        step(f"waiting for the rotation (--rotation-poll-interval={INTERVAL})")
+        wait_for(
+            "the rotated value",
+            lambda: read(target / "foo1") == "admin-v2",
+            driver,
+            WAIT_ROTATION,
+        )
+        took = time.monotonic() - changed
+        print(f"    foo1 = {read(target / 'foo1')!r}  ({took:.1f}s after the change)")
+        tail.show()
+
+        step(f"driver metrics (http://{DRIVER_METRICS}/metrics)")
+        metrics(DRIVER_METRICS, ("node_publish_total", "rotation_reconcile_total"))
+        step(f"provider metrics (http://{PROVIDER_METRICS}/metrics)")
+        metrics(PROVIDER_METRICS, ("keyvault_request_count", "grpc_request_count"))
+        calls = [r for r in emu.requests() if r.get("service") == "kv"]
+        print(f"    Key Vault requests seen by the emulator: {len(calls)}")
     finally:
-        await clients.close()
-        with contextlib.suppress(OSError):
-            mounter.unmount(str(target))
-
-
-def show_metrics(emu: Emulator) -> None:
-    step("provider metrics (http://127.0.0.1:8898/metrics)")
-    body = urllib.request.urlopen("http://127.0.0.1:8898/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith(("keyvault_request_count", "grpc_request_count")):
-            print("    " + line)
-    calls = [r for r in emu.requests() if r.get("service") == "kv"]
-    print(f"    Key Vault requests seen by the emulator: {len(calls)}")
+        step("cleaning up: SIGTERM to the driver (it unmounts), then the provider")
+        if driver is not None:
+            driver.send_signal(signal.SIGTERM)
+            rc = driver.wait(15)
+            tail.show()
+            left = str(target) in mounter.mount_points()
+            print(f"    driver exited {rc}; {target} mounted: {left}")
+            if rc != 0 or left:
+                raise SystemExit("the driver did not clean up")
+        provider.terminate()
+        provider.wait(10)
 
 
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the demo mounts a tmpfs: run it as root (make demo)")
     work = Path(tempfile.mkdtemp(prefix="sscsi-demo-"))
+    begun = time.monotonic()
     step("starting the Key Vault emulator (Key Vault + Entra ID) with vault kv-demo")
     emu = Emulator.start(work / "emulator", seeds=[HERE / "seed.yaml"])
     os.environ["SSL_CERT_FILE"] = str(emu.ca_path)
-    providers = work / "providers"
-    providers.mkdir()
-    step(f"starting the Azure provider on unix://{providers}/azure.sock")
-    with open(work / "provider.log", "wb") as provider_log:
-        provider = subprocess.Popen(
-            [sys.executable, "-m", "provider_azure", f"--endpoint=unix://{providers}/azure.sock"],
-            stderr=provider_log,
-        )
     try:
-        wait_for_socket(providers / "azure.sock", provider)
-        asyncio.run(mount_and_rotate(work, emu))
-        show_metrics(emu)
+        run(work, emu)
     finally:
-        step("cleaning up: unmounted; stopping the provider and the emulator")
-        provider.terminate()
-        provider.wait(10)
         emu.stop()
         shutil.rmtree(work, ignore_errors=True)
-    step("done")
+    step(f"done in {time.monotonic() - begun:.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""`make demo` stays true: the demo runs to the end and shows the rotated value.
+"""`make demo` stays true: the demo runs to the end and tells the whole story.
 
-It runs in a namespace of its own (the session's emulator already holds :443 in this one).
+It runs in a namespace of its own (the session's emulator already holds :443 in this one). The
+demo exits non-zero when the rotated value does not arrive within five intervals or the driver
+leaves its mount behind, so a missing rotation fails this test.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +28,22 @@ def test_demo_mounts_and_rotates() -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "foo1 = 'admin-v1'" in out
-    assert "versions changed=True" in out
-    assert "foo1 = 'admin-v2'" in out
-    assert "keyvault_request_count" in out
+    # the driver ran in standalone mode on the SPC file, on a tmpfs
+    assert "python -m csi_driver.standalone" in out
+    assert "kind: SecretProviderClass" in out and "objectAlias: foo1" in out
+    assert "standalone: running as root: mounting a tmpfs" in out
+    assert re.search(r"files at \S+ \(tmpfs;", out)
+    for name in ("foo1", "signing-key", "web-cert", "web-cert.pem"):
+        assert re.search(rf"-rw-r--r-- +\d+  {re.escape(name)} ", out), name
+    # the change arrived through the driver's rotation, and the metrics say so
+    before, _, after = out.partition("changing secret 'username'")
+    assert "foo1 = 'admin-v1'" in before
+    assert "foo1 = 'admin-v2'" in after
+    assert "rotation: default/" in after and "versions changed, files rewritten" in after
+    assert re.search(r'rotation_reconcile_total\{[^}]*rotated="true"\} [1-9]', after)
+    assert 'node_publish_total{os_type="linux",provider="azure"} 1.0' in out
+    assert re.search(r"keyvault_request_count\{[^}]*object_name=\"username\"", out)
+    # clean exit: unmounted
+    assert "nothing left mounted" in out
+    assert "mounted: False" in out
     assert "demo-client-secret" not in out
