@@ -120,5 +120,10 @@ def test_encoding_rules() -> None:
     assert content_bytes("abc", ObjectType.KEY, ObjectEncoding.BASE64) == b"abc"
     with pytest.raises(ConversionError, match="not valid base64"):
         content_bytes("a$b", ObjectType.SECRET, ObjectEncoding.BASE64)
+    # characters outside the alphabet are refused, not skipped (Go skips only \r and \n)
+    for bad in ("ab$cd", "YW Jj", "YWJj\t"):
+        with pytest.raises(ConversionError, match="not valid base64"):
+            content_bytes(bad, ObjectType.SECRET, ObjectEncoding.BASE64)
+    assert content_bytes("YW\r\nJj", ObjectType.SECRET, ObjectEncoding.BASE64) == b"abc"
     with pytest.raises(ConversionError, match="not valid hex"):
         content_bytes("abc", ObjectType.SECRET, ObjectEncoding.HEX)
