@@ -371,3 +371,27 @@ def test_publish_failure_exits_1_and_unmounts(
     assert str(work / "target") not in mounter.mount_points()
     assert os.listdir(work / "target") == []
     assert "wrong-secret" not in text
+
+
+def test_spc_file_edits_apply_at_next_tick_and_a_bad_edit_keeps_content(
+    vault: Emulator, provider_dir: Path, work: Path
+) -> None:
+    proc, log = _start(work, provider_dir, "--rotation-poll-interval=200ms")
+    target = work / "target"
+    try:
+        _wait(lambda: (target / "foo1").exists(), 20, "foo1 mounted", log)
+        (work / "spc.yaml").write_text("kind: [unclosed")
+        _wait(lambda: "content kept" in log.read_text(), 10, "a failed tick", log)
+        assert "not valid YAML" in log.read_text()
+        assert (target / "foo1").exists() and proc.poll() is None
+        edited = spc_manifest()
+        params = edited["spec"]["parameters"]  # type: ignore[index]
+        params["objects"] = OBJECTS.replace("objectAlias: foo1", "objectAlias: foo2")
+        (work / "spc.yaml").write_text(yaml.safe_dump(edited))
+        _wait(lambda: (target / "foo2").exists(), 10, "foo2 after the edit", log)
+        _wait(lambda: not (target / "foo1").exists(), 5, "foo1 gone after the edit", log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+    assert rc == 0, log.read_text()[-3000:]
+    assert str(target) not in mounter.mount_points()
