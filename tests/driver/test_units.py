@@ -135,9 +135,14 @@ def test_atomic_writer_readers_never_see_a_mix(tmp_path: Path) -> None:
     atomic_writer.write(str(tmp_path), _files(x="0", y="0"))
     stop = threading.Event()
     mixed: list[tuple[str, str]] = []
+    missing: list[str] = []
 
     def read() -> None:
         while not stop.is_set():
+            try:  # what a pod reads: the file through its symlink is never missing
+                Path(tmp_path, "x").read_text()
+            except FileNotFoundError:
+                missing.append("x")
             data = os.path.join(str(tmp_path), "..data")
             try:
                 real = os.path.realpath(data)
@@ -155,6 +160,7 @@ def test_atomic_writer_readers_never_see_a_mix(tmp_path: Path) -> None:
     stop.set()
     t.join()
     assert mixed == []
+    assert missing == []
 
 
 @pytest.mark.parametrize(
