@@ -358,3 +358,15 @@ def test_credential_cache_keys_partition_by_proof() -> None:
         attributes(), secrets={"clientid": "sp-client", "clientsecret": "other"}
     ).identity.cache_key("h")
     assert a != b and SECRET not in "".join(a)
+
+
+def test_credential_cache_keys_partition_managed_identities() -> None:
+    """A pod naming one user-assigned identity never reuses another's (or the system one's)."""
+
+    def key(**kw: str) -> tuple[str, ...]:
+        attrib = attributes(useVMManagedIdentity="true", **kw)
+        return parse(attrib, secrets="null").identity.cache_key("h")
+
+    keys = {key(), key(userAssignedIdentityID="uai-1"), key(userAssignedIdentityID="uai-2")}
+    assert len(keys) == 3
+    assert key(userAssignedIdentityID="uai-1") == key(userAssignedIdentityID="uai-1")
