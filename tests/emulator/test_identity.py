@@ -372,6 +372,11 @@ def test_issuer_added_at_run_time(emulator: Emulator) -> None:
     assert info.value.status_code == 403
     assert info.value.response is not None
     assert info.value.response.json()["error"]["innerError"]["code"] == "ForbiddenByRbac"
+    # ... and not to another secret whose name merely starts with it
+    emulator.set_secret("kv-test", "plain-but-other", "not yours")
+    with pytest.raises(HttpResponseError) as info:
+        client.get_secret("plain-but-other")
+    assert info.value.status_code == 403
 
 
 # --- IMDS error rows ---------------------------------------------------------------------
