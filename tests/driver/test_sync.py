@@ -602,6 +602,7 @@ async def test_bad_tls_bundle(
     vol = await mount(kubelet, admin_client, namespace, spc)
     message = await wait_event(admin_client, vol.pod, expected)
     assert "BEGIN" not in message  # no key material in events
+    assert content.strip()[:16] not in message  # nor any of the object's content
     await _no_secret(admin_client, namespace, name)
 
 
