@@ -6,7 +6,7 @@ namespace's private mount table (kubelet writes /var/lib/kubelet/device-plugins 
 /var/log/containers; containerd's shims live under /run), kubelet's sysctls are satisfied by
 files bound over /proc/sys entries, and kubelet's root, containerd's root and state, all logs
 and sockets live in one temp dir. `stop()` undoes everything in reverse, even after a failure.
-Traps (../shared/PEERS.md): kubelet refuses a loopback node IP (a TEST-NET address on lo);
+Traps (docs/e2e.md): kubelet refuses a loopback node IP (a TEST-NET address on lo);
 containerd needs restrict_oom_score_adj (no CAP_SYS_RESOURCE); only hostNetwork pods run.
 """
 
