@@ -6,50 +6,13 @@ bare flag or `=true/false` (strconv.ParseBool); durations as Go durations (`5s`,
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+from secrets_store_api.goflags import FlagError, parse_bool, parse_duration
 
-
-class FlagError(ValueError):
-    pass
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a Go duration string."""
-    s = text.strip()
-    sign = 1.0
-    if s[:1] in "+-" and s:
-        sign = -1.0 if s[0] == "-" else 1.0
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise FlagError(f"invalid duration {text!r}")
-    total, pos = 0.0, 0
-    for match in _PART.finditer(s):
-        if match.start() != pos:
-            raise FlagError(f"invalid duration {text!r}")
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(s):
-        raise FlagError(f"invalid duration {text!r}")
-    return sign * total
+__all__ = ["Flag", "FlagError", "parse", "parse_duration", "usage"]
 
 
 @dataclass(frozen=True)
@@ -82,12 +45,10 @@ def parse(flags: list[Flag], argv: list[str]) -> tuple[dict[str, Any], list[str]
         if flag is None:
             raise FlagError(f"flag provided but not defined: -{name}")
         if flag.kind is bool:
-            if not eq or value in TRUE:
-                values[name] = True
-            elif value in FALSE:
-                values[name] = False
-            else:
-                raise FlagError(f'invalid boolean value "{value}" for -{name}')
+            try:
+                values[name] = parse_bool(value) if eq else True
+            except FlagError:
+                raise FlagError(f'invalid boolean value "{value}" for -{name}') from None
             i += 1
             continue
         if not eq:
