@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 PEERS_DIR ?= $(HOME)/.cache/secrets-store-csi-peers
 export PEERS_DIR
 PROTOS := proto/secrets_store_api/provider.proto proto/secrets_store_api/csi.proto
-DEB_PACKAGES := iproute2 util-linux mount containerd runc busybox-static
+DEB_PACKAGES := iproute2 util-linux mount containerd runc busybox-static buildah mmdebstrap
 
-.PHONY: install deb proto lint peers test test-unit bench demo clean
+.PHONY: install deb proto lint peers test test-unit bench demo demo-cluster images clean
 
 install: $(VENV)/.installed
 
@@ -34,7 +34,7 @@ peers:
 	tests/peers/build-peers.sh
 
 # The whole suite, inside a private network + mount namespace (tests/netns-run).
-test: install deb peers
+test: install deb peers images
 	tests/netns-run $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install peers
@@ -42,6 +42,15 @@ bench: install peers
 
 demo: install deb
 	tests/netns-run $(PY) -m demo $(DEMO_ARGS)
+
+# The same story through the CSI socket, on a local control plane (etcd, kube-apiserver,
+# kube-controller-manager from `make peers`), with a synced Kubernetes Secret.
+demo-cluster: install deb peers
+	tests/netns-run $(PY) -m demo.cluster $(DEMO_ARGS)
+
+# Container images of both daemons, built with buildah (no Docker engine, no registry).
+images: install deb
+	daemonset/images/build.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
