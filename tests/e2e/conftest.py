@@ -260,8 +260,7 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
         print(f"\n[e2e] node up in {time.monotonic() - started:.1f}s ({tmp})")
         yield Cluster(node, admin, driver, provider, emulator, tmp / "kubectl-cache")
     finally:
-        if admin is not None:
-            await _delete_pods(admin)
+        leftover = await _delete_pods(admin) if admin is not None else None
         try:
             node.stop()
         finally:
@@ -276,6 +275,8 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
             cp.stop()
             unmount_under(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+        if leftover is not None:
+            raise AssertionError(f"e2e teardown: {leftover}")
 
 
 async def _wait_node_ready(node: Node, admin: AsyncClient, registrar: Registrar) -> None:
@@ -307,19 +308,28 @@ async def _namespace(admin: AsyncClient) -> None:
     raise TimeoutError("no default ServiceAccount")
 
 
-async def _delete_pods(admin: AsyncClient) -> None:
-    """Pods go first (kubelet unpublishes their volumes) so nothing stays mounted."""
+async def _delete_pods(admin: AsyncClient) -> str | None:
+    """Pods go first (kubelet unpublishes their volumes) so nothing stays mounted. Returns
+    what went wrong (pods left behind, an API error) so the teardown can report it after the
+    rest of the clean-up has run."""
     try:
         pods = [p async for p in admin.list(Pod, namespace=NAMESPACE)]
         for p in pods:
             assert p.metadata is not None and p.metadata.name is not None
             await admin.delete(Pod, p.metadata.name, namespace=NAMESPACE, grace_period=0)
+        left: list[str] = []
         for _ in range(100):
-            if not [p async for p in admin.list(Pod, namespace=NAMESPACE)]:
-                break
+            left = [
+                str(p.metadata.name)
+                async for p in admin.list(Pod, namespace=NAMESPACE)
+                if p.metadata is not None
+            ]
+            if not left:
+                return None
             await asyncio.sleep(0.2)
-    except Exception:
-        pass
+        return f"pods still present 20 s after deletion: {left}"
+    except Exception as e:
+        return f"deleting the test pods failed: {type(e).__name__}: {e}"
 
 
 # -- helpers for the stories ------------------------------------------------------------
