@@ -9,6 +9,7 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 CSI_SANITY_VERSION=${CSI_SANITY_VERSION:-v5.6.0}
 AZURE_PROVIDER_VERSION=${AZURE_PROVIDER_VERSION:-v1.8.2}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
 export GOFLAGS=${GOFLAGS:--mod=mod}
 export CGO_ENABLED=0
 mkdir -p "$PEERS_DIR"
@@ -83,14 +84,31 @@ build_azure_provider() {
   touch "$out/.ok"; rm -rf "$w"
 }
 
+build_helm() {
+  local out="$PEERS_DIR/helm-$HELM_VERSION"
+  [ -f "$out/.ok" ] && [ -x "$out/helm" ] && return 0
+  log "building helm $HELM_VERSION (cold: ~5 min)"
+  # A wrapper module rather than `go install helm.sh/helm/v3/cmd/helm@VERSION`: the proxy may
+  # refuse the module's version list, which `go install pkg@version` reads.
+  local mod=helm.sh/helm/v3
+  local w; w=$(mktemp -d)
+  wrapper "$w" "$mod" "$HELM_VERSION"
+  mkdir -p "$out"
+  (cd "$w" && go build -trimpath \
+      -ldflags "-X $mod/internal/version.version=$HELM_VERSION" \
+      -o "$out/helm" "$mod/cmd/helm")
+  touch "$out/.ok"; rm -rf "$w"
+}
+
 peers=("$@")
-[ ${#peers[@]} -eq 0 ] && peers=(etcd csi-sanity azure-provider kubernetes)
+[ ${#peers[@]} -eq 0 ] && peers=(etcd csi-sanity azure-provider helm kubernetes)
 for p in "${peers[@]}"; do
   case "$p" in
     kubernetes) build_kubernetes ;;
     etcd) build_etcd ;;
     csi-sanity) build_csi_sanity ;;
     azure-provider) build_azure_provider ;;
+    helm) build_helm ;;
     *) echo "unknown peer: $p" >&2; exit 2 ;;
   esac
 done

@@ -15,6 +15,7 @@ VERSIONS = {
     "etcd": os.environ.get("ETCD_VERSION", "v3.7.3"),
     "csi-sanity": os.environ.get("CSI_SANITY_VERSION", "v5.6.0"),
     "azure-provider": os.environ.get("AZURE_PROVIDER_VERSION", "v1.8.2"),
+    "helm": os.environ.get("HELM_VERSION", "v3.22.0"),
 }
 BINARIES = {
     "kube-apiserver": ("kubernetes", "kube-apiserver"),
@@ -25,6 +26,7 @@ BINARIES = {
     "etcd": ("etcd", "etcd"),
     "csi-sanity": ("csi-sanity", "csi-sanity"),
     "azure-provider": ("azure-provider", "secrets-store-csi-driver-provider-azure"),
+    "helm": ("helm", "helm"),
 }
 
 
