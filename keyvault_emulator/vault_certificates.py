@@ -48,12 +48,15 @@ from .store import (
 from .vault_common import (
     KvContext,
     deleted_conflict,
+    find_deleted,
     json_ok,
     not_found,
     page,
     parse_attributes,
     parse_tags,
     pick_version,
+    purge,
+    soft_deleted,
     touch,
 )
 
@@ -530,11 +533,8 @@ async def delete_certificate(ctx: KvContext) -> web.StreamResponse:
     name = ctx.name()
     low = name.lower()
     versions = _versions(ctx, name)
-    t = now()
-    d = Deleted(
-        versions=versions,
-        deleted_date=t,
-        scheduled_purge_date=t + 90 * 86400,
+    d = soft_deleted(
+        versions,
         key_versions=ctx.vault.keys.pop(low, []),
         secret_versions=ctx.vault.secrets.pop(low, []),
     )
@@ -548,10 +548,7 @@ async def delete_certificate(ctx: KvContext) -> web.StreamResponse:
 
 
 def _deleted(ctx: KvContext, name: str) -> Deleted:
-    d = ctx.vault.deleted_certificates.get(name.lower())
-    if d is None:
-        raise KeyVaultError(404, "CertificateNotFound", f"Deleted Certificate not found: {name}")
-    return d
+    return find_deleted(ctx.vault.deleted_certificates, "Certificate", name)
 
 
 async def get_deleted(ctx: KvContext) -> web.StreamResponse:
@@ -570,11 +567,7 @@ async def list_deleted(ctx: KvContext) -> web.StreamResponse:
 
 
 async def purge_deleted(ctx: KvContext) -> web.StreamResponse:
-    name = ctx.name()
-    _deleted(ctx, name)
-    del ctx.vault.deleted_certificates[name.lower()]
-    ctx.changed()
-    return web.Response(status=204)
+    return purge(ctx, ctx.vault.deleted_certificates, "Certificate")
 
 
 async def recover_deleted(ctx: KvContext) -> web.StreamResponse:

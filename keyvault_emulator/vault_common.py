@@ -14,7 +14,7 @@ import jwt
 from aiohttp import web
 
 from .errors import KeyVaultError, bad_parameter
-from .store import Attributes, Identity, Store, Vault, now
+from .store import Attributes, Deleted, Identity, Store, Vault, now
 from .tokens import KEY_VAULT_APP_ID, Caller, TokenAuthority
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 VERSION_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 MAX_PAGE = 25
+RETENTION_SECONDS = 90 * 86400  # soft-delete retention, Key Vault's default
 
 
 @dataclass
@@ -262,3 +263,32 @@ def authenticate(
 
 
 Handler = Callable[[KvContext], Any]
+
+
+# --- soft delete, shared by secrets, keys and certificates --------------------------------
+
+
+def soft_deleted(versions: list[Any], **carried: Any) -> Deleted:
+    """A deleted object as Key Vault keeps it: its versions, the deletion date and the date it
+    will be purged after the retention period."""
+    t = now()
+    return Deleted(
+        versions=versions, deleted_date=t, scheduled_purge_date=t + RETENTION_SECONDS, **carried
+    )
+
+
+def find_deleted(deleted: dict[str, Deleted], label: str, name: str) -> Deleted:
+    """The soft-deleted object `name`, or Key Vault's 404 (`label` is "Secret", "Key" or
+    "Certificate")."""
+    d = deleted.get(name.lower())
+    if d is None:
+        raise KeyVaultError(404, f"{label}NotFound", f"Deleted {label} not found: {name}")
+    return d
+
+
+def purge(ctx: KvContext, deleted: dict[str, Deleted], label: str) -> web.Response:
+    name = ctx.name()
+    find_deleted(deleted, label, name)
+    del deleted[name.lower()]
+    ctx.changed()
+    return web.Response(status=204)

@@ -19,12 +19,15 @@ from .store import Deleted, KeyVersion, PrivateKey, Vault, after, new_version, n
 from .vault_common import (
     KvContext,
     deleted_conflict,
+    find_deleted,
     json_ok,
     not_found,
     page,
     parse_attributes,
     parse_tags,
     pick_version,
+    purge,
+    soft_deleted,
     touch,
 )
 
@@ -211,18 +214,14 @@ async def delete_key(ctx: KvContext) -> web.StreamResponse:
             403, "Forbidden", f"Key {name} is managed by a certificate and cannot be deleted."
         )
     del ctx.vault.keys[name.lower()]
-    t = now()
-    d = Deleted(versions=versions, deleted_date=t, scheduled_purge_date=t + 90 * 86400)
+    d = soft_deleted(versions)
     ctx.vault.deleted_keys[name.lower()] = d
     ctx.changed()
     return json_ok(deleted_bundle(ctx.base, ctx.vault, name, d, full=True))
 
 
 def _deleted(ctx: KvContext, name: str) -> Deleted:
-    d = ctx.vault.deleted_keys.get(name.lower())
-    if d is None:
-        raise KeyVaultError(404, "KeyNotFound", f"Deleted Key not found: {name}")
-    return d
+    return find_deleted(ctx.vault.deleted_keys, "Key", name)
 
 
 async def get_deleted(ctx: KvContext) -> web.StreamResponse:
@@ -239,11 +238,7 @@ async def list_deleted(ctx: KvContext) -> web.StreamResponse:
 
 
 async def purge_deleted(ctx: KvContext) -> web.StreamResponse:
-    name = ctx.name()
-    _deleted(ctx, name)
-    del ctx.vault.deleted_keys[name.lower()]
-    ctx.changed()
-    return web.Response(status=204)
+    return purge(ctx, ctx.vault.deleted_keys, "Key")
 
 
 async def recover_deleted(ctx: KvContext) -> web.StreamResponse:

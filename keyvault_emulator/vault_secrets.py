@@ -8,16 +8,19 @@ from aiohttp import web
 
 from .errors import KeyVaultError, bad_parameter
 from .routing import Router
-from .store import Deleted, SecretVersion, Vault, after, new_version, now
+from .store import Deleted, SecretVersion, Vault, after, new_version
 from .vault_common import (
     KvContext,
     deleted_conflict,
+    find_deleted,
     json_ok,
     not_found,
     page,
     parse_attributes,
     parse_tags,
     pick_version,
+    purge,
+    soft_deleted,
     touch,
 )
 
@@ -174,18 +177,14 @@ async def delete_secret(ctx: KvContext) -> web.StreamResponse:
             403, "Forbidden", f"Secret {name} is managed by a certificate and cannot be deleted."
         )
     del ctx.vault.secrets[name.lower()]
-    t = now()
-    d = Deleted(versions=versions, deleted_date=t, scheduled_purge_date=t + 90 * 86400)
+    d = soft_deleted(versions)
     ctx.vault.deleted_secrets[name.lower()] = d
     ctx.changed()
     return json_ok(deleted_bundle(ctx.base, ctx.vault, name, d))
 
 
 def _deleted(ctx: KvContext, name: str) -> Deleted:
-    d = ctx.vault.deleted_secrets.get(name.lower())
-    if d is None:
-        raise KeyVaultError(404, "SecretNotFound", f"Deleted Secret not found: {name}")
-    return d
+    return find_deleted(ctx.vault.deleted_secrets, "Secret", name)
 
 
 async def get_deleted(ctx: KvContext) -> web.StreamResponse:
@@ -210,11 +209,7 @@ async def list_deleted(ctx: KvContext) -> web.StreamResponse:
 
 
 async def purge_deleted(ctx: KvContext) -> web.StreamResponse:
-    name = ctx.name()
-    _deleted(ctx, name)
-    del ctx.vault.deleted_secrets[name.lower()]
-    ctx.changed()
-    return web.Response(status=204)
+    return purge(ctx, ctx.vault.deleted_secrets, "Secret")
 
 
 async def recover_deleted(ctx: KvContext) -> web.StreamResponse:

@@ -89,6 +89,7 @@ def test_delete_recover_purge(secrets_officer: SecretClient) -> None:
     deleted = secrets_officer.begin_delete_secret(name).result()
     assert deleted.recovery_id == f"https://kv-test.vault.azure.net/deletedsecrets/{name}"
     assert deleted.deleted_date is not None and deleted.scheduled_purge_date is not None
+    assert (deleted.scheduled_purge_date - deleted.deleted_date).days == 90  # default retention
     with pytest.raises(ResourceNotFoundError):
         secrets_officer.get_secret(name)
     assert secrets_officer.get_deleted_secret(name).name == name
@@ -101,8 +102,12 @@ def test_delete_recover_purge(secrets_officer: SecretClient) -> None:
     assert secrets_officer.get_secret(name).value == "v"
     secrets_officer.begin_delete_secret(name).result()
     secrets_officer.purge_deleted_secret(name)
-    with pytest.raises(ResourceNotFoundError):
+    with pytest.raises(ResourceNotFoundError) as gone:
         secrets_officer.get_deleted_secret(name)
+    assert gone.value.error is not None and gone.value.error.code == "SecretNotFound"
+    assert f"Deleted Secret not found: {name}" in str(gone.value.message)
+    with pytest.raises(ResourceNotFoundError):
+        secrets_officer.purge_deleted_secret(name)  # purging twice: the second is a 404
     secrets_officer.set_secret(name, "reborn")
     assert secrets_officer.get_secret(name).value == "reborn"
 
