@@ -126,6 +126,12 @@ def world(emulator: Emulator) -> ProviderWorld:
                             "contentType": "application/x-pkcs12",
                         },
                         {
+                            "name": "cert-disabled",
+                            "pfx": rsa2.pfx_b64(),
+                            "contentType": "application/x-pkcs12",
+                            "enabled": False,
+                        },
+                        {
                             "name": "leaf-only",
                             "pfx": rsa2.pfx_b64(cas=[]),
                             "contentType": "application/x-pkcs12",

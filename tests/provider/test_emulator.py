@@ -466,6 +466,34 @@ async def test_client_cache_is_bounded(world: ProviderWorld) -> None:
         await p.close()
 
 
+async def test_disabled_certificate(provider: Provider, world: ProviderWorld) -> None:
+    """A disabled certificate: Key Vault refuses its secret (the private key), which is reported
+    as disabled, never as a missing role, with no key material in the message. Its public
+    halves stay readable (Key Vault serves a disabled certificate and key), as upstream writes
+    them."""
+    with pytest.raises(ProviderError) as info:
+        await mount(
+            provider,
+            world,
+            {"objectName": "plain", "objectType": "secret"},
+            {"objectName": "cert-disabled", "objectType": "secret"},
+        )
+    err = info.value
+    assert err.kind is Kind.FAILED_PRECONDITION, err.message
+    assert "secret cert-disabled (its current version) is disabled in Key Vault" in err.message
+    assert "PRIVATE" not in err.message and "BEGIN" not in err.message
+    result = await mount(
+        provider,
+        world,
+        {"objectName": "cert-disabled", "objectType": "cert"},
+        {"objectName": "cert-disabled", "objectType": "key", "objectAlias": "cert-disabled.pub"},
+    )
+    files = by_path(result)
+    assert files["cert-disabled"].startswith(b"-----BEGIN CERTIFICATE-----")
+    assert files["cert-disabled.pub"].startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert all(b"PRIVATE" not in f for f in files.values())
+
+
 async def test_disabled_version_is_not_reported_as_a_missing_role(
     provider: Provider, world: ProviderWorld
 ) -> None:
