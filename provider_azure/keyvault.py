@@ -249,7 +249,9 @@ def map_error(exc: AzureError, what: tuple[str, str, str], vault: str) -> Provid
             Kind.NOT_FOUND,
             f"{prefix}: {object_type} {name}{pinned} not found in Key Vault {vault}",
         )
-    if isinstance(exc, ClientAuthenticationError) and exc.status_code in (None, 401):
+    if isinstance(exc, ClientAuthenticationError):
+        # Entra ID refused the credential (AADSTS700016 unknown client, 7000215 wrong secret,
+        # 70021 no matching federated credential: HTTP 400 or 401) or Key Vault answered 401.
         return ProviderError(
             Kind.UNAUTHENTICATED,
             f"{prefix}: authentication to Key Vault {vault} failed: {_short(exc)}",
