@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2 as httpx
 import pytest
@@ -264,17 +264,10 @@ def kv_gets(emulator: Emulator, name: str | None = None) -> int:
 
 async def test_new_value_reaches_file_and_spcps_within_an_interval(
     world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
     admin_client: AsyncClient,
+    one_pod: OnePodFactory,
 ) -> None:
-    name = unique("rot-proof")
-    world.set_secret(VAULT, name, "old-" + "x" * 4000)
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver()
-    node = make_node(driver)
-    vol = await node.pod(spc)
+    driver, _node, vol, name, spc = await one_pod("rot-proof", "old-" + "x" * 4000)
     path = vol.target / name
     old = path.read_text()
     assert old.startswith("old-")
@@ -327,17 +320,9 @@ async def _changed(
 
 
 async def test_unchanged_values_are_not_rotations(
-    world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
+    one_pod: OnePodFactory,
 ) -> None:
-    name = unique("rot-steady")
-    world.set_secret(VAULT, name, "steady")
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver()
-    node = make_node(driver)
-    vol = await node.pod(spc)
+    driver, _node, vol, _name, _spc = await one_pod("rot-steady", "steady")
     target = vol.target / "..data"
     before = os.readlink(target)
     await wait_for(
@@ -407,16 +392,9 @@ async def test_pods_sharing_identity_share_one_call(
 
 async def test_republish_is_throttled_and_never_remounts(
     world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
+    one_pod: OnePodFactory,
 ) -> None:
-    name = unique("rot-repub")
-    world.set_secret(VAULT, name, "one")
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver(interval=30)
-    node = make_node(driver)
-    vol = await node.pod(spc)
+    _driver, node, vol, name, _spc = await one_pod("rot-repub", "one", interval=30)
     world.clear_requests()
     world.set_secret(VAULT, name, "two")
     for _ in range(3):  # kubelet's periodic republish, well inside one interval
@@ -426,18 +404,10 @@ async def test_republish_is_throttled_and_never_remounts(
 
 
 async def test_force_annotation_refreshes_at_next_tick(
-    world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
     admin_client: AsyncClient,
+    one_pod: OnePodFactory,
 ) -> None:
-    name = unique("rot-force")
-    world.set_secret(VAULT, name, "same")
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver()
-    node = make_node(driver)
-    vol = await node.pod(spc)
+    driver, _node, vol, _name, _spc = await one_pod("rot-force", "same")
     assert vol.pod.metadata is not None
     await admin_client.patch(
         Pod,
@@ -482,30 +452,41 @@ async def _fault_row(
         await wait_for(lambda: path.read_text() == new_value, 10, "recovery")
 
 
-async def _wi_pod(
-    world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
-    *flags: str,
-) -> tuple[DriverProcess, PodVolume, str, str]:
-    name = unique("rot-fault")
-    world.set_secret(VAULT, name, "before")
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver(*flags)
-    node = make_node(driver)
-    vol = await node.pod(spc)
-    return driver, vol, name, spc
+class OnePod(NamedTuple):
+    driver: DriverProcess
+    node: Node
+    vol: PodVolume
+    name: str
+    spc: str
+
+
+OnePodFactory = Callable[..., Awaitable[OnePod]]
 
 
 @pytest.fixture
-async def wi_pod(
+def one_pod(
     world: Emulator,
     start_driver: DriverFactory,
     make_node: Callable[[DriverProcess], Node],
     make_spc: SpcFactory,
-) -> tuple[DriverProcess, PodVolume, str, str]:
-    return await _wi_pod(world, start_driver, make_node, make_spc)
+) -> OnePodFactory:
+    """One pod mounting one fresh workload-identity secret through a new driver."""
+
+    async def make(prefix: str, value: str, *flags: str, **driver_kw: Any) -> OnePod:
+        name = unique(prefix)
+        world.set_secret(VAULT, name, value)
+        spc = await wi_spc(make_spc, name)
+        driver = start_driver(*flags, **driver_kw)
+        node = make_node(driver)
+        return OnePod(driver, node, await node.pod(spc), name, spc)
+
+    return make
+
+
+@pytest.fixture
+async def wi_pod(one_pod: OnePodFactory) -> tuple[DriverProcess, PodVolume, str, str]:
+    driver, _, vol, name, spc = await one_pod("rot-fault", "before")
+    return driver, vol, name, spc
 
 
 async def test_fault_provider_down(
@@ -529,17 +510,13 @@ async def test_fault_provider_down(
 async def test_fault_key_vault_throttled_or_failing(
     status: int,
     world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
     admin_client: AsyncClient,
+    one_pod: OnePodFactory,
 ) -> None:
     """The provider's SDK retries a persistent 429/503 for ~14 s and the driver retries an
     Unavailable provider; a short --provider-timeout makes the driver give up (and keep the
     content) within the test's time."""
-    driver, vol, name, _ = await _wi_pod(
-        world, start_driver, make_node, make_spc, "--provider-timeout=2s"
-    )
+    driver, _, vol, name, _ = await one_pod("rot-fault", "before", "--provider-timeout=2s")
     world.add_fault(
         service="kv", vault=VAULT, path=f"/secrets/{name}", status=status, retry_after=0
     )
@@ -671,16 +648,10 @@ async def test_fault_object_deleted_from_key_vault(
 async def test_driver_restarted_between_ticks(
     world: Emulator,
     start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
+    one_pod: OnePodFactory,
 ) -> None:
-    name = unique("rot-restart")
-    world.set_secret(VAULT, name, "before")
-    spc = await wi_spc(make_spc, name)
     driver_name = unique("rot-driver")
-    driver = start_driver(name=driver_name)
-    node = make_node(driver)
-    vol = await node.pod(spc)
+    driver, node, vol, name, _spc = await one_pod("rot-restart", "before", name=driver_name)
     driver.stop()
     world.set_secret(VAULT, name, "after-restart")
     await asyncio.sleep(INTERVAL * 1.5)
@@ -748,18 +719,10 @@ async def _eq(value: Awaitable[str], expected: str) -> bool:
 
 
 async def test_gone_pod_is_skipped_quietly(
-    world: Emulator,
-    start_driver: DriverFactory,
-    make_node: Callable[[DriverProcess], Node],
-    make_spc: SpcFactory,
     admin_client: AsyncClient,
+    one_pod: OnePodFactory,
 ) -> None:
-    name = unique("rot-gone")
-    world.set_secret(VAULT, name, "v")
-    spc = await wi_spc(make_spc, name)
-    driver = start_driver()
-    node = make_node(driver)
-    vol = await node.pod(spc)
+    driver, node, vol, _name, _spc = await one_pod("rot-gone", "v")
     await wait_for(lambda: driver.metric("rotation_reconcile_total") >= 1, 3 * INTERVAL, "tick")
     await node.kubelet.delete_pod(vol.pod)  # kubelet has not unpublished yet
     ticks = len(re.findall("rotation tick:", driver.logs()))
