@@ -1,0 +1,696 @@
+"""`make demo`'s story through the CSI socket, on a real single-node Kubernetes, synced Secrets too.
+
+Everything runs inside the private network + mount namespace of tests/netns-run: the Key Vault
+emulator (seeded from demo/seed.yaml), the provider on its socket, etcd + kube-apiserver (RBAC) +
+kube-controller-manager + kube-scheduler with daemonset/'s CRDs, CSIDriver and RBAC applied, a
+real kubelet 1.37 with containerd + runc, and our driver serving its CSI socket with a token of
+its own ServiceAccount (never admin), registered with kubelet the way node-driver-registrar
+registers it. kubelet, not this script, calls NodePublishVolume when the Pod starts.
+
+The node is the test suite's (tests/e2e/node.py, tests/kube/): this is a developer target run
+from a checkout, so it imports them rather than keeping a second copy. The Go peers come from
+`make peers` (cached under ~/.cache/secrets-store-csi-peers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.resources.core_v1 import Pod, Secret, ServiceAccount
+from lightkube.resources.storage_v1 import CSINode
+
+from csi_driver import mounter
+from csi_driver.kube import SecretProviderClassPodStatus
+from keyvault_emulator.testing import Emulator
+
+# The test suite's node and control plane, imported by name: tests/ is outside the strictly
+# type-checked packages, and mypy would otherwise follow these imports into it.
+_harness: Any = importlib.import_module("tests.driver.harness")
+images: Any = importlib.import_module("tests.e2e.images")
+_node: Any = importlib.import_module("tests.e2e.node")
+_registrar: Any = importlib.import_module("tests.e2e.registrar")
+_controlplane: Any = importlib.import_module("tests.kube.controlplane")
+_fixtures: Any = importlib.import_module("tests.kube.fixtures")
+_locate: Any = importlib.import_module("tests.peers.locate")
+DriverProcess, ProviderProcess = _harness.DriverProcess, _harness.ProviderProcess
+NODE_NAME: str = _node.NODE_NAME
+Node, NodeControlPlane = _node.Node, _node.NodeControlPlane
+reap_stale, unmount_under = _node.reap_stale, _node.unmount_under
+Registrar = _registrar.Registrar
+free_port = _controlplane.free_port
+driver_token_kubeconfig = _fixtures.driver_token_kubeconfig
+prepare_cluster = _fixtures.prepare_cluster
+BINARIES, VERSIONS, peers_dir = _locate.BINARIES, _locate.VERSIONS, _locate.peers_dir
+
+HERE = Path(__file__).resolve().parent
+DRIVER_NAME = "secrets-store.csi.k8s.io"
+TENANT = "11111111-2222-4333-8444-555555555555"
+CLIENT_ID, CLIENT_SECRET = "0d000001-0000-4000-8000-000000000001", "demo-client-secret"
+NAMESPACE = "default"
+POD = "busybox-secrets-store-inline"
+INTERVAL = 2.0  # the driver's --rotation-poll-interval, seconds
+WAIT_ROTATION = 5 * INTERVAL
+MOUNT = "/mnt/secrets-store"
+
+# The SecretProviderClass, written as the AKS docs write it: the first demo's objects, plus
+# secretObjects syncing `foo1` into an Opaque Secret (read by an env var, the docs' example)
+# and the certificate's PEM bundle into a kubernetes.io/tls Secret (an ingress would use it).
+SPC = f"""apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: azure-sync
+  namespace: {NAMESPACE}
+spec:
+  provider: azure
+  secretObjects:
+  - data:
+    - key: username
+      objectName: foo1
+    secretName: foosecret
+    type: Opaque
+  - data:
+    - key: tls.key
+      objectName: web-cert.pem
+    - key: tls.crt
+      objectName: web-cert.pem
+    secretName: web-tls
+    type: kubernetes.io/tls
+  parameters:
+    usePodIdentity: "false"
+    keyvaultName: kv-demo
+    tenantId: {TENANT}
+    objects: |
+      array:
+        - |
+          objectName: username
+          objectType: secret
+          objectAlias: foo1
+        - |
+          objectName: signing-key
+          objectType: key
+        - |
+          objectName: web-cert
+          objectType: cert
+        - |
+          objectName: web-cert
+          objectType: secret
+          objectAlias: web-cert.pem
+"""
+
+# The container prints its env var, then every value of foo1 it sees (its logs show the
+# rotation from inside the pod). It traps SIGTERM so a delete does not wait out the grace period.
+WATCH = f"""echo "SECRET_USERNAME=$SECRET_USERNAME (env var from the synced Secret foosecret)"
+trap 'exit 0' TERM
+last=""
+while true; do
+  v=$(cat {MOUNT}/foo1)
+  if [ "$v" != "$last" ]; then echo "$(date -u +%H:%M:%S) {MOUNT}/foo1 = $v"; last=$v; fi
+  sleep 1 & wait $!
+done"""
+
+POD_YAML = f"""apiVersion: v1
+kind: Pod
+metadata:
+  name: {POD}
+  namespace: {NAMESPACE}
+spec:
+  hostNetwork: true   # the node's only network is loopback (no CNI here)
+  tolerations:
+  - operator: Exists  # the node is NotReady for want of a CNI network
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: busybox
+    image: {images.BUSYBOX_IMAGE}
+    imagePullPolicy: Never
+    command:
+    - /bin/sh
+    - -c
+    - |
+{textwrap.indent(WATCH, " " * 6)}
+    env:
+    - name: SECRET_USERNAME
+      valueFrom:
+        secretKeyRef:
+          name: foosecret
+          key: username
+    volumeMounts:
+    - name: secrets-store01-inline
+      mountPath: {MOUNT}
+      readOnly: true
+  volumes:
+  - name: secrets-store01-inline
+    csi:
+      driver: {DRIVER_NAME}
+      readOnly: true
+      volumeAttributes:
+        secretProviderClass: azure-sync
+      nodePublishSecretRef:
+        name: secrets-store-creds
+"""
+
+
+class Interrupted(BaseException):
+    """SIGTERM: unwinds like Ctrl-C, through every clean-up step."""
+
+
+class DemoFailed(Exception):
+    pass
+
+
+BEGUN = time.monotonic()
+
+
+def step(text: str) -> None:
+    print(f"\n[{time.monotonic() - BEGUN:6.1f}s] ==> {text}", flush=True)
+
+
+def say(text: str) -> None:
+    print("    " + text.rstrip("\n").replace("\n", "\n    "), flush=True)
+
+
+def peer(binary: str) -> Path:
+    group, name = BINARIES[binary]
+    path: Path = Path(peers_dir()) / f"{group}-{VERSIONS[group]}" / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise DemoFailed(f"peer {binary} missing at {path}: run `make peers` first")
+    return path
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float, every: float = 0.1) -> float:
+    started = time.monotonic()
+    while not cond():
+        if time.monotonic() - started > timeout:
+            raise DemoFailed(f"{what}: not within {timeout:.0f}s")
+        time.sleep(every)
+    return time.monotonic() - started
+
+
+def secret_data(client: Client, name: str) -> dict[str, str] | None:
+    try:
+        s = client.get(Secret, name, namespace=NAMESPACE)
+    except ApiError as e:
+        if e.status.code == 404:
+            return None
+        raise
+    return {k: base64.b64decode(v).decode() for k, v in (s.data or {}).items()}
+
+
+def metrics(port: int, prefixes: tuple[str, ...]) -> list[str]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return [line for line in body.splitlines() if line.startswith(prefixes)]
+
+
+class LogTail:
+    """New lines of the driver's log that tell the story (publish, sync, rotation)."""
+
+    WORDS = ("rotation:", "Secret ", "publish", "SecretProviderClassPodStatus", "unpublish")
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def show(self) -> None:
+        data = self.path.read_text(errors="replace") if self.path.exists() else ""
+        new, self.offset = data[self.offset :], len(data)
+        for line in new.splitlines():
+            if any(w in line for w in self.WORDS) and "GET " not in line:
+                say("driver| " + line.split("] ", 1)[-1][:150])
+
+
+class Demo:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.emulator: Emulator | None = None
+        self.provider: Any = None  # tests.driver.harness.ProviderProcess
+        self.cp = NodeControlPlane(
+            tmp / "cp", peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
+        )
+        (tmp / "node").mkdir()
+        self.node = Node(
+            tmp / "node", self.cp, kubelet_bin=peer("kubelet"), scheduler_bin=peer("kube-scheduler")
+        )
+        self.kubectl_bin = peer("kubectl")
+        self.driver: Any = None  # tests.driver.harness.DriverProcess
+        self.registrar: Any = None  # tests.e2e.registrar.Registrar
+        self.client: Client | None = None
+        self.tail: LogTail | None = None
+        self.pod_uid = ""
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, show: bool = True, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        if show:
+            say("$ kubectl " + " ".join(a if " " not in a else repr(a) for a in args))
+        r = subprocess.run(
+            [
+                str(self.kubectl_bin),
+                f"--kubeconfig={kubeconfig or self.cp.admin_kubeconfig}",
+                f"--cache-dir={self.tmp / 'kubectl-cache'}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if show and r.stdout.strip():
+            say("  " + r.stdout.rstrip().replace("\n", "\n  "))
+        if r.returncode != 0:
+            raise DemoFailed(f"kubectl {' '.join(args[:3])} failed: {r.stderr.strip()[-500:]}")
+        return r
+
+    def exec(self, *cmd: str, show: bool = True) -> str:
+        return self.kubectl("exec", POD, "--", *cmd, show=show).stdout
+
+    @property
+    def target(self) -> Path:
+        return Path(
+            self.node.root,
+            "pods",
+            self.pod_uid,
+            "volumes",
+            "kubernetes.io~csi",
+            "secrets-store01-inline",
+            "mount",
+        )
+
+    # -- the story -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        tmp = self.tmp
+        step("starting the Key Vault emulator (Key Vault + Entra ID) with vault kv-demo")
+        self.emulator = Emulator.start(tmp / "emulator", seeds=[HERE / "seed.yaml"])
+        os.environ["SSL_CERT_FILE"] = str(self.emulator.ca_path)
+
+        providers = tmp / "providers"
+        providers.mkdir()
+        sock = providers / "azure.sock"
+        self.provider_metrics = free_port()
+        step(f"starting the Azure provider on unix://{sock}")
+        self.provider = ProviderProcess(
+            sock,
+            tmp / "provider.log",
+            [
+                sys.executable,
+                "-m",
+                "provider_azure",
+                f"--endpoint=unix://{sock}",
+                f"--healthz-port={free_port()}",
+                f"--prometheus-port={self.provider_metrics}",
+            ],
+        )
+        self.provider.start()
+
+        step(
+            "isolating the node (overlays on /var and /run, node IP on lo) and starting containerd"
+        )
+        self.node.isolate()
+        self.node.make_cgroup_root()
+        tarballs = images.build(tmp)
+        self.node.start_containerd()
+        self.node.import_images(tarballs)
+        say(f"images imported: {images.PAUSE} (sandbox), {images.BUSYBOX_IMAGE}")
+
+        step("starting etcd and kube-apiserver (--authorization-mode=Node,RBAC)")
+        self.cp.start()
+        say(f"API server {self.cp.server}")
+
+        step("applying daemonset/ (CRDs, CSIDriver, RBAC); starting the controller manager")
+        driver_kubeconfig = asyncio.run(self._prepare())
+        self.node.start_scheduler()
+        self.client = Client(config=KubeConfig.from_file(self.cp.admin_kubeconfig))
+        self.kubectl("get", "csidriver", DRIVER_NAME)
+
+        step("starting the driver on its CSI socket, with its own ServiceAccount's token")
+        plugins = self.node.root / "plugins"
+        plugins.mkdir()
+        self.driver = DriverProcess(
+            plugins,
+            kubeconfig=driver_kubeconfig,
+            provider_dirs=(providers, tmp / "no-providers"),
+            node_id=NODE_NAME,
+            name="csi-secrets-store",
+            extra=("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s"),
+        )
+        # as run, less the harness defaults that the two flags above override
+        overridden = ("--enable-secret-rotation=false", "--rotation-poll-interval=2m")
+        shown = " ".join(a for a in self.driver.argv()[3:] if a not in overridden)
+        say("python -m csi_driver " + shown.replace(" --", " \\\n    --"))
+        self.kubectl("auth", "whoami", kubeconfig=driver_kubeconfig)
+        self.tail = LogTail(self.driver.log)
+        self.driver.start()
+
+        step("starting kubelet 1.37 and registering the driver with it (plugins_registry)")
+        self.node.start_kubelet()  # before the registrar's gRPC threads: no fork after them
+        self.registrar = Registrar(self.node.root, DRIVER_NAME, self.driver.socket, tmp / "stubs")
+        self.registrar.start()
+        took = wait_for("the driver registered with kubelet", self._node_ready, 90, 0.2)
+        say(f"{DRIVER_NAME} registered on node {NODE_NAME} in {took:.1f}s")
+        self.kubectl("get", "csinode", NODE_NAME)
+        say(
+            "(the node stays NotReady: no CNI network on a loopback-only node; the pod below\n"
+            " uses hostNetwork and tolerates that taint)"
+        )
+        wait_for(
+            "the default ServiceAccount",
+            lambda: self._exists(ServiceAccount, "default"),
+            30,
+        )
+
+    async def _prepare(self) -> Path:
+        admin = await prepare_cluster(self.cp)
+        try:
+            return Path(await driver_token_kubeconfig(self.cp, admin))
+        finally:
+            await admin.close()
+
+    def _node_ready(self) -> bool:
+        self.node._alive("kubelet")
+        self.node._alive("containerd")
+        assert self.registrar is not None and self.client is not None
+        if self.registrar.errors:
+            raise DemoFailed(f"plugin registration failed: {self.registrar.errors}")
+        try:
+            csinode = self.client.get(CSINode, NODE_NAME)
+        except Exception:  # not there yet, or there without its drivers list
+            return False
+        drivers = [d.name for d in (csinode.spec.drivers or [])]
+        return DRIVER_NAME in drivers and self.registrar.registered.is_set()
+
+    def _exists(self, kind: Any, name: str) -> bool:
+        assert self.client is not None
+        try:
+            self.client.get(kind, name, namespace=NAMESPACE)
+        except ApiError as e:
+            if e.status.code == 404:
+                return False
+            raise
+        return True
+
+    def mount_pod(self) -> None:
+        assert self.client is not None and self.tail is not None
+        files = self.tmp / "manifests"
+        files.mkdir()
+        step("the service principal's credentials, as the AKS docs create them")
+        say(
+            "$ kubectl create secret generic secrets-store-creds "
+            f"--from-literal clientid={CLIENT_ID} --from-literal clientsecret=***"
+        )
+        self.kubectl(
+            "create",
+            "secret",
+            "generic",
+            "secrets-store-creds",
+            f"--from-literal=clientid={CLIENT_ID}",
+            f"--from-literal=clientsecret={CLIENT_SECRET}",
+            show=False,
+        )
+        self.kubectl("label", "secret", "secrets-store-creds", "secrets-store.csi.k8s.io/used=true")
+
+        step(
+            "the SecretProviderClass, with secretObjects (an Opaque and a kubernetes.io/tls Secret)"
+        )
+        (files / "spc.yaml").write_text(SPC)
+        say(SPC)
+        self.kubectl("apply", "-f", str(files / "spc.yaml"))
+
+        step("the Pod: the CSI inline volume, and SECRET_USERNAME from the synced Secret")
+        (files / "pod.yaml").write_text(POD_YAML)
+        say(POD_YAML)
+        created = time.monotonic()
+        self.kubectl("apply", "-f", str(files / "pod.yaml"))
+
+        def running() -> bool:
+            assert self.client is not None
+            pod = self.client.get(Pod, POD, namespace=NAMESPACE)
+            self.node._alive("kubelet")
+            return pod.status is not None and pod.status.phase == "Running"
+
+        try:
+            took = wait_for("the Pod Running", running, 60, 0.2)
+        except DemoFailed:
+            self.kubectl("describe", "pod", POD)
+            raise
+        pod = self.client.get(Pod, POD, namespace=NAMESPACE)
+        assert pod.metadata is not None and pod.metadata.uid is not None
+        self.pod_uid = pod.metadata.uid
+        say(f"Running {took:.1f}s after `kubectl apply` (kubelet called NodePublishVolume)")
+        self.kubectl("get", "pod", POD, "-o", "wide")
+        self.tail.show()
+        del created
+
+    def show_mount(self) -> None:
+        step(f"inside the container: the files at {MOUNT}, their modes, and foo1")
+        self.exec("ls", "-lL", MOUNT)
+        value = self.exec("cat", f"{MOUNT}/foo1")
+        say(f"foo1 = {value!r}")
+        if value != "admin-v1":
+            raise DemoFailed(f"foo1 should be 'admin-v1', is {value!r}")
+        fstype = mounter.mount_points().get(str(self.target), "(not a mount)")
+        say(f"on the node: {self.target} ({fstype})")
+        step("the pod's log")
+        self.kubectl("logs", POD)
+
+    def show_sync(self) -> None:
+        assert self.client is not None
+        step("the synced Opaque Secret (the demo's fake value, decoded below)")
+        self.kubectl("get", "secret", "foosecret", "-o", "yaml")
+        data = secret_data(self.client, "foosecret")
+        say(f"decoded: username = {(data or {}).get('username')!r}")
+        if data != {"username": "admin-v1"}:
+            raise DemoFailed(f"foosecret should hold username=admin-v1, holds {data}")
+        step("the synced kubernetes.io/tls Secret (key names and sizes only)")
+        self.kubectl("describe", "secret", "web-tls")
+        tls = secret_data(self.client, "web-tls") or {}
+        firsts = {k: v.splitlines()[0] if v else "" for k, v in sorted(tls.items())}
+        for k, first in firsts.items():
+            say(f"{k}: {first}")
+        if set(tls) != {"tls.crt", "tls.key"} or "CERTIFICATE" in tls.get("tls.key", "x"):
+            raise DemoFailed(f"web-tls should hold tls.crt and tls.key only, holds {sorted(tls)}")
+        step("the SecretProviderClassPodStatus the driver wrote (owned by the Pod)")
+        self.kubectl("get", "secretproviderclasspodstatuses", "-o", "yaml")
+
+    def rotate(self) -> None:
+        assert self.emulator is not None and self.client is not None and self.tail is not None
+        step("changing secret 'username' in the emulator (a new version)")
+        self.emulator.set_secret("kv-demo", "username", "admin-v2")
+        changed = time.monotonic()
+        step(f"waiting for the rotation (--rotation-poll-interval={INTERVAL:g}s)")
+        file_took = wait_for(
+            "foo1 in the container",
+            lambda: self.exec("cat", f"{MOUNT}/foo1", show=False) == "admin-v2",
+            WAIT_ROTATION,
+            0.2,
+        )
+        say(f"file: foo1 = 'admin-v2' in the container {file_took:.1f}s after the change")
+
+        def synced() -> bool:
+            assert self.client is not None
+            return secret_data(self.client, "foosecret") == {"username": "admin-v2"}
+
+        wait_for("foosecret's new value", synced, WAIT_ROTATION, 0.1)
+        secret_took = time.monotonic() - changed
+        say(f"Secret: foosecret username = 'admin-v2' {secret_took:.1f}s after the change")
+        self.tail.show()
+        self.kubectl("logs", POD)
+        step("the env var keeps its value until the pod restarts (rotation semantics)")
+        env = self.exec("sh", "-c", "echo $SECRET_USERNAME").strip()
+        say(f"SECRET_USERNAME = {env!r}")
+        if env != "admin-v1":
+            raise DemoFailed(f"the env var should keep 'admin-v1', is {env!r}")
+
+    def show_metrics(self) -> None:
+        assert self.driver is not None
+        step(f"driver metrics (http://127.0.0.1:{self.driver.metrics_port}/metrics)")
+        lines = metrics(
+            self.driver.metrics_port,
+            ("node_publish_total", "rotation_reconcile_total", "sync_k8s_secret_total"),
+        )
+        for line in lines:
+            say(line)
+        for name in ("node_publish_total", "rotation_reconcile_total", "sync_k8s_secret_total"):
+            if not any(line.startswith(name) for line in lines):
+                raise DemoFailed(f"the driver's metrics have no {name}")
+        step(f"provider metrics (http://127.0.0.1:{self.provider_metrics}/metrics)")
+        for line in metrics(self.provider_metrics, ("keyvault_request_count",)):
+            say(line)
+
+    def delete_pod(self) -> None:
+        assert self.client is not None and self.tail is not None
+        step("deleting the Pod: kubelet unpublishes; the SPCPS and synced Secrets are collected")
+        started = time.monotonic()
+        self.kubectl("delete", "pod", POD, "--wait=false")
+        wait_for("the Pod gone", lambda: not self._exists(Pod, POD), 30, 0.1)
+        say(f"pod gone after {time.monotonic() - started:.1f}s")
+
+        def unmounted() -> bool:
+            return str(self.target) not in mounter.mount_points()
+
+        wait_for("the volume unmounted", unmounted, 30)
+        say(f"{self.target} mounted: False (exists: {self.target.exists()})")
+
+        def no_spcps() -> bool:
+            assert self.client is not None
+            return not list(self.client.list(SecretProviderClassPodStatus, namespace=NAMESPACE))
+
+        wait_for("the SecretProviderClassPodStatus collected", no_spcps, 30)
+        for name in ("foosecret", "web-tls"):
+            wait_for(f"Secret {name} collected", lambda n=name: not self._exists(Secret, n), 30)  # type: ignore[misc]
+        say(f"SPCPS and synced Secrets gone {time.monotonic() - started:.1f}s after the delete")
+        self.kubectl("get", "secretproviderclasspodstatuses,secrets")
+        self.tail.show()
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def stop(self) -> list[str]:
+        """Everything down, in reverse, even after a failure; returns what went wrong."""
+        problems: list[str] = []
+
+        def attempt(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception as e:
+                problems.append(f"{what}: {type(e).__name__}: {e}")
+
+        if self.client is not None and self.pod_uid and self._safe_exists(Pod, POD):
+            attempt(
+                "deleting the pod",
+                lambda: self._delete_pod_now(),
+            )
+        attempt("stopping the node", self.node.stop)
+        if self.registrar is not None:
+            attempt("stopping the registrar", self.registrar.stop)
+        if self.driver is not None and self.driver.proc is not None:
+            driver = self.driver
+
+            def stop_driver() -> None:
+                rc = driver.stop()
+                if rc != 0:
+                    raise DemoFailed(f"the driver exited {rc}")
+
+            attempt("stopping the driver", stop_driver)
+        if self.provider is not None:
+            attempt("stopping the provider", self.provider.stop)
+        if self.client is not None:
+            attempt("closing the client", self.client.close)
+        attempt("stopping the control plane", self.cp.stop)
+        if self.emulator is not None:
+            attempt("stopping the emulator", self.emulator.stop)
+        unmount_under(self.tmp)
+        left = [m for m in mounter.mount_points() if m.startswith(str(self.tmp) + "/")]
+        if left:
+            problems.append(f"still mounted: {left}")
+        running = processes_under(self.tmp)
+        if running:
+            problems.append(f"still running: {running}")
+        return problems
+
+    def _safe_exists(self, kind: Any, name: str) -> bool:
+        try:
+            return self._exists(kind, name)
+        except Exception:
+            return False
+
+    def _delete_pod_now(self) -> None:
+        assert self.client is not None
+        self.client.delete(Pod, POD, namespace=NAMESPACE, grace_period=0)
+        wait_for("the pod gone", lambda: not self._exists(Pod, POD), 20, 0.2)
+
+
+def processes_under(tmp: Path) -> list[str]:
+    marker = str(tmp).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes()
+                if marker in cmdline:
+                    found.append(cmdline.split(b"\0", 1)[0].decode(errors="replace"))
+    return found
+
+
+def show_logs(tmp: Path) -> None:
+    """On a failure, the last lines of each component's log (they go with the temp dir)."""
+    for log in ("node/kubelet/plugins/csi-secrets-store.log", "provider.log", "node/kubelet.log"):
+        path = tmp / log
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {log} (last lines)")
+            for line in lines:
+                print("    " + line[:200])
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> None:
+    if os.geteuid() != 0 or os.environ.get("NETNS_RUN_INSIDE") != "1":
+        raise SystemExit("run it through `make demo-cluster` (root, inside tests/netns-run)")
+    for stale in reap_stale():
+        print(f"cleaned up after an earlier run killed without teardown: {stale}")
+    # short (unix socket paths < 108 bytes), and named so that reap_stale finds it if this
+    # process is ever killed without its teardown
+    tmp = Path(tempfile.mkdtemp(prefix="e2e-demo-", dir="/tmp"))
+    (tmp / "owner.pid").write_text(str(os.getpid()))
+    failure: str | None = None
+    demo: Demo | None = None
+    with sigterm_unwinds():
+        try:
+            demo = Demo(tmp)
+            demo.start()
+            demo.mount_pod()
+            demo.show_mount()
+            demo.show_sync()
+            demo.rotate()
+            demo.show_metrics()
+            demo.delete_pod()
+        except DemoFailed as e:
+            failure = str(e)
+        except (KeyboardInterrupt, Interrupted):
+            failure = "interrupted"
+        except Exception as e:
+            failure = f"{type(e).__name__}: {e}"
+        finally:
+            if failure and failure != "interrupted":
+                print(f"\nFAILED: {failure}", flush=True)
+                show_logs(tmp)
+            step("cleaning up: kubelet, containers, containerd, driver, provider, control plane")
+            problems = demo.stop() if demo is not None else []
+            shutil.rmtree(tmp, ignore_errors=True)
+            for p in problems:
+                say(p)
+            if not problems:
+                say("nothing left mounted or running")
+    if failure or problems:
+        raise SystemExit(f"demo-cluster: {failure or 'clean-up failed'}")
+    step(f"done in {time.monotonic() - BEGUN:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
