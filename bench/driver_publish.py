@@ -15,26 +15,17 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
+from bench.cluster import bench_cluster
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass
 from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.controlplane import ControlPlane
 from tests.kube.kubelet import Kubelet
-from tests.peers.locate import BINARIES, VERSIONS, peers_dir
-
-
-def _peer(name: str) -> Path:
-    group, binary = BINARIES[name]
-    return peers_dir() / f"{group}-{VERSIONS[group]}" / binary
 
 
 def _rss_kib(pid: int) -> tuple[int, int]:
@@ -46,104 +37,76 @@ def _rss_kib(pid: int) -> tuple[int, int]:
 
 
 async def run(volumes: int, files: int) -> dict[str, object]:
-    from tests.kube import fixtures
-
-    with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
-        root = Path(tmp)
-        cp = ControlPlane(
-            root / "kube", _peer("etcd"), _peer("kube-apiserver"), _peer("kube-controller-manager")
+    async with bench_cluster() as c:
+        root, admin, dirs = c.root, c.admin, c.provider_dirs
+        provider = ProviderProcess(dirs[0] / "fake.sock", root / "provider.log")
+        provider.start()
+        c.started(provider)
+        driver = DriverProcess(root, kubeconfig=c.driver_kubeconfig, provider_dirs=dirs)
+        driver.start()
+        c.started(driver)
+        assert driver.proc is not None
+        rss_idle, _ = _rss_kib(driver.proc.pid)
+        payload = {f"secret-{i}": "x" * 1024 for i in range(files)}
+        await admin.create(
+            SecretProviderClass.from_dict(
+                {
+                    "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                    "kind": "SecretProviderClass",
+                    "metadata": {"name": "bench", "namespace": "bench"},
+                    "spec": {
+                        "provider": "fake",
+                        "parameters": {"fake.files": json.dumps(payload)},
+                    },
+                }
+            )
         )
-        cp.start()
-        provider = driver = None
-        try:
-            admin = await fixtures.prepare_cluster(cp)
-            kubeconfig = await fixtures.driver_token_kubeconfig(cp, admin)
-            await admin.create(Namespace(metadata=ObjectMeta(name="bench")))
-            for _ in range(300):
-                try:
-                    await admin.get(ServiceAccount, "default", namespace="bench")
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
-            dirs = (root / "providers", root / "providers-extra")
-            for d in dirs:
-                d.mkdir()
-            provider = ProviderProcess(dirs[0] / "fake.sock", root / "provider.log")
-            provider.start()
-            driver = DriverProcess(root, kubeconfig=kubeconfig, provider_dirs=dirs)
-            driver.start()
-            assert driver.proc is not None
-            rss_idle, _ = _rss_kib(driver.proc.pid)
-            payload = {f"secret-{i}": "x" * 1024 for i in range(files)}
-            await admin.create(
-                SecretProviderClass.from_dict(
-                    {
-                        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-                        "kind": "SecretProviderClass",
-                        "metadata": {"name": "bench", "namespace": "bench"},
-                        "spec": {
-                            "provider": "fake",
-                            "parameters": {"fake.files": json.dumps(payload)},
-                        },
-                    }
-                )
-            )
-            kubelet = Kubelet(admin, root / "kubelet", str(driver.socket))
-            pods = await asyncio.gather(
-                *(kubelet.create_pod("bench", f"app-{i}", "bench") for i in range(volumes))
-            )
-            vols = await asyncio.gather(*(kubelet.volume(p) for p in pods))
-            await kubelet.publish(vols[0])  # warm-up: channels, SPC cache, thread pool
-            await kubelet.unpublish(vols[0])
+        kubelet = Kubelet(admin, root / "kubelet", str(driver.socket))
+        pods = await asyncio.gather(
+            *(kubelet.create_pod("bench", f"app-{i}", "bench") for i in range(volumes))
+        )
+        vols = await asyncio.gather(*(kubelet.volume(p) for p in pods))
+        await kubelet.publish(vols[0])  # warm-up: channels, SPC cache, thread pool
+        await kubelet.unpublish(vols[0])
 
-            latencies: list[float] = []
+        latencies: list[float] = []
 
-            async def one(v: object) -> None:
-                t0 = time.perf_counter()
-                await kubelet.publish(v)  # type: ignore[arg-type]
-                latencies.append(time.perf_counter() - t0)
-
+        async def one(v: object) -> None:
             t0 = time.perf_counter()
-            await asyncio.gather(*(one(v) for v in vols))
-            publish_wall = time.perf_counter() - t0
-            rss, hwm = _rss_kib(driver.proc.pid)
-            ok = all((v.target / "secret-0").read_text() == "x" * 1024 for v in vols)
-            t0 = time.perf_counter()
-            await asyncio.gather(*(kubelet.unpublish(v) for v in vols))
-            unpublish_wall = time.perf_counter() - t0
-            # one at a time: the latency of a single publish with nothing else going on
-            sequential: list[float] = []
-            for v in vols[:10]:
-                t1 = time.perf_counter()
-                await kubelet.publish(v)
-                sequential.append(time.perf_counter() - t1)
-                await kubelet.unpublish(v)
-            leftover = [p for p in mounter.mount_points() if p.startswith(tmp + "/")]
-            await kubelet.close()
-            await admin.close()
-            return {
-                "volumes": volumes,
-                "files_per_volume": files,
-                "all_published_and_readable": ok,
-                "publish_wall_s": round(publish_wall, 3),
-                "publish_p50_ms": round(statistics.median(latencies) * 1000, 1),
-                "publish_max_ms": round(max(latencies) * 1000, 1),
-                "unpublish_wall_s": round(unpublish_wall, 3),
-                "single_publish_p50_ms": round(statistics.median(sequential) * 1000, 1),
-                "driver_rss_idle_mib": round(rss_idle / 1024, 1),
-                "driver_rss_after_mib": round(rss / 1024, 1),
-                "driver_rss_peak_mib": round(hwm / 1024, 1),
-                "leftover_mounts": len(leftover),
-            }
-        finally:
-            if driver is not None and driver.proc is not None:
-                driver.stop()
-            if provider is not None:
-                provider.stop()
-            cp.stop()
-            for point in sorted(mounter.mount_points(), reverse=True):
-                if point.startswith(tmp + "/"):
-                    mounter.unmount(point)
+            await kubelet.publish(v)  # type: ignore[arg-type]
+            latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(v) for v in vols))
+        publish_wall = time.perf_counter() - t0
+        rss, hwm = _rss_kib(driver.proc.pid)
+        ok = all((v.target / "secret-0").read_text() == "x" * 1024 for v in vols)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(kubelet.unpublish(v) for v in vols))
+        unpublish_wall = time.perf_counter() - t0
+        # one at a time: the latency of a single publish with nothing else going on
+        sequential: list[float] = []
+        for v in vols[:10]:
+            t1 = time.perf_counter()
+            await kubelet.publish(v)
+            sequential.append(time.perf_counter() - t1)
+            await kubelet.unpublish(v)
+        leftover = [p for p in mounter.mount_points() if p.startswith(f"{root}/")]
+        await kubelet.close()
+        return {
+            "volumes": volumes,
+            "files_per_volume": files,
+            "all_published_and_readable": ok,
+            "publish_wall_s": round(publish_wall, 3),
+            "publish_p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "publish_max_ms": round(max(latencies) * 1000, 1),
+            "unpublish_wall_s": round(unpublish_wall, 3),
+            "single_publish_p50_ms": round(statistics.median(sequential) * 1000, 1),
+            "driver_rss_idle_mib": round(rss_idle / 1024, 1),
+            "driver_rss_after_mib": round(rss / 1024, 1),
+            "driver_rss_peak_mib": round(hwm / 1024, 1),
+            "leftover_mounts": len(leftover),
+        }
 
 
 def main() -> None:

@@ -27,26 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
+from lightkube.resources.core_v1 import Secret
 
 from bench.__main__ import trust
-from csi_driver import mounter
+from bench.cluster import BenchCluster, bench_cluster
 from csi_driver.kube import SecretProviderClass
 from keyvault_emulator.testing import DEFAULT_SEED, TENANT_ID, Emulator
 from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.controlplane import ControlPlane, free_port
+from tests.kube.controlplane import free_port
 from tests.kube.kubelet import Kubelet
-from tests.peers.locate import BINARIES, VERSIONS, peers_dir
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000021-0000-4000-8000-0000000000f1", "rotation-bench-secret"
 INTERVAL = 30.0
 TICK = re.compile(r"rotation tick: (\d+) mounts due, (\d+) provider calls, ([0-9.]+)s")
-
-
-def _peer(name: str) -> Path:
-    group, binary = BINARIES[name]
-    return peers_dir() / f"{group}-{VERSIONS[group]}" / binary
 
 
 def _cpu_s(pid: int) -> float:
@@ -83,149 +77,125 @@ async def _one_tick(emu: Emulator, driver: DriverProcess) -> dict[str, object]:
 
 
 async def run(pods: int, objects: int) -> dict[str, object]:
-    from tests.kube import fixtures
-
-    with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
-        root = Path(tmp)
-        trust(root / "emulator")
-        emu = Emulator.start(root / "emulator", seeds=[DEFAULT_SEED])
-        cp = ControlPlane(
-            root / "kube", _peer("etcd"), _peer("kube-apiserver"), _peer("kube-controller-manager")
-        )
-        cp.start()
-        provider = driver = None
+    with tempfile.TemporaryDirectory(prefix="bench-emulator-", dir="/tmp") as emu_dir:
+        trust(Path(emu_dir))
+        emu = Emulator.start(Path(emu_dir), seeds=[DEFAULT_SEED])
         try:
-            emu.seed(
-                {
-                    "identities": [
-                        {
-                            "name": "rb-sp",
-                            "type": "servicePrincipal",
-                            "clientId": SP_ID,
-                            "clientSecret": SP_SECRET,
-                        }
-                    ],
-                    "vaults": [
-                        {
-                            "name": VAULT,
-                            "tenant": TENANT_ID,
-                            "roleAssignments": [
-                                {"identity": "rb-sp", "role": "Key Vault Secrets User"}
-                            ],
-                            "secrets": [
-                                {"name": f"rot-{i:02d}", "value": f"v{i}"} for i in range(objects)
-                            ],
-                        }
-                    ],
-                }
-            )
-            admin = await fixtures.prepare_cluster(cp)
-            kubeconfig = await fixtures.driver_token_kubeconfig(cp, admin)
-            await admin.create(Namespace(metadata=ObjectMeta(name="bench")))
-            for _ in range(300):
-                try:
-                    await admin.get(ServiceAccount, "default", namespace="bench")
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
-            await admin.create(
-                Secret(
-                    metadata=ObjectMeta(name="kv-creds", namespace="bench"),
-                    data={
-                        "clientid": base64.b64encode(SP_ID.encode()).decode(),
-                        "clientsecret": base64.b64encode(SP_SECRET.encode()).decode(),
-                    },
-                )
-            )
-            items = [
-                yaml.safe_dump({"objectName": f"rot-{i:02d}", "objectType": "secret"})
-                for i in range(objects)
-            ]
-            await admin.create(
-                SecretProviderClass.from_dict(
-                    {
-                        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-                        "kind": "SecretProviderClass",
-                        "metadata": {"name": "bench", "namespace": "bench"},
-                        "spec": {
-                            "provider": "azure",
-                            "parameters": {
-                                "keyvaultName": VAULT,
-                                "tenantId": TENANT_ID,
-                                "objects": yaml.safe_dump({"array": items}),
-                            },
-                        },
-                    }
-                )
-            )
-            dirs = (root / "providers", root / "providers-extra")
-            for d in dirs:
-                d.mkdir()
-            sock = dirs[0] / "azure.sock"
-            provider = ProviderProcess(
-                sock,
-                root / "provider.log",
-                [
-                    sys.executable,
-                    "-m",
-                    "provider_azure",
-                    f"--endpoint=unix://{sock}",
-                    f"--healthz-port={free_port()}",
-                    f"--prometheus-port={free_port()}",
-                ],
-            )
-            provider.start()
-            flags = ("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s")
-            driver = DriverProcess(root, kubeconfig=kubeconfig, provider_dirs=dirs, extra=flags)
-            driver.start()
-            kubelet = Kubelet(admin, root / "kubelet", str(driver.socket))
-            created = await asyncio.gather(
-                *(
-                    kubelet.create_pod("bench", f"app-{i}", "bench", secret_ref="kv-creds")
-                    for i in range(pods)
-                )
-            )
-            vols = await asyncio.gather(*(kubelet.volume(p) for p in created))
-            t0 = time.perf_counter()
-            sem = asyncio.Semaphore(20)
-
-            async def publish(v: object) -> None:
-                async with sem:
-                    await kubelet.publish(v)  # type: ignore[arg-type]
-
-            await asyncio.gather(*(publish(v) for v in vols))
-            publish_wall = time.perf_counter() - t0
-            shared = await _one_tick(emu, driver)
-            driver.stop()
-            driver = DriverProcess(
-                root,
-                kubeconfig=kubeconfig,
-                provider_dirs=dirs,
-                extra=(*flags, "--rotation-share-provider-calls=false"),
-                name="driver-noshare",
-            )
-            driver.start()
-            unshared = await _one_tick(emu, driver)
-            await kubelet.close()
-            await admin.close()
-            return {
-                "pods": pods,
-                "objects_per_pod": objects,
-                "publish_wall_s": round(publish_wall, 2),
-                "upstream_model_key_vault_gets": pods * objects,
-                "tick_shared": shared,
-                "tick_not_shared": unshared,
-            }
+            async with bench_cluster() as c:
+                return await _measure(c, emu, pods, objects)
         finally:
-            if driver is not None and driver.proc is not None:
-                driver.stop()
-            if provider is not None:
-                provider.stop()
-            cp.stop()
             emu.stop()
-            for point in sorted(mounter.mount_points(), reverse=True):
-                if point.startswith(tmp + "/"):
-                    mounter.unmount(point)
+
+
+async def _measure(c: BenchCluster, emu: Emulator, pods: int, objects: int) -> dict[str, object]:
+    root, admin, dirs = c.root, c.admin, c.provider_dirs
+    emu.seed(
+        {
+            "identities": [
+                {
+                    "name": "rb-sp",
+                    "type": "servicePrincipal",
+                    "clientId": SP_ID,
+                    "clientSecret": SP_SECRET,
+                }
+            ],
+            "vaults": [
+                {
+                    "name": VAULT,
+                    "tenant": TENANT_ID,
+                    "roleAssignments": [{"identity": "rb-sp", "role": "Key Vault Secrets User"}],
+                    "secrets": [{"name": f"rot-{i:02d}", "value": f"v{i}"} for i in range(objects)],
+                }
+            ],
+        }
+    )
+    await admin.create(
+        Secret(
+            metadata=ObjectMeta(name="kv-creds", namespace="bench"),
+            data={
+                "clientid": base64.b64encode(SP_ID.encode()).decode(),
+                "clientsecret": base64.b64encode(SP_SECRET.encode()).decode(),
+            },
+        )
+    )
+    items = [
+        yaml.safe_dump({"objectName": f"rot-{i:02d}", "objectType": "secret"})
+        for i in range(objects)
+    ]
+    await admin.create(
+        SecretProviderClass.from_dict(
+            {
+                "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                "kind": "SecretProviderClass",
+                "metadata": {"name": "bench", "namespace": "bench"},
+                "spec": {
+                    "provider": "azure",
+                    "parameters": {
+                        "keyvaultName": VAULT,
+                        "tenantId": TENANT_ID,
+                        "objects": yaml.safe_dump({"array": items}),
+                    },
+                },
+            }
+        )
+    )
+    sock = dirs[0] / "azure.sock"
+    provider = ProviderProcess(
+        sock,
+        root / "provider.log",
+        [
+            sys.executable,
+            "-m",
+            "provider_azure",
+            f"--endpoint=unix://{sock}",
+            f"--healthz-port={free_port()}",
+            f"--prometheus-port={free_port()}",
+        ],
+    )
+    provider.start()
+    c.started(provider)
+    flags = ("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s")
+    driver = DriverProcess(root, kubeconfig=c.driver_kubeconfig, provider_dirs=dirs, extra=flags)
+    driver.start()
+    c.started(driver)
+    kubelet = Kubelet(admin, root / "kubelet", str(driver.socket))
+    created = await asyncio.gather(
+        *(
+            kubelet.create_pod("bench", f"app-{i}", "bench", secret_ref="kv-creds")
+            for i in range(pods)
+        )
+    )
+    vols = await asyncio.gather(*(kubelet.volume(p) for p in created))
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(20)
+
+    async def publish(v: object) -> None:
+        async with sem:
+            await kubelet.publish(v)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(publish(v) for v in vols))
+    publish_wall = time.perf_counter() - t0
+    shared = await _one_tick(emu, driver)
+    driver.stop()
+    driver = DriverProcess(
+        root,
+        kubeconfig=c.driver_kubeconfig,
+        provider_dirs=dirs,
+        extra=(*flags, "--rotation-share-provider-calls=false"),
+        name="driver-noshare",
+    )
+    driver.start()
+    c.started(driver)
+    unshared = await _one_tick(emu, driver)
+    await kubelet.close()
+    return {
+        "pods": pods,
+        "objects_per_pod": objects,
+        "publish_wall_s": round(publish_wall, 2),
+        "upstream_model_key_vault_gets": pods * objects,
+        "tick_shared": shared,
+        "tick_not_shared": unshared,
+    }
 
 
 def main() -> None:

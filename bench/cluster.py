@@ -1,0 +1,88 @@
+"""What the driver benches share: a real control plane (etcd, kube-apiserver,
+kube-controller-manager) with daemonset/ applied, a `bench` namespace whose default
+ServiceAccount exists, a kubeconfig with the driver's own ServiceAccount token, two provider
+directories, and a teardown that stops every process the bench started and leaves nothing
+mounted under its temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from csi_driver import mounter
+from tests.kube import fixtures
+from tests.kube.controlplane import ControlPlane
+from tests.peers.locate import BINARIES, VERSIONS, peers_dir
+
+NAMESPACE = "bench"
+
+
+class Process(Protocol):
+    proc: object
+
+    def stop(self) -> object: ...
+
+
+def peer(name: str) -> Path:
+    group, binary = BINARIES[name]
+    return peers_dir() / f"{group}-{VERSIONS[group]}" / binary
+
+
+@dataclass
+class BenchCluster:
+    root: Path
+    cp: ControlPlane
+    admin: AsyncClient
+    driver_kubeconfig: Path
+    provider_dirs: tuple[Path, Path]
+    processes: list[Process] = field(default_factory=list)
+
+    def started(self, process: Process) -> None:
+        """Stop `process` at teardown if it is still running then."""
+        self.processes.append(process)
+
+
+@asynccontextmanager
+async def bench_cluster() -> AsyncIterator[BenchCluster]:
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        cp = ControlPlane(
+            root / "kube", peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
+        )
+        cp.start()
+        admin: AsyncClient | None = None
+        processes: list[Process] = []
+        try:
+            admin = await fixtures.prepare_cluster(cp)
+            kubeconfig = await fixtures.driver_token_kubeconfig(cp, admin)
+            await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
+            for _ in range(300):  # kube-controller-manager creates it
+                try:
+                    await admin.get(ServiceAccount, "default", namespace=NAMESPACE)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.05)
+            dirs = (root / "providers", root / "providers-extra")
+            for d in dirs:
+                d.mkdir()
+            cluster = BenchCluster(root, cp, admin, kubeconfig, dirs, processes)
+            yield cluster
+        finally:
+            for process in reversed(processes):
+                if process.proc is not None:
+                    process.stop()
+            if admin is not None:
+                await admin.close()
+            cp.stop()
+            for point in sorted(mounter.mount_points(), reverse=True):
+                if point.startswith(tmp + "/"):
+                    mounter.unmount(point)
