@@ -78,7 +78,7 @@ def names(docs: list[Doc], kind: str) -> set[str]:
 
 def container(ds: Doc, name: str) -> Doc:
     containers = ds["spec"]["template"]["spec"]["containers"]
-    hits = [c for c in containers if c["name"] == name]
+    hits: list[Doc] = [c for c in containers if c["name"] == name]
     assert len(hits) == 1, f"{ds['metadata']['name']}: no container {name}"
     return hits[0]
 

@@ -6,8 +6,10 @@ own label selector once their pods exist."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -186,9 +188,7 @@ async def applied(admin_client: AsyncClient, kubectl: Kubectl) -> AsyncIterator[
 async def test_seeds_selector_finds_both_halves(applied: AsyncClient, kubectl: Kubectl) -> None:
     """The DaemonSet controller makes one pod of each for the node; the seeds' command lists
     them: the driver's with 3 containers, the provider's with 1."""
-    import json
-
-    pods: list[dict[str, object]] = []
+    pods: list[dict[str, Any]] = []
     for _ in range(150):
         proc = kubectl("get", "pods", "-n", "kube-system", "-l", SELECTOR, "-o", "json")
         assert proc.returncode == 0, proc.stderr
@@ -196,11 +196,8 @@ async def test_seeds_selector_finds_both_halves(applied: AsyncClient, kubectl: K
         if len(pods) >= 2:
             break
         await asyncio.sleep(0.2)
-    found = sorted(
-        (p["metadata"]["labels"]["app"], len(p["spec"]["containers"]))
-        for p in pods  # type: ignore[index]
-    )
+    found = sorted((p["metadata"]["labels"]["app"], len(p["spec"]["containers"])) for p in pods)
     assert found == [("secrets-store-csi-driver", 3), ("secrets-store-provider-azure", 1)]
     for p in pods:
-        affinity = json.dumps(p["spec"]["affinity"])  # type: ignore[index]
+        affinity = json.dumps(p["spec"]["affinity"])
         assert NODE in affinity
