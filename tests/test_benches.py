@@ -1,0 +1,48 @@
+"""The benchmarks still run: each one at its smallest size, from the command line its docs give,
+checked for a complete result (figures are read from `make bench`, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.peers.locate import peer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: float = 180) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _json_tail(out: str) -> dict[str, object]:
+    result = json.loads(out[out.index("{") :])
+    assert isinstance(result, dict)
+    return result
+
+
+def test_driver_publish_bench() -> None:
+    peer("kube-apiserver")
+    result = _json_tail(_run("bench/driver_publish.py", "--volumes", "3", "--files", "2"))
+    assert result["all_published_and_readable"] is True
+    assert result["leftover_mounts"] == 0
+    assert {"publish_p50_ms", "driver_rss_peak_mib", "single_publish_p50_ms"} <= set(result)
+
+
+def test_provider_bench_against_the_go_provider() -> None:
+    peer("azure-provider")
+    out = _run("-m", "bench", "--rounds", "1", "--rss-mounts", "3", "--latency", "0")
+    rows = [line for line in out.splitlines() if line.startswith("| 0 ms |")]
+    assert {row.split("|")[2].strip() for row in rows} == {"1", "10", "50"}, out
+    assert "RSS of our provider" in out and "Go provider" in out
+
+
+def test_emulator_throughput_bench() -> None:
+    out = _run("bench/emulator_throughput.py", "--seconds", "0.5", "--connections", "2")
+    assert "req/s" in out and "server CPU per request" in out, out
