@@ -489,6 +489,7 @@ class Demo:
 
     def rotate(self) -> None:
         assert self.emulator is not None and self.client is not None and self.tail is not None
+        assert self.driver is not None
         step("changing secret 'username' in the emulator (a new version)")
         self.emulator.set_secret("kv-demo", "username", "admin-v2")
         changed = time.monotonic()
@@ -508,6 +509,18 @@ class Demo:
         wait_for("foosecret's new value", synced, WAIT_ROTATION, 0.1)
         secret_took = time.monotonic() - changed
         say(f"Secret: foosecret username = 'admin-v2' {secret_took:.1f}s after the change")
+        # the container polls foo1 every second; the driver logs the rotation after its writes
+        wait_for(
+            "the pod's log showing the new value",
+            lambda: f"{MOUNT}/foo1 = admin-v2" in self.kubectl("logs", POD, show=False).stdout,
+            5,
+            0.3,
+        )
+        wait_for(
+            "the driver's rotation log line",
+            lambda: "files rewritten" in self.driver.log.read_text(errors="replace"),
+            5,
+        )
         self.tail.show()
         self.kubectl("logs", POD)
         step("the env var keeps its value until the pod restarts (rotation semantics)")
