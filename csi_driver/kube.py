@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 
@@ -58,10 +60,93 @@ def make_client(kubeconfig: str) -> AsyncClient | None:
     return AsyncClient(config=config, field_manager="secrets-store-csi-driver")
 
 
-def api_error_text(e: Exception) -> str:
-    """Like apimachinery's error strings (`secretproviderclasses... "x" not found`)."""
+# The ClusterRoles of daemonset/rbac.yaml (docs/rbac.md): which one grants what.
+ROLE_BASE = "secretproviderclasses-role"
+ROLE_SYNC = "secretprovidersyncing-role"
+ROLE_ROTATION = "secretproviderrotation-role"
+ROLE_TOKEN = "secretprovidertokenrequest-role"
+_ROLE_OF = {
+    ("", "events"): ROLE_BASE,
+    ("", "pods"): ROLE_BASE,
+    (GROUP, "secretproviderclasses"): ROLE_BASE,
+    (GROUP, "secretproviderclasspodstatuses"): ROLE_BASE,
+    ("storage.k8s.io", "csidrivers"): ROLE_BASE,
+    ("", "secrets"): ROLE_SYNC,
+    ("", "serviceaccounts/token"): ROLE_TOKEN,
+}
+# The API server's Forbidden text: `... cannot get resource "pods" in API group "" in ...`
+_DENIED = re.compile(r'cannot (\w+) resource "([^"]+)" in API group "([^"]*)"')
+
+
+def is_forbidden(e: BaseException) -> bool:
     if isinstance(e, ApiError):
-        return str(e.status.message or e)
+        return e.status.code == 403
+    return isinstance(e, httpx2.HTTPStatusError) and e.response.status_code == 403
+
+
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def denied_request_text(request: httpx2.Request) -> str:
+    """A 403 whose body was not read (a watch: lightkube raises before reading the stream),
+    said in the API server's words from the request itself."""
+    url = request.url
+    parts = [p for p in url.path.split("/") if p]
+    group, rest = "", parts[2:]
+    if parts[:1] == ["apis"]:
+        group, rest = (parts[1] if len(parts) > 1 else ""), parts[3:]
+    namespace = ""
+    if len(rest) > 2 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] if rest else url.path
+    if len(rest) > 2:
+        resource += "/" + rest[2]
+    if url.params.get("watch") in ("true", "1"):
+        verb = "watch"
+    elif request.method == "GET" and len(rest) < 2:
+        verb = "list"
+    else:
+        verb = _VERBS.get(request.method, request.method.lower())
+    scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    return (
+        f'{resource} is forbidden (HTTP 403): the driver cannot {verb} resource "{resource}" '
+        f'in API group "{group}" {scope}'
+    )
+
+
+def rbac_hint(message: str, role: str | None = None) -> str:
+    """What to grant for a Forbidden message: the verb, the resource and the ClusterRole of
+    daemonset/rbac.yaml that holds it; "" when the message is not an RBAC denial."""
+    m = _DENIED.search(message)
+    if m is None:
+        return ""
+    verb, resource, group = m.groups()
+    role = role or _ROLE_OF.get((group, resource))
+    where = f"{resource}.{group}" if group else resource
+    if role is None:
+        return f"the driver's ServiceAccount needs {verb} on {where}"
+    return (
+        f"check ClusterRole {role} (daemonset/rbac.yaml): it must allow {verb} on {where} "
+        "and be bound to the driver's ServiceAccount"
+    )
+
+
+def api_error_text(e: BaseException, role: str | None = None) -> str:
+    """Like apimachinery's error strings (`secretproviderclasses... "x" not found`); a
+    Forbidden one gets the RBAC hint (`role`: the ClusterRole to name when the resource
+    alone does not tell, e.g. secrets read for rotation)."""
+    if isinstance(e, ApiError):
+        text = str(e.status.message or e)
+        if e.status.code == 403:
+            hint = rbac_hint(text, role)
+            if hint:
+                text = f"{text}; {hint}"
+        return text
+    if is_forbidden(e):
+        assert isinstance(e, httpx2.HTTPStatusError)
+        text = denied_request_text(e.request)
+        hint = rbac_hint(text, role)
+        return f"{text}; {hint}" if hint else text
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
@@ -114,7 +199,10 @@ class SpcCache:
                 raise
             except Exception as e:
                 self.synced = False
-                log.info(
+                # Forbidden is an operator's error to fix, not a blip: said as an error (the
+                # publishes still work through GETs, without the cache)
+                log.log(
+                    logging.ERROR if is_forbidden(e) else logging.INFO,
                     "secretproviderclass watch interrupted (%s); retrying in %.1fs",
                     api_error_text(e),
                     delay,

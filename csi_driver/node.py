@@ -35,7 +35,7 @@ from .errors import (
     PublishFailed,
     TargetPathError,
 )
-from .kube import SpcSource
+from .kube import SpcSource, api_error_text, is_forbidden
 from .metrics import Metrics
 from .provider_client import ProviderClients
 from .spcps import PodStatusRecord, create_or_update, list_for_node
@@ -362,7 +362,12 @@ class NodeService:
         try:
             records = await list_for_node(self.client, self.node_id)
         except Exception as e:
-            log.warning("could not list this node's secretproviderclasspodstatuses: %s", e)
+            log.log(
+                logging.ERROR if is_forbidden(e) else logging.WARNING,
+                "could not list this node's secretproviderclasspodstatuses, so mounts made "
+                "before this start are not rotated or synced: %s",
+                api_error_text(e),
+            )
             return 0
         found = 0
         for record in records:

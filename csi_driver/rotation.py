@@ -34,7 +34,7 @@ from prometheus_client import Counter
 
 from . import DRIVER_NAME, atomic_writer
 from .errors import FILE_WRITE_ERROR, KubeError, OperationPending, ProviderError
-from .kube import api_error_text
+from .kube import ROLE_ROTATION, api_error_text, is_forbidden
 from .metrics import OS_TYPE
 from .node import (
     FILE_PERMISSION,
@@ -452,7 +452,8 @@ class Reconciler:
             secret = await self.client.get(Secret, name, namespace=ns)
         except Exception as e:
             return RotationError(
-                f"failed to get node publish secret {ns}/{name}, err: {api_error_text(e)}",
+                f"failed to get node publish secret {ns}/{name}, err: "
+                f"{api_error_text(e, ROLE_ROTATION)}",
                 SECRET_REF_NOT_FOUND,
             )
         return {
@@ -664,7 +665,8 @@ class Reconciler:
                 )
             )
         except Exception as e:
-            log.info(
+            log.log(
+                logging.ERROR if is_forbidden(e) else logging.INFO,
                 "rotation: could not record event on %s/%s: %s",
                 record.namespace,
                 record.pod_name,

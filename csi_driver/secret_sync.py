@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime
 import logging
 import os
@@ -32,7 +31,13 @@ from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.core_v1 import Event, Pod, Secret
 
 from . import mounter, tls_split
-from .kube import NODE_LABEL, SecretProviderClass, SecretProviderClassPodStatus, api_error_text
+from .kube import (
+    NODE_LABEL,
+    SecretProviderClass,
+    SecretProviderClassPodStatus,
+    api_error_text,
+    is_forbidden,
+)
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,10 +47,11 @@ CSI_DRIVER = "secrets-store.csi.k8s.io"
 COMPONENT = "csi-secrets-store-controller"
 FAILED_TO_CREATE = "FailedToCreateSecret"  # upstream's reason
 TYPE_CHANGED = "SecretTypeChanged"
+WATCH_FORBIDDEN = "SecretSyncWatchForbidden"
 MAX_SECRET_SIZE = 1 << 20  # the API server's limit on the sum of a Secret's values
 RBAC_HINT = (
     "the driver's ServiceAccount needs the secretprovidersyncing-role ClusterRole and its "
-    "binding (daemonset/rbac.yaml: secrets create, get, list, watch, update, patch, delete)"
+    "binding (daemonset/rbac.yaml: secrets create, get, watch, update, delete)"
 )
 SPCPS_API = "secrets-store.csi.x-k8s.io/v1"
 
@@ -286,6 +292,8 @@ class SecretSync:
         self._events: set[tuple[str, str, str]] = set()
         self._warnings: dict[str, int] = {}  # pod uid → Warning events asked for
         self._tasks: list[asyncio.Task[Any]] = []
+        # resource → the Forbidden text of its watch: what sync cannot follow (pod events)
+        self._watch_denied: dict[str, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -357,13 +365,19 @@ class SecretSync:
         while True:
             try:
                 async for event, obj in self.client.watch(res, namespace="*", **kw):
+                    self._watch_denied.pop(res.__name__, None)
                     handler(event, _to_dict(obj))
                     delay = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 text = api_error_text(e)
-                log.warning(
+                if is_forbidden(e):
+                    # not a blip: what this watch triggers (a deleted Secret coming back, an
+                    # SPC edit, a pod adopted) will not happen until RBAC is fixed
+                    self._watch_denied[res.__name__] = text
+                log.log(
+                    logging.ERROR if is_forbidden(e) else logging.WARNING,
                     "secret sync: %s watch interrupted (%s); retrying in %.1fs",
                     res.__name__,
                     text,
@@ -476,19 +490,40 @@ class SecretSync:
         try:
             async with asyncio.timeout(10):
                 ns = record.namespace
-                spcps, spc, pod = await asyncio.gather(  # one round trip, not three
+                answers = await asyncio.gather(  # one round trip, not three
                     self._get(SecretProviderClassPodStatus, record.name, ns),
                     self._get(SecretProviderClass, record.spc_name, ns),
                     self._get(Pod, record.pod_name, ns),
+                    return_exceptions=True,
                 )
-                if spcps is not None:
-                    await self.reconcile(spcps, (spc, pod))
+                spc = answers[1]
+                if isinstance(spc, dict) and not (spc.get("spec") or {}).get("secretObjects"):
+                    return  # nothing to sync: a failed read of the others does not matter
+                for answer in answers:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                spcps, pod = answers[0], answers[2]
+                if isinstance(spcps, dict):
+                    await self.reconcile(spcps, (spc, pod))  # type: ignore[arg-type]
         except Exception as e:
-            log.warning(
-                "secret sync after publish of %s/%s: %s (the watch will retry)",
-                record.namespace,
-                record.pod_name,
-                api_error_text(e),
+            text = api_error_text(e)
+            if not is_forbidden(e):
+                log.warning(
+                    "secret sync after publish of %s/%s: %s (the watch will retry)",
+                    record.namespace,
+                    record.pod_name,
+                    text,
+                )
+                return
+            pod_ref = {
+                "metadata": {
+                    "name": record.pod_name,
+                    "namespace": record.namespace,
+                    "uid": record.pod_uid,
+                }
+            }
+            await self._event(
+                pod_ref, "Warning", FAILED_TO_CREATE, f"failed to sync secretObjects: {text}"
             )
 
     # ---- one SPCPS -------------------------------------------------------------------------
@@ -530,7 +565,14 @@ class SecretSync:
                 fetched = await asyncio.gather(
                     self._get(SecretProviderClass, spc_name, ns), self._get(Pod, pod_name, ns)
                 )
-            except ApiError:
+            except ApiError as e:
+                log.log(
+                    logging.ERROR if is_forbidden(e) else logging.WARNING,
+                    "secret sync of pod %s/%s: %s",
+                    ns,
+                    pod_name,
+                    api_error_text(e),
+                )
                 return True
         spc, pod = fetched
         if spc is None or pod is None or not (spc.get("spec") or {}).get("secretObjects"):
@@ -548,6 +590,14 @@ class SecretSync:
             log.warning("secret sync: %s", problem)
             await self._event(pod, "Warning", FAILED_TO_CREATE, problem)
             return False
+        for resource, text in sorted(self._watch_denied.items()):
+            await self._event(
+                pod,
+                "Warning",
+                WATCH_FORBIDDEN,
+                f"secret sync cannot watch {resource} objects, so changes after this mount are "
+                f"not followed: {text}",
+            )
         objects, errors = parse_secret_objects(spc)
         uid = str(pmeta.get("uid", ""))
         warnings = self._warnings.get(uid, 0)
@@ -716,13 +766,13 @@ class SecretSync:
             except ApiError as e:
                 code = e.status.code
                 text = api_error_text(e)
-                if code == 403:
-                    log.error("secret sync forbidden: %s; %s", text, RBAC_HINT)
+                if code == 403:  # the text names the verb and the ClusterRole that grants it
+                    log.error("secret sync forbidden: %s", text)
                     await self._event(
                         pod,
                         "Warning",
                         FAILED_TO_CREATE,
-                        f"failed to sync Secret {ns}/{name}: {text}; {RBAC_HINT}",
+                        f"failed to sync Secret {ns}/{name}: {text}",
                     )
                     return True
                 await self._event(
@@ -747,8 +797,11 @@ class SecretSync:
         assert self.client is not None
         emeta = existing.get("metadata") or {}
         ns, name = str(emeta.get("namespace")), str(emeta.get("name"))
-        with contextlib.suppress(ApiError):
+        try:
             await self.client.delete(Secret, name, namespace=ns)
+        except ApiError as e:
+            if e.status.code != 404:  # gone already is fine; Forbidden is said by the caller
+                raise
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -818,4 +871,13 @@ class SecretSync:
         try:
             await self.client.create(_event_obj(body))
         except Exception as e:
-            log.warning("failed to record event on pod %s: %s", meta.get("name"), api_error_text(e))
+            log.log(
+                logging.ERROR if is_forbidden(e) else logging.WARNING,
+                "failed to record event on pod %s/%s (%s %s: %s): %s",
+                meta.get("namespace"),
+                meta.get("name"),
+                kind,
+                reason,
+                message[:300],
+                api_error_text(e),
+            )

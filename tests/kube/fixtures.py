@@ -87,6 +87,24 @@ async def driver_token_kubeconfig(cp: ControlPlane, admin: AsyncClient) -> Path:
     )
 
 
+async def service_account_kubeconfig(
+    cp: ControlPlane, admin: AsyncClient, namespace: str, name: str, path: Path
+) -> Path:
+    """Kubeconfig with a token of any ServiceAccount (least-privilege tests bind their own)."""
+    from lightkube.resources.core_v1 import ServiceAccountToken
+
+    tr = await admin.create(
+        ServiceAccountToken(
+            metadata=ObjectMeta(),
+            spec=TokenRequestSpec(audiences=[ISSUER], expirationSeconds=86400),
+        ),
+        name=name,
+        namespace=namespace,
+    )
+    assert tr.status is not None
+    return write_kubeconfig(path, cp.server, cp.ca_file, tr.status.token)
+
+
 @pytest.fixture(scope="session")
 async def admin_client(control_plane: ControlPlane) -> AsyncIterator[AsyncClient]:
     """Admin client on a cluster with daemonset/ applied and kube-controller-manager up."""
@@ -100,4 +118,10 @@ async def driver_kubeconfig(control_plane: ControlPlane, admin_client: AsyncClie
     return await driver_token_kubeconfig(control_plane, admin_client)
 
 
-__all__ = ["admin_client", "control_plane", "driver_kubeconfig", "prepare_cluster"]
+__all__ = [
+    "admin_client",
+    "control_plane",
+    "driver_kubeconfig",
+    "prepare_cluster",
+    "service_account_kubeconfig",
+]
