@@ -20,7 +20,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,11 @@ from provider_azure.keyvault import ROLE_HINTS, ClientOptions
 from provider_azure.metrics import Metrics as ProviderMetrics
 from provider_azure.parameters import IdentityMode, MountParameters, parse_mount
 from provider_azure.server import MOUNT_PREFIX, Provider
-from tests.kube.fixtures import admin_client, control_plane
+from tests.kube.controlplane import ControlPlane
+from tests.kube.fixtures import prepare_cluster
+from tests.peers.locate import peer
 
-__all__ = ["admin_client", "control_plane"]
+pytestmark = pytest.mark.filterwarnings("ignore:`verify=<str>` is deprecated:DeprecationWarning")
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yaml"))
@@ -172,6 +174,27 @@ def test_example_passes_driver_and_provider_checks(path: Path) -> None:
 
 
 # ---- server-side dry run against the real kube-apiserver ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def docs_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of this module's own, stopped when the module is done (the session
+    fixtures of tests/kube would keep one running until the end of the suite)."""
+    etcd, apiserver, kcm = peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
+    cp = ControlPlane(tmp_path_factory.mktemp("kube-docs"), etcd, apiserver, kcm)
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="module")
+async def admin_client(docs_control_plane: ControlPlane) -> AsyncIterator[AsyncClient]:
+    """Admin client with daemonset/'s CRDs, CSIDriver and RBAC applied."""
+    client = await prepare_cluster(docs_control_plane)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="module")
