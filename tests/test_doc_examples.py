@@ -524,3 +524,37 @@ def test_driver_metrics_table_matches_registry() -> None:
 
 def test_provider_metrics_table_matches_registry() -> None:
     _check(_doc_table("provider"), ProviderMetrics().registry)
+
+
+# ---- links in the docs this file keeps true ------------------------------------------------
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    out = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "doc", ["README.md", "docs/troubleshooting.md", "docs/metrics.md", "docs/rotation.md"]
+)
+def test_relative_links_resolve(doc: str) -> None:
+    path = REPO / doc
+    broken = []
+    for target in _LINK.findall(path.read_text()):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        missing_anchor = (
+            dest.exists() and anchor and dest.is_file() and anchor not in _anchors(dest.read_text())
+        )
+        if not dest.exists() or missing_anchor:
+            broken.append(target)
+    assert broken == [], f"{doc}: broken links {broken}"
