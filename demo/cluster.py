@@ -230,7 +230,7 @@ class LogTail:
         new, self.offset = data[self.offset :], len(data)
         for line in new.splitlines():
             if any(w in line for w in self.WORDS) and "GET " not in line:
-                say("driver| " + line.split("] ", 1)[-1][:150])
+                say("driver| " + line.split("] ", 1)[-1])
 
 
 class Demo:
