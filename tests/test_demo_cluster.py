@@ -20,6 +20,7 @@ import pytest
 
 from tests.peers.locate import peer
 
+pytestmark = pytest.mark.peers
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = (
     "etcd",
