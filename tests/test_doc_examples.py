@@ -5,10 +5,13 @@
   parameter parsing, with the Mount request built exactly as a publish builds it; every
   secretObjects entry names a file the provider would write; every file applies with a
   server-side dry run to the real kube-apiserver (CRDs from daemonset/); the service-principal
-  example mounts for real through provider_azure against the Key Vault emulator.
+  example mounts for real through provider_azure against the Key Vault emulator, and so does
+  the ingress TLS one (workload identity), whose file the driver's sync splits into tls.crt and
+  tls.key.
 - docs/troubleshooting.md: every message marked `<!-- msg -->` occurs in the source tree
-  (`…` stands for a value filled in at run time); the role and sign-in rows are produced for
-  real against the emulator.
+  (`…` stands for a value filled in at run time); the sign-in, federation, role and 429 rows
+  are produced for real against the emulator, the secretObjects row by the driver's sync code.
+- README.md and the docs above: relative links and anchors resolve.
 - docs/metrics.md: the metric tables list exactly what both daemons register: names, types and
   label names.
 """
@@ -26,14 +29,16 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from lightkube import AsyncClient, codecs
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from prometheus_client import CollectorRegistry
 
+from csi_driver import atomic_writer
 from csi_driver import metrics as driver_metrics
 from csi_driver.node import FILE_PERMISSION, build_mount_request, go_json
-from csi_driver.secret_sync import parse_secret_objects
+from csi_driver.secret_sync import SyncError, build_data, parse_secret_objects
 from csi_driver.standalone import load_spc
 from keyvault_emulator.testing import TENANT_ID, WI_APP_CLIENT_ID, Emulator, workload_token
 from provider_azure import clouds
@@ -558,3 +563,89 @@ def test_relative_links_resolve(doc: str) -> None:
         if not dest.exists() or missing_anchor:
             broken.append(target)
     assert broken == [], f"{doc}: broken links {broken}"
+
+
+# ---- the ingress TLS example: workload identity, mounted, written, split -------------------
+
+
+def _write_volume(target: Path, result: Any) -> None:
+    """The provider's files written by the driver's own atomic writer (as a publish does)."""
+    target.mkdir()
+    atomic_writer.write(
+        str(target),
+        {f.path: atomic_writer.FileProjection(data=f.contents, mode=f.mode) for f in result.files},
+    )
+
+
+async def test_tls_ingress_example_mounts_and_splits(
+    provider: Provider, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The sync-tls-ingress example, as the emulator's federated application (the identity and
+    its service account stand in for the example's): the certificate's secret mounts as
+    tls-app.pem and the driver's sync turns it into tls.crt / tls.key."""
+    docs = _docs(REPO / "docs" / "examples" / "sync-tls-ingress.yaml")
+    spc = next(d for d in docs if d["kind"] == "SecretProviderClass")
+    emulator.seed(
+        {
+            "vaults": [
+                {
+                    "name": EXAMPLE_VAULT,
+                    "certificates": [
+                        {
+                            "name": "app-cert",
+                            "generate": {"subject": "CN=app.example.com", "kty": "RSA"},
+                            "contentType": "application/x-pkcs12",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    params = dict(spc["spec"]["parameters"])
+    params.update(keyvaultName=EXAMPLE_VAULT, tenantId=TENANT_ID, clientID=WI_APP_CLIENT_ID)
+    (spec,) = _pod_specs(docs)
+    attributes, secrets = _mount_request(docs, params, spec)
+    # the token of the ServiceAccount the emulator's application is federated with
+    request = json.loads(attributes)
+    request[SA_TOKENS] = json.dumps(
+        {AUDIENCE: {"token": workload_token(), "expirationTimestamp": "2030-01-01T00:00:00Z"}}
+    )
+    result = await provider.mount(json.dumps(request), secrets, go_json(FILE_PERMISSION))
+    assert [f.path for f in result.files] == ["tls-app.pem"]
+    target = tmp_path / "volume"
+    _write_volume(target, result)
+
+    (secret_object,), errors = parse_secret_objects(spc)
+    assert errors == [] and secret_object.type == "kubernetes.io/tls"
+    data = build_data(secret_object, str(target))
+    assert sorted(data) == ["tls.crt", "tls.key"]
+    assert data["tls.key"].startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    leaf = x509.load_pem_x509_certificate(data["tls.crt"])
+    assert leaf.subject.rfc4514_string() == "CN=app.example.com"
+
+
+def test_secret_objects_naming_the_key_vault_object_warns_as_documented(tmp_path: Path) -> None:
+    """The troubleshooting row: the env-var example with secretObjects naming the Key Vault
+    object instead of its alias reads no file, with the message troubleshooting.md quotes."""
+    docs = _docs(REPO / "docs" / "examples" / "sync-env-secret.yaml")
+    spc = next(d for d in docs if d["kind"] == "SecretProviderClass")
+    spc["spec"]["secretObjects"][0]["data"][0]["objectName"] = "db-connection-string"
+    (spec,) = _pod_specs(docs)
+    params = parse_mount(*_mount_request(docs, spc["spec"]["parameters"], spec), "420")
+    target = tmp_path / "volume"
+    target.mkdir()
+    atomic_writer.write(
+        str(target),
+        {
+            path: atomic_writer.FileProjection(data=b"value", mode=0o644)
+            for path in _written_paths(params)
+        },
+    )
+    (wrong,), errors = parse_secret_objects(spc)
+    assert errors == []
+    with pytest.raises(SyncError) as info:
+        build_data(wrong, str(target))
+    message = str(info.value)
+    assert "db-connection-string" in message
+    doc = " ".join(TROUBLESHOOTING.read_text().split())
+    assert message.replace("db-connection-string", "…") in doc
