@@ -7,7 +7,8 @@
   server-side dry run to the real kube-apiserver (CRDs from daemonset/); the service-principal
   example mounts for real through provider_azure against the Key Vault emulator, and so does
   the ingress TLS one (workload identity), whose file the driver's sync splits into tls.crt and
-  tls.key.
+  tls.key, and the versions one (a user-assigned identity through IMDS: pinning, history,
+  filePermission as its comments say).
 - docs/troubleshooting.md: every message marked `<!-- msg -->` occurs in the source tree
   (`…` stands for a value filled in at run time); the sign-in, federation, role and 429 rows
   are produced for real against the emulator, the secretObjects row by the driver's sync code.
@@ -649,3 +650,64 @@ def test_secret_objects_naming_the_key_vault_object_warns_as_documented(tmp_path
     assert "db-connection-string" in message
     doc = " ".join(TROUBLESHOOTING.read_text().split())
     assert message.replace("db-connection-string", "…") in doc
+
+
+# ---- the versions example: a user-assigned identity through IMDS, history, pinning ---------
+
+
+async def test_object_versions_example_mounts_as_its_comments_say(
+    provider: Provider, emulator: Emulator
+) -> None:
+    """object-versions.yaml through the emulator's IMDS as a user-assigned identity of its own:
+    the pinned version, objectVersionHistory: 3 as four files newest first, and the cert's
+    filePermission 0440 while the others keep the default 0644."""
+    docs = _docs(REPO / "docs" / "examples" / "object-versions.yaml")
+    spc = next(d for d in docs if d["kind"] == "SecretProviderClass")
+    pinned = "6d5f0a1e2b3c4d5e6f708192a3b4c5d6"
+    assert f'objectVersion: "{pinned}"' in spc["spec"]["parameters"]["objects"]
+    identity = str(uuid.uuid4())
+    secret = f"api-key-{uuid.uuid4().hex[:8]}"  # the example's name, made unique per run
+    emulator.seed(
+        {
+            "identities": [
+                {"name": "docs-example-mi", "type": "userAssigned", "clientId": identity}
+            ],
+            "vaults": [
+                {
+                    "name": EXAMPLE_VAULT,
+                    "roleAssignments": [
+                        {"identity": "docs-example-mi", "role": "Key Vault Secrets User"},
+                        {"identity": "docs-example-mi", "role": "Key Vault Certificate User"},
+                    ],
+                    "secrets": [{"name": secret, "versions": [{"value": "v0", "version": pinned}]}],
+                    "certificates": [
+                        {
+                            "name": "web-cert",
+                            "generate": {"subject": "CN=web.example.test", "kty": "RSA"},
+                            "contentType": "application/x-pem-file",
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    for value in ("v1", "v2", "v3"):  # Key Vault orders versions by creation time, in seconds
+        await asyncio.sleep(1.05)
+        emulator.set_secret(EXAMPLE_VAULT, secret, value)
+    params = dict(spc["spec"]["parameters"])
+    params.update(
+        keyvaultName=EXAMPLE_VAULT,
+        tenantId=TENANT_ID,
+        userAssignedIdentityID=identity,
+        objects=params["objects"].replace("objectName: api-key", f"objectName: {secret}"),
+    )
+    (spec,) = _pod_specs(docs)
+    attributes, secrets = _mount_request(docs, params, spec)
+    result = await provider.mount(attributes, secrets, go_json(FILE_PERMISSION))
+    files = {f.path: (f.contents, f.mode) for f in result.files}
+    assert files[secret] == (b"v0", 0o644)  # pinned: not the current v3
+    history = [files[f"api-key-history/{i}"] for i in range(4)]
+    assert history == [(b"v3", 0o644), (b"v2", 0o644), (b"v1", 0o644), (b"v0", 0o644)]
+    content, mode = files["web.crt"]
+    assert content.startswith(b"-----BEGIN CERTIFICATE-----") and mode == 0o440
+    assert len(files) == 6
