@@ -89,9 +89,13 @@ class Container:
         command: list[str],
         volumes: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        user: str | None = None,
     ) -> list[str]:
-        """`buildah run` of command as the image's USER, with bind mounts (host:ctr[:ro])."""
+        """`buildah run` of command as the image's USER (or user), with bind mounts
+        (host:ctr[:ro])."""
         args = ["buildah", "run", "--isolation", "chroot", "--network", "host"]
+        if user is not None:
+            args += ["--user", user]
         for volume in volumes:
             args += ["--volume", volume]
         for key, value in (env or {}).items():
