@@ -122,7 +122,7 @@ inputs_hash() {
     printf '%s\n' "version=$version" "base=$2" "builder=$3" "prefix=$prefix"
     buildah inspect --type image --format '{{.FromImageID}}' "$2"
     buildah inspect --type image --format '{{.FromImageID}}' "$3"
-    find "$here/$image.Containerfile" "$here/$image.ignore" "$here"/*.lock.txt pyproject.toml \
+    find "$here/build.sh" "$here/$image.Containerfile" "$here/$image.ignore" "$here"/*.lock.txt pyproject.toml \
       README.md secrets_store_api "$pkg" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
       -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256sum | cut -c1-64
@@ -135,6 +135,13 @@ for image in "${images[@]}"; do
 done
 
 total_start=$SECONDS
+# One build at a time on this machine (several `make test` may run at once).
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+if ! flock --nonblock 9; then
+  say "waiting for another build.sh to finish"
+  flock 9
+fi
 # Both root filesystems at once (mostly downloads and dpkg): about 60 s cold.
 base_rootfs base &
 base_pid=$!
@@ -176,7 +183,10 @@ for image in "${images[@]}"; do
     --build-arg "BASE_IMAGE=$base" --build-arg "BUILDER_IMAGE=$builder" \
     --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "SOURCE=$source_url" \
     --label "secrets-store-csi-python.inputs=$inputs" \
-    "${pip_args[@]}" --tag "$name" "$root" >/dev/null
+    "${pip_args[@]}" --tag "$name" "$root" >"$cache/$image.build.log" 2>&1 || {
+    tail -n 40 "$cache/$image.build.log" >&2
+    die "building $name failed (log: $cache/$image.build.log)"
+  }
   new_id=$(buildah inspect --type image --format '{{.FromImageID}}' "localhost/$name")
   if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
     buildah rmi "$old_id" >/dev/null 2>&1 || true
