@@ -1,11 +1,20 @@
-"""The DaemonSets on a real node: kubelet 1.37, containerd and runc (the tests/e2e node), the
-provider image `make images` built, and daemonset/provider-azure.yaml as written. Kubelet
-starts the pod with the manifest's security context (uid 0, no capabilities, no privilege
-escalation, read-only image, default seccomp, no service-account token), the provider
-creates azure.sock in the hostPath directory kubelet made, the probes pass, the pod is Ready
-and the seeds' selector lists it, and the socket answers a gRPC call from the node, where
-the driver calls it. One difference from the manifest: hostNetwork, since this node has no
-CNI network (docs/e2e.md)."""
+"""The DaemonSets on a real node: kubelet 1.37, containerd and runc (the tests/e2e node) and the
+images `make images` builds.
+
+- daemonset/provider-azure.yaml as written: kubelet starts the pod with the manifest's security
+  context (uid 0, no capabilities, no privilege escalation, read-only image, default seccomp,
+  no service-account token), the provider creates azure.sock in the hostPath directory kubelet
+  made, the probes pass, the pod is Ready, and the socket answers a gRPC call from the node.
+- daemonset/secrets-store-csi-driver.yaml's driver container as written (privileged,
+  Bidirectional on the pods dir, its ServiceAccount's token under daemonset/rbac.yaml): kubelet
+  publishes a pod's inline volume through it; the tmpfs it mounts inside its container reaches
+  the node and the app container; unpublish removes it.
+
+Differences from the manifests, all for this node: hostNetwork (no CNI network here,
+docs/e2e.md), the API server on loopback (no Service network), the kubelet root in a temp dir,
+and, for the driver, no sidecars (their upstream images are not reachable here: a stand-in
+registers the socket from the node, tests/e2e/registrar.py) and so no liveness probe.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +36,7 @@ from lightkube import AsyncClient, codecs
 from lightkube.resources.core_v1 import Node as NodeObject
 from lightkube.resources.core_v1 import Pod
 
-from provider_azure import __version__
-from provider_azure.server import RUNTIME_NAME
+from provider_azure import RUNTIME_NAME, __version__
 from secrets_store_api import provider_pb2, provider_pb2_grpc
 from tests.e2e import images
 from tests.e2e.node import NODE_NAME, Node, NodeControlPlane, reap_stale
@@ -39,6 +47,8 @@ from .render import find, plain
 
 SELECTOR: dict[str, Any] = {"app": "secrets-store-provider-azure"}
 PROVIDER_IMAGE = "secrets-store-csi-python/provider-azure:0.1.0"
+DRIVER_IMAGE = "secrets-store-csi-python/driver:0.1.0"
+DRIVER_NAME = "secrets-store.csi.k8s.io"
 SOCKET_DIR = Path("/var/run/secrets-store-csi-providers")
 
 
@@ -69,6 +79,7 @@ def export_image(name: str, out: Path) -> Path:
 @dataclass
 class World:
     node: Node
+    cp: NodeControlPlane
     admin: AsyncClient
     tmp: Path
 
@@ -88,6 +99,7 @@ async def world() -> AsyncIterator[World]:
     tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))  # e2e-: reap_stale finds it
     (tmp / "owner.pid").write_text(str(os.getpid()))
     provider_tar = export_image(PROVIDER_IMAGE, tmp / "provider.tar")
+    driver_tar = export_image(DRIVER_IMAGE, tmp / "driver.tar")
     cp = NodeControlPlane(
         tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
     )
@@ -97,7 +109,7 @@ async def world() -> AsyncIterator[World]:
     try:
         node.isolate()
         node.make_cgroup_root()
-        tarballs = [*images.build(tmp), provider_tar]
+        tarballs = [*images.build(tmp), provider_tar, driver_tar]
         node.start_containerd()
         node.import_images(tarballs)
         cp.start()
@@ -105,7 +117,7 @@ async def world() -> AsyncIterator[World]:
         node.start_scheduler()
         node.start_kubelet()
         await _wait_node_ready(node, admin)
-        yield World(node, admin, tmp)
+        yield World(node, cp, admin, tmp)
     finally:
         try:
             if admin is not None:
@@ -137,10 +149,15 @@ async def _wait_node_ready(node: Node, admin: AsyncClient) -> None:
 async def _delete_daemonsets(admin: AsyncClient) -> None:
     from lightkube.resources.apps_v1 import DaemonSet
 
-    with contextlib.suppress(Exception):
-        await admin.delete(DaemonSet, "secrets-store-provider-azure", namespace="kube-system")
+    for name in ("secrets-store-provider-azure", "secrets-store-csi-driver"):
+        with contextlib.suppress(Exception):
+            await admin.delete(DaemonSet, name, namespace="kube-system")
     for _ in range(150):
-        pods = [p async for p in admin.list(Pod, namespace="kube-system", labels=SELECTOR)]
+        pods = [
+            p
+            async for p in admin.list(Pod, namespace="kube-system")
+            if p.metadata and (p.metadata.labels or {}).get("app") in DAEMONS
+        ]
         if not pods:
             return
         for p in pods:
@@ -148,6 +165,9 @@ async def _delete_daemonsets(admin: AsyncClient) -> None:
             with contextlib.suppress(Exception):
                 await admin.delete(Pod, p.metadata.name, namespace="kube-system", grace_period=0)
         await asyncio.sleep(0.2)
+
+
+DAEMONS = ("secrets-store-csi-driver", "secrets-store-provider-azure")
 
 
 def provider_docs() -> list[dict[str, Any]]:
@@ -232,3 +252,178 @@ async def test_provider_daemonset_runs_as_written(world: World) -> None:
         RUNTIME_NAME,
         __version__,
     )
+
+
+def _replace_paths(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, list):
+        return [_replace_paths(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_paths(v, old, new) for k, v in value.items()}
+    return value
+
+
+def driver_docs(kubelet_root: Path, apiserver: str) -> list[dict[str, Any]]:
+    """daemonset/secrets-store-csi-driver.yaml for this node: its kubelet root, the node's
+    network (no CNI), the API server on loopback (no Service network either), and only the
+    driver container: the registrar and livenessprobe images are not reachable here, so a
+    stand-in registers the socket from the node (tests/e2e/registrar.py) and the driver's
+    liveness probe, which the livenessprobe sidecar answers, is left out."""
+    docs = _replace_paths(
+        plain("secrets-store-csi-driver.yaml"), "/var/lib/kubelet", str(kubelet_root)
+    )
+    ds = find(docs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    spec["hostNetwork"] = True
+    spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    spec["containers"] = [c for c in spec["containers"] if c["name"] == "secrets-store"]
+    (driver,) = spec["containers"]
+    del driver["livenessProbe"]
+    host, port = apiserver.removeprefix("https://").rsplit(":", 1)
+    driver["env"] += [
+        {"name": "KUBERNETES_SERVICE_HOST", "value": host},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+    ]
+    return list(docs)
+
+
+async def test_driver_daemonset_mounts_a_pod_volume(world: World) -> None:
+    """The driver container as written (privileged, Bidirectional on the pods dir, the
+    kubelet's sockets, its ServiceAccount's token and daemonset/rbac.yaml): kubelet publishes
+    a pod's inline volume through it, the tmpfs it mounts inside its container reaches the
+    node and the app container, and unpublish removes it."""
+    from csi_driver.kube import SecretProviderClass, SecretProviderClassPodStatus
+    from tests.driver.harness import ProviderProcess
+    from tests.e2e.registrar import Registrar
+
+    admin, node = world.admin, world.node
+    for doc in driver_docs(node.root, world.cp.server):
+        await admin.apply(codecs.from_dict(doc), field_manager="tests", force=True)
+    csi_sock = node.root / "plugins" / "csi-secrets-store" / "csi.sock"
+    deadline = time.monotonic() + 90
+    while not csi_sock.exists():
+        assert time.monotonic() < deadline, f"no driver socket:\n{node.log('kubelet')[-3000:]}"
+        node._alive("kubelet")
+        await asyncio.sleep(0.3)
+    registrar = Registrar(node.root, DRIVER_NAME, csi_sock, world.tmp / "stubs")
+    registrar.start()
+    await asyncio.to_thread(SOCKET_DIR.mkdir, parents=True, exist_ok=True)
+    fake = ProviderProcess(SOCKET_DIR / "fake.sock", world.tmp / "fake-provider.log")
+    fake.start()
+    try:
+        await asyncio.to_thread(registrar.registered.wait, 60)
+        assert registrar.registered.is_set(), f"not registered: {registrar.errors}"
+        await admin.apply(
+            SecretProviderClass.from_dict(
+                {
+                    "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                    "kind": "SecretProviderClass",
+                    "metadata": {"name": "on-node", "namespace": "default"},
+                    "spec": {
+                        "provider": "fake",
+                        "parameters": {"fake.files": '{"hello.txt": "mounted by the DaemonSet"}'},
+                    },
+                }
+            ),
+            field_manager="tests",
+        )
+        app = Pod.from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "app", "namespace": "default"},
+                "spec": {
+                    "hostNetwork": True,
+                    "terminationGracePeriodSeconds": 1,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": images.BUSYBOX_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": [
+                                "/bin/sh",
+                                "-c",
+                                "cat /mnt/secrets/hello.txt; trap 'exit 0' TERM; sleep 3600 & wait",
+                            ],
+                            "volumeMounts": [
+                                {"name": "s", "mountPath": "/mnt/secrets", "readOnly": True}
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "s",
+                            "csi": {
+                                "driver": DRIVER_NAME,
+                                "readOnly": True,
+                                "volumeAttributes": {"secretProviderClass": "on-node"},
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+        assert isinstance(app, Pod)
+        pod = await admin.create(app)
+        assert pod.metadata is not None and pod.metadata.uid is not None
+        uid = pod.metadata.uid
+        running = False
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not running:
+            pod = await admin.get(Pod, "app", namespace="default")
+            running = pod.status is not None and pod.status.phase == "Running"
+            await asyncio.sleep(0.3)
+        assert running, f"app pod not Running: {pod.status}\n{node.log('kubelet')[-3000:]}"
+        target = node.root / "pods" / uid / "volumes" / "kubernetes.io~csi" / "s" / "mount"
+        # mounted inside the driver's container, visible on the node (Bidirectional)
+        assert await asyncio.to_thread(_is_tmpfs_mount, target)
+        assert (target / "hello.txt").read_text() == "mounted by the DaemonSet"
+        # and in the app container
+        seen = await asyncio.to_thread(
+            _kubectl, world, "exec", "-n", "default", "app", "--", "cat", "/mnt/secrets/hello.txt"
+        )
+        assert seen == "mounted by the DaemonSet"
+        # written through the API with the driver pod's own ServiceAccount token
+        statuses = [
+            st async for st in admin.list(SecretProviderClassPodStatus, namespace="default")
+        ]
+        assert [st["status"]["podName"] for st in statuses] == ["app"]
+        assert statuses[0]["metadata"]["labels"] == {
+            "internal.secrets-store.csi.k8s.io/node-name": NODE_NAME
+        }
+        await admin.delete(Pod, "app", namespace="default")
+        for _ in range(150):
+            if not await asyncio.to_thread(_is_tmpfs_mount, target) and not target.exists():
+                break
+            await asyncio.sleep(0.2)
+        assert not await asyncio.to_thread(_is_tmpfs_mount, target), "still mounted"
+    finally:
+        fake.stop()
+        registrar.stop()
+
+
+def _kubectl(world: World, *args: str) -> str:
+    proc = subprocess.run(
+        [
+            str(peer("kubectl")),
+            f"--kubeconfig={world.cp.admin_kubeconfig}",
+            f"--cache-dir={world.tmp / 'kubectl-cache'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _is_tmpfs_mount(path: Path) -> bool:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(path):
+            return fields[fields.index("-") + 1] == "tmpfs"
+    return False
