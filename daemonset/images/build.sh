@@ -152,7 +152,8 @@ wait "$builder_pid" || die "the builder rootfs failed"
 base=$(base_image base)
 builder=$(base_image builder)
 
-source_url=${IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null || printf 'file://%s' "$root")}
+source_url=${IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null || printf '%s' "$root")}
+case $source_url in /*) source_url="file://$source_url" ;; esac  # a clone of a local path
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 if [ "$revision" != unknown ] && [ -n "$(git status --porcelain -- secrets_store_api csi_driver provider_azure pyproject.toml daemonset/images 2>/dev/null)" ]; then
   revision="$revision-dirty"
