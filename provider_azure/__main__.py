@@ -13,6 +13,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from prometheus_client import disable_created_metrics
+
 from . import __version__, clouds, flags, logs
 from .errors import ProviderError
 
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"version": __version__, "buildDate": ""}, separators=(",", ":")))
         raise SystemExit(0)
     log.info("Starting Azure Key Vault Provider", extra={"version": __version__})
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # upstream exports no *_created
     try:
         code = _run(serve(opts))
     except (ValueError, OSError, ProviderError) as exc:

@@ -61,6 +61,7 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
         assert "keyvault_request_count{" in metrics and 'object_name="plain"' in metrics
         assert "grpc_request_count{" in metrics and 'grpc_code="OK"' in metrics
         assert 'grpc_method="/v1alpha1.CSIDriverProvider/Mount"' in metrics
+        assert "_created" not in metrics  # upstream's exporter has no creation-time gauges
 
         # A failing mount with a client secret: the secret is never echoed or logged.
         bad = attributes(
