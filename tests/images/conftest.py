@@ -90,12 +90,15 @@ class Container:
         volumes: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         user: str | None = None,
+        caps: tuple[str, ...] = (),
     ) -> list[str]:
         """`buildah run` of command as the image's USER (or user), with bind mounts
         (host:ctr[:ro])."""
         args = ["buildah", "run", "--isolation", "chroot", "--network", "host"]
         if user is not None:
             args += ["--user", user]
+        for cap in caps:
+            args += ["--cap-add", cap]
         for volume in volumes:
             args += ["--volume", volume]
         for key, value in (env or {}).items():

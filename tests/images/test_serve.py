@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import pytest
 import yaml
 
 from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET, TENANT_ID, Emulator
@@ -163,18 +164,43 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _daemon_pid(parent: int, marker: str) -> int | None:
+    """The pid of the process under `parent` (buildah run) whose command line has marker."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo = list(children.get(parent, []))
+    while todo:
+        pid = todo.pop()
+        try:
+            if marker in (Path(f"/proc/{pid}/cmdline")).read_bytes().decode(errors="replace"):
+                return pid
+        except OSError:
+            pass
+        todo.extend(children.get(pid, []))
+    return None
+
+
+@pytest.mark.parametrize("as_root", [False, True], ids=["uid-65532", "root-tmpfs"])
 def test_both_images_publish_and_rotate_standalone(
-    driver_image: Image, provider_image: Image, emulator: Emulator, tmp_path: Path
+    driver_image: Image, provider_image: Image, emulator: Emulator, tmp_path: Path, as_root: bool
 ) -> None:
     """The driver image in standalone mode, through the provider image's socket: the secret
-    lands in the target directory, then follows a change in Key Vault."""
+    lands in the target directory, then follows a change in Key Vault. Not root, the driver
+    writes into the directory; as root (with CAP_SYS_ADMIN, as the privileged DaemonSet
+    container has it) it mounts a tmpfs there, seen through /proc/<pid>/root since the mount
+    lives in the container's mount namespace."""
     name, value = _unique_secret(emulator)
     # the target is a directory inside the bind mount: standalone refuses a mount point
     sock_dir, out = tmp_path / "provider", tmp_path / "out"
-    target = out / "target"
     sock_dir.mkdir()
     out.mkdir()
-    target.mkdir()
+    (out / "target").mkdir()
     spc = tmp_path / "spc.yaml"
     spc.write_text(
         yaml.safe_dump(
@@ -198,10 +224,9 @@ def test_both_images_publish_and_rotate_standalone(
     creds = tmp_path / "sp.yaml"
     creds.write_text(yaml.safe_dump({"clientid": SP_READER_ID, "clientsecret": SP_READER_SECRET}))
     creds.chmod(0o600)
-    # Not root, so the driver writes into the directory rather than mounting a tmpfs there
-    # (a mount inside the build container would not be seen from the test's side).
-    for path in (out, target, spc, creds):
-        os.chown(path, UID, UID)
+    if not as_root:
+        for path in (out, out / "target", spc, creds):
+            os.chown(path, UID, UID)
     provider_log, driver_log = tmp_path / "provider.log", tmp_path / "driver.log"
     with (
         provider_image.container() as pctr,
@@ -225,15 +250,35 @@ def test_both_images_publish_and_rotate_standalone(
                 f"{out}:/out",
                 f"{sock_dir}:/providers",
             ),
-            user=f"{UID}:{UID}",
+            user=None if as_root else f"{UID}:{UID}",
+            caps=("CAP_SYS_ADMIN",) if as_root else (),
         )
         proc = subprocess.Popen(argv, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
         try:
+            target = out / "target"
+            if as_root:
+                _wait_for(
+                    lambda: _daemon_pid(proc.pid, "standalone") is not None,
+                    30,
+                    "driver process",
+                    proc,
+                    driver_log,
+                )
+                pid = _daemon_pid(proc.pid, "standalone")
+                target = Path(f"/proc/{pid}/root/out/target")
             _wait_for(lambda: _read(target / "app") == value, 30, "first publish", proc, driver_log)
             emulator.set_secret(VAULT, name, value + "-v2")
             _wait_for(
                 lambda: _read(target / "app") == value + "-v2", 15, "rotation", proc, driver_log
             )
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text() if as_root else ""
+            on_tmpfs = any(
+                line.split()[4] == "/out/target" and " - tmpfs " in line
+                for line in mounts.splitlines()
+            )
+            assert on_tmpfs is as_root
+            # on the test's side of the bind mount: files only when no tmpfs hides them
+            assert (_read(out / "target" / "app") is not None) is not as_root
         finally:
             _stop(proc)
     logs = driver_log.read_text() + provider_log.read_text()
