@@ -20,6 +20,7 @@ import yaml
 
 from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET, TENANT_ID, Emulator
 from secrets_store_api import csi_pb2, csi_pb2_grpc
+from tests.kube.controlplane import free_port
 from tests.provider.helpers import attributes, objects_yaml
 from tests.provider.procs import ProviderProcess
 
@@ -42,14 +43,18 @@ def _trust_volume() -> str:
 
 
 @contextmanager
-def _provider(image: Image, ctr: Container, sock_dir: Path, log: Path) -> Iterator[ProviderProcess]:
+def _provider(
+    image: Image, ctr: Container, sock_dir: Path, log: Path
+) -> Iterator[tuple[ProviderProcess, int, int]]:
+    """The provider from its image, with its healthz and prometheus ports."""
     os.chown(sock_dir, UID, UID)  # the provider runs as the image's non-root user
+    healthz, prometheus = free_port(), free_port()
     argv = ctr.argv(
         [
             *image.config["Entrypoint"],
             "--endpoint=unix:///provider/azure.sock",
-            "--healthz-port=38989",
-            "--prometheus-port=38898",
+            f"--healthz-port={healthz}",
+            f"--prometheus-port={prometheus}",
         ],
         volumes=(f"{sock_dir}:/provider", _trust_volume()),
         env={"SSL_CERT_FILE": TRUST, "REQUESTS_CA_BUNDLE": TRUST},
@@ -61,7 +66,7 @@ def _provider(image: Image, ctr: Container, sock_dir: Path, log: Path) -> Iterat
         proc.stop()
         raise AssertionError(f"{e}\n{log.read_text()}") from e
     try:
-        yield proc
+        yield proc, healthz, prometheus
     finally:
         proc.stop()
 
@@ -73,7 +78,10 @@ def test_provider_image_serves_a_mount(
     sock_dir = tmp_path / "provider"
     sock_dir.mkdir()
     log = tmp_path / "provider.log"
-    with provider_image.container() as ctr, _provider(provider_image, ctr, sock_dir, log) as p:
+    with (
+        provider_image.container() as ctr,
+        _provider(provider_image, ctr, sock_dir, log) as (p, healthz, prometheus),
+    ):
         assert (sock_dir / "azure.sock").stat().st_uid == UID  # made by the non-root process
         response = p.mount(
             attributes(
@@ -87,9 +95,9 @@ def test_provider_image_serves_a_mount(
         assert [(f.path, f.mode, f.contents) for f in response.files] == [
             (name, 0o644, value.encode())
         ]
-        with urllib.request.urlopen("http://127.0.0.1:38989/healthz", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{healthz}/healthz", timeout=5) as r:
             assert r.read() == b"ok"
-        with urllib.request.urlopen("http://127.0.0.1:38898/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{prometheus}/metrics", timeout=5) as r:
             assert "# TYPE keyvault_request histogram" in r.read().decode()
     assert value not in log.read_text()  # secret material never logged
 
@@ -117,6 +125,7 @@ def test_driver_image_answers_csi_identity(driver_image: Image, tmp_path: Path) 
     csi_dir.mkdir()
     providers.mkdir()
     log = tmp_path / "driver.log"
+    metrics = free_port()
     with driver_image.container() as ctr, log.open("wb") as out:
         argv = ctr.argv(
             [
@@ -124,7 +133,7 @@ def test_driver_image_answers_csi_identity(driver_image: Image, tmp_path: Path) 
                 "--endpoint=unix:///csi/csi.sock",
                 "--nodeid=image-node",
                 "--provider-volume=/providers",
-                "--metrics-addr=127.0.0.1:38095",
+                f"--metrics-addr=127.0.0.1:{metrics}",
             ],
             volumes=(f"{csi_dir}:/csi", f"{providers}:/providers"),
         )
@@ -140,7 +149,7 @@ def test_driver_image_answers_csi_identity(driver_image: Image, tmp_path: Path) 
                 assert node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10).node_id == (
                     "image-node"
                 )
-            with urllib.request.urlopen("http://127.0.0.1:38095/metrics", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
                 assert "# TYPE node_publish_total counter" in r.read().decode()
         finally:
             _stop(proc)
