@@ -16,6 +16,11 @@ import pytest
 from .conftest import IMAGES, IMAGES_DIR, ROOT, VERSION, Image, missing
 
 PROVIDER_UID = 65532
+# third-party packages an image must not carry: the other daemon's dependencies
+FOREIGN = {
+    "driver": {"azure", "aiohttp", "uvloop", "msal", "requests"},
+    "provider-azure": {"lightkube", "httpx2"},
+}
 
 
 def test_entrypoint_is_the_console_script(image: Image) -> None:
@@ -74,6 +79,7 @@ def test_only_what_the_daemon_needs(image: Image) -> None:
         assert {package, "secrets_store_api"} <= top
         for unwanted in (*other_packages, "keyvault_emulator", "tests", "demo", "bench"):
             assert unwanted not in top, unwanted
+        assert not top & FOREIGN[image.name]
         # the project's own files: only its package and the shared API
         (record,) = site.glob("secrets_store_csi_python-*.dist-info/RECORD")
         roots = {line.split("/", 1)[0] for line in record.read_text().splitlines()}
