@@ -5,11 +5,16 @@ daemonset/rbac.yaml, and clear failures for values this implementation refuses."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import yaml
+
+from tests.kube.controlplane import ControlPlane
+from tests.peers.locate import peer
 
 from .conftest import Kubectl
 from .render import (
@@ -352,3 +357,61 @@ def test_good_durations_accepted(helm_bin: Path) -> None:
     for interval in ("1h30m", "500ms", "1.5m", "90s"):
         docs = render(helm_bin, {DRIVER: {"rotationPollInterval": interval}})
         assert f"--rotation-poll-interval={interval}" in driver_args(docs)
+
+
+@pytest.fixture
+def empty_cluster(tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane of its own with nothing applied, for a real `helm install`."""
+    cp = ControlPlane(tmp_path / "cp", peer("etcd"), peer("kube-apiserver"))
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+
+
+def test_helm_install_and_uninstall(helm_bin: Path, empty_cluster: ControlPlane) -> None:
+    """A real `helm install` on an empty cluster creates every object and prints how to check
+    the install; `helm uninstall` removes them all but the CRDs."""
+    kubeconfig = f"--kubeconfig={empty_cluster.admin_kubeconfig}"
+    proc = helm(
+        helm_bin,
+        "install",
+        "csi",
+        str(CHART),
+        "--namespace=kube-system",
+        kubeconfig,
+        "--set=secrets-store-csi-driver.enableSecretRotation=true",
+        "--set=secrets-store-csi-driver.rotationPollInterval=45s",
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert (
+        "kubectl get pods -n kube-system -l "
+        "'app in (secrets-store-csi-driver,secrets-store-provider-azure)' -o wide"
+    ) in notes
+    assert "Rotation: on, every 45s. Secret sync RBAC: off." in notes
+    assert "driver :8095/metrics, provider :8898/metrics" in notes
+    listed = helm(helm_bin, "get", "manifest", "csi", "--namespace=kube-system", kubeconfig)
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(listed.stdout) if d)
+    assert kinds.count("DaemonSet") == 2 and kinds.count("CustomResourceDefinition") == 2
+
+    proc = helm(helm_bin, "uninstall", "csi", "--namespace=kube-system", kubeconfig)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept due to the resource policy" in proc.stdout + proc.stderr
+    client = httpx.Client(
+        base_url=empty_cluster.server,
+        verify=str(empty_cluster.ca_file),
+        headers={"Authorization": f"Bearer {empty_cluster.admin_token}"},
+    )
+    with client:
+        crds = client.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()
+        assert sorted(c["metadata"]["name"] for c in crds["items"]) == [
+            "secretproviderclasses.secrets-store.csi.x-k8s.io",
+            "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+        ]
+        for path in (
+            "/apis/apps/v1/namespaces/kube-system/daemonsets",
+            "/apis/storage.k8s.io/v1/csidrivers",
+        ):
+            assert client.get(path).json()["items"] == [], path
