@@ -143,6 +143,9 @@ def provider(root: Path, world: Emulator) -> Iterator[ProviderProcess]:
 
 
 DriverFactory = Callable[..., DriverProcess]
+# The rotation drivers' node: their reconcilers see only these tests' mounts, never the pods
+# other driver tests left on node-1.
+ROTATION_NODE = "node-rotation"
 
 
 @pytest.fixture
@@ -157,6 +160,7 @@ def start_driver(
             kubeconfig=driver_kubeconfig,
             provider_dirs=(root / "rotation-providers", root / "rotation-providers-extra"),
             name=name or unique("rot-driver"),
+            node_id=ROTATION_NODE,
             extra=(
                 "--enable-secret-rotation=true",
                 f"--rotation-poll-interval={int(interval * 1000)}ms",
@@ -179,11 +183,15 @@ class Node:
     def __init__(self, client: AsyncClient, root: Path, driver: DriverProcess, ns: str) -> None:
         self.client = client
         self.ns = ns
-        self.kubelet = Kubelet(client, root / "kubelet-rotation", str(driver.socket))
+        self.kubelet = Kubelet(
+            client, root / "kubelet-rotation", str(driver.socket), node_name=ROTATION_NODE
+        )
         self.volumes: list[PodVolume] = []
 
     def use(self, driver: DriverProcess) -> None:
-        self.kubelet = Kubelet(self.client, self.kubelet.root, str(driver.socket))
+        self.kubelet = Kubelet(
+            self.client, self.kubelet.root, str(driver.socket), node_name=ROTATION_NODE
+        )
 
     async def pod(self, spc: str, **kw: Any) -> PodVolume:
         pod = await self.kubelet.create_pod(self.ns, unique("rot"), spc, **kw)

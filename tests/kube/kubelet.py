@@ -49,9 +49,12 @@ class PodVolume:
 
 
 class Kubelet:
-    def __init__(self, client: AsyncClient, root: Path, csi_socket: str) -> None:
+    def __init__(
+        self, client: AsyncClient, root: Path, csi_socket: str, node_name: str = NODE_NAME
+    ) -> None:
         self.client = client
         self.root = root
+        self.node_name = node_name  # pods are bound to it; the driver's --nodeid must match
         self.channel = aio.insecure_channel(f"unix://{csi_socket}")
         self.node = csi_pb2_grpc.NodeStub(self.channel)
 
@@ -73,7 +76,7 @@ class Kubelet:
         pod = Pod(
             metadata=ObjectMeta(name=name, namespace=namespace),
             spec=PodSpec(
-                nodeName=NODE_NAME,
+                nodeName=self.node_name,
                 serviceAccountName=service_account,
                 automountServiceAccountToken=False,
                 terminationGracePeriodSeconds=0,
