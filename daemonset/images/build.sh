@@ -66,7 +66,8 @@ declare -A base_packages=(
 base_setup() {
   local name=$1
   recipe=("${recipe_common[@]}" --include="${base_packages[$name]}" "$suite")
-  key=$(printf '%s\n' mmdebstrap "${recipe[@]}" | sha256sum | cut -c1-12)
+  # (v3: the .packages file starts with the Debian archives' Release dates)
+  key=$(printf '%s\n' mmdebstrap-v3 "${recipe[@]}" | sha256sum | cut -c1-12)
   tarball="$cache/$name-$suite-$key.tar"
   packages="$cache/$name-$suite-$key.packages"
   log="$cache/$name-$suite-$key.log"
@@ -82,7 +83,9 @@ base_rootfs() {
   say "base $name: mmdebstrap ${recipe[*]}"
   mkdir -p "$cache"
   if ! mmdebstrap --format=tar "${recipe[@]}" "$tarball.tmp" \
-    --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}=\${Version}\n" >"$1/.packages"' \
+    --customize-hook='{ for f in "$1"/var/lib/apt/lists/*_InRelease; do
+        printf "# %s: %s\n" "$(sed -n "s/^Codename: //p" "$f")" "$(sed -n "s/^Date: //p" "$f")"
+      done; chroot "$1" dpkg-query -W -f "\${Package}=\${Version}\n"; } >"$1/.packages"' \
     --customize-hook="copy-out /.packages $cache/$name.tmp" \
     --customize-hook='rm "$1/.packages"' >"$log" 2>&1; then
     tail -n 30 "$log" >&2
@@ -91,7 +94,9 @@ base_rootfs() {
   mv "$cache/$name.tmp/.packages" "$packages"
   rmdir "$cache/$name.tmp"
   mv "$tarball.tmp" "$tarball"
-  say "base $name: rootfs $(du -m "$tarball" | cut -f1) MB, $(wc -l <"$packages") packages, in $((SECONDS - start)) s"
+  # earlier recipes' files
+  find "$cache" -maxdepth 1 -name "$name-$suite-*" ! -name "$name-$suite-$key.*" -delete
+  say "base $name: rootfs $(du -m "$tarball" | cut -f1) MB, $(grep -vc '^#' "$packages") packages, in $((SECONDS - start)) s"
 }
 
 # base_image NAME: print the base image's name, importing the tarball when the image is missing.
@@ -105,6 +110,7 @@ base_image() {
     buildah add --quiet "$ctr" "$tarball" / >/dev/null
     buildah config --label "secrets-store-csi-python.base.recipe=mmdebstrap ${recipe[*]}" \
       --label "secrets-store-csi-python.base.packages-sha256=$(sha256sum <"$packages" | cut -c1-64)" \
+      --label "secrets-store-csi-python.base.debian-archives=$(sed -n 's/^# //p' "$packages" | paste -sd';' -)" \
       "$ctr"
     buildah commit --quiet --rm "$ctr" "$image" >/dev/null
   fi
@@ -195,6 +201,9 @@ for image in "${images[@]}"; do
   size=$(buildah images --format '{{.Size}}' "localhost/$name" | head -n1)
   say "$name: built in $((SECONDS - start)) s, $size"
 done
+# Base images of earlier recipes (in use by nothing now), then the builder stage's layers.
+buildah images --format '{{.Name}}:{{.Tag}}' | grep -E "^localhost/$prefix/(base|builder):" |
+  grep -vxF -e "$base" -e "$builder" | xargs -r buildah rmi >/dev/null 2>&1 || true
 # The builder stage's layers are untagged images: drop them (vfs stores each as a full copy).
 [ -z "$(buildah images --quiet --filter dangling=true 2>/dev/null)" ] ||
   buildah rmi --prune >/dev/null 2>&1 || true

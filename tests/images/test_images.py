@@ -49,6 +49,12 @@ def test_oci_labels(image: Image) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", labels["secrets-store-csi-python.inputs"])
     recipe = labels["secrets-store-csi-python.base.recipe"]
     assert "--variant=essential" in recipe and recipe.endswith(" bookworm")
+    # the Debian archives the base came from, by Release date (snapshot.debian.org's key)
+    archives = dict(
+        a.split(": ", 1) for a in labels["secrets-store-csi-python.base.debian-archives"].split(";")
+    )
+    assert {"bookworm", "bookworm-updates", "bookworm-security"} <= set(archives)
+    assert all(re.search(r"\d{4} \d\d:\d\d:\d\d UTC$", d) for d in archives.values())
 
 
 def test_provider_runs_as_non_root(provider_image: Image) -> None:
