@@ -8,17 +8,19 @@
 # 1. Two Debian bookworm root filesystems made with mmdebstrap from Debian's packages, the
 #    recipe (suite, variant, package list, dpkg filters) below. Each tarball is cached outside
 #    the repo under a name that hashes the recipe, so changing the recipe rebuilds it and
-#    nothing else does; the package versions each holds are written next to it (*.packages).
+#    nothing else does; the package versions each holds, and the Release date of each Debian
+#    archive used, are written next to it (*.packages).
 #    They become the base images localhost/secrets-store-csi-python/{base,builder}:bookworm-<hash>.
 # 2. `buildah build --isolation chroot` of daemonset/images/<image>.Containerfile: a builder
 #    stage installs the hashed lock file and the project's wheel into /opt/venv, the runtime
 #    stage copies only that venv onto the base.
-# An image whose inputs (Containerfile, ignore file, lock files, sources, base, version) are
-# unchanged is not rebuilt: their hash is stored in the image's label
+# An image whose inputs (this script, Containerfile, ignore file, lock files, sources, base,
+# version) are unchanged is not rebuilt: their hash is stored in the image's label
 # secrets-store-csi-python.inputs and compared first. FORCE=1 rebuilds the images anyway;
 # REFRESH_BASE=1 rebuilds the base root filesystems too (to pick up Debian updates).
 #
-# Environment: STORAGE_DRIVER (default vfs; overlay needs kernel support buildah may lack here),
+# Environment: STORAGE_DRIVER (default vfs, which needs no kernel overlay support; use the same
+# one for every buildah command on these images),
 # IMAGES_CACHE (default ~/.cache/secrets-store-csi-images), IMAGE_PREFIX (default
 # secrets-store-csi-python), IMAGE_SOURCE (the org.opencontainers.image.source label; default
 # the git remote `origin`). Arguments: image names to build (driver, provider-azure; default both).
