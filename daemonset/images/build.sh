@@ -23,7 +23,8 @@
 # one for every buildah command on these images),
 # IMAGES_CACHE (default ~/.cache/secrets-store-csi-images), IMAGE_PREFIX (default
 # secrets-store-csi-python), IMAGE_SOURCE (the org.opencontainers.image.source label; default
-# the git remote `origin`). Arguments: image names to build (driver, provider-azure; default both).
+# the git remote `origin`). Arguments: [--check] then image names (driver, provider-azure; default
+# both). --check builds nothing and exits 3 when an image is missing or out of date.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -136,6 +137,11 @@ inputs_hash() {
   } | sha256sum | cut -c1-64
 }
 
+check=
+if [ "${1:-}" = --check ]; then
+  check=1
+  shift
+fi
 images=("$@")
 [ ${#images[@]} -gt 0 ] || images=(driver provider-azure)
 for image in "${images[@]}"; do
@@ -149,6 +155,32 @@ exec 9>"$cache/.lock"
 if ! flock --nonblock 9; then
   say "waiting for another build.sh to finish"
   flock 9
+fi
+# --check: build nothing; exit 0 when every image is up to date, 3 when one would be built.
+if [ -n "$check" ]; then
+  status=0
+  for name in base builder; do
+    base_setup "$name"
+    if ! buildah inspect --type image "$image" >/dev/null 2>&1; then
+      say "base $name: $image missing"
+      status=3
+    fi
+  done
+  [ "$status" = 0 ] || exit "$status"
+  base_setup base && base=$image
+  base_setup builder && builder=$image
+  for image in "${images[@]}"; do
+    name="$prefix/$image:$version"
+    inputs=$(inputs_hash "$image" "$base" "$builder")
+    current=$(buildah inspect --type image --format '{{index .OCIv1.Config.Labels "secrets-store-csi-python.inputs"}}' "localhost/$name" 2>/dev/null || true)
+    if [ "$current" = "$inputs" ]; then
+      say "$name: up to date (inputs ${inputs:0:12})"
+    else
+      say "$name: would be built (inputs ${inputs:0:12}, image has ${current:-none})"
+      status=3
+    fi
+  done
+  exit "$status"
 fi
 # Both root filesystems at once (mostly downloads and dpkg): about 60 s cold.
 base_rootfs base &

@@ -8,12 +8,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from .conftest import IMAGES, IMAGES_DIR, ROOT, VERSION, Image, missing
+from .conftest import ENV, IMAGES, IMAGES_DIR, ROOT, VERSION, Image, missing
 
 PROVIDER_UID = 65532
 # third-party packages an image must not carry: the other daemon's dependencies
@@ -153,3 +154,22 @@ def test_lock_files_are_hashed_and_pinned(name: str) -> None:
     hashes = [line for line in lines if line.startswith("--hash=sha256:")]
     assert pins and len(pins) == len(hashes)
     assert all(re.fullmatch(r"[a-z0-9-]+==[^ ]+ \\", p) for p in pins), pins
+
+
+def test_build_skips_unchanged_images() -> None:
+    """`make test` has just built the images: build.sh's input hashes (computed again now, no
+    network) match the images' labels, so a second `make images` does nothing."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [str(IMAGES_DIR / "build.sh"), "--check"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    if done.returncode == 3:
+        missing(f"the images are older than the sources: run `make images`\n{done.stderr}")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(": up to date (inputs ") == len(IMAGES), done.stderr
+    assert elapsed < 20, f"build.sh --check took {elapsed:.1f} s"
