@@ -177,6 +177,41 @@ MATRIX: dict[str, tuple[dict[str, Any], tuple[Path, ...], str]] = {
         (),
         "kube-system",
     ),
+    # The values no other case sets: each must reach the rendered objects (test_chart).
+    "extras": (
+        {
+            "rbac": {"install": False},
+            "linux": {
+                "privileged": True,
+                "updateStrategy": {"type": "OnDelete", "rollingUpdate": None},
+                "affinity": None,
+                "volumes": [{"name": "extra", "emptyDir": {}}],
+                "volumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+            },
+            DRIVER: {
+                "rbac": {"install": False},
+                "linux": {
+                    "crds": {"enabled": False},
+                    "updateStrategy": {"type": "OnDelete", "rollingUpdate": None},
+                    "affinity": None,
+                    "daemonsetAnnotations": {"owner": "platform"},
+                    "podLabels": {"team": "platform"},
+                    "podAnnotations": {"prometheus.io/scrape": "true"},
+                    "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
+                    "additionalProvidersDirs": ["/opt/providers"],
+                    "volumes": [{"name": "extra", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+                    "registrar": {
+                        "logVerbosity": 2,
+                        "resources": {"limits": {"cpu": "50m", "memory": "50Mi"}},
+                    },
+                    "livenessProbe": {"resources": {"limits": {"cpu": "60m", "memory": "60Mi"}}},
+                },
+            },
+        },
+        (),
+        "kube-system",
+    ),
     "driver-not-installed": ({DRIVER: {"install": False}}, (), "kube-system"),
     "other-namespace": ({}, (), "default"),
     "upstream-values-file": ({}, (UPSTREAM_VALUES,), "kube-system"),

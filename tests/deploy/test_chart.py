@@ -415,3 +415,61 @@ def test_helm_install_and_uninstall(helm_bin: Path, empty_cluster: ControlPlane)
             "/apis/storage.k8s.io/v1/csidrivers",
         ):
             assert client.get(path).json()["items"] == [], path
+
+
+def test_less_common_values(helm_bin: Path) -> None:
+    """The values no other case sets reach the rendered objects: each would otherwise be
+    silently ignored by a template that misspells it."""
+    docs = render(helm_bin, MATRIX["extras"][0])
+    kinds = {d["kind"] for d in docs}
+    # rbac.install (provider ServiceAccount), secrets-store-csi-driver.rbac.install and
+    # .linux.crds.enabled turn their objects off.
+    assert "ServiceAccount" not in kinds
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    assert "CustomResourceDefinition" not in kinds
+    p = pod_spec(docs, "secrets-store-provider-azure")
+    (c,) = p["containers"]
+    # linux.privileged: the one switch that makes the provider privileged.
+    assert c["securityContext"]["privileged"] is True
+    assert "allowPrivilegeEscalation" not in c["securityContext"]
+    assert "affinity" not in p
+    assert {"name": "extra", "emptyDir": {}} in p["volumes"]
+    assert {"name": "extra", "mountPath": "/extra"} in c["volumeMounts"]
+    prov = find(docs, "DaemonSet", "secrets-store-provider-azure")
+    assert prov["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+    ds = find(docs, "DaemonSet", "secrets-store-csi-driver")
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert ds["metadata"]["annotations"] == {"owner": "platform"}
+    meta = ds["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "platform"
+    assert meta["annotations"]["prometheus.io/scrape"] == "true"
+    d = pod_spec(docs, "secrets-store-csi-driver")
+    assert "affinity" not in d
+    driver = container(ds, "secrets-store")
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"} in driver["env"]
+    assert "--additional-provider-volume-paths=/opt/providers" in driver["args"]
+    paths = {v["name"]: (v.get("hostPath") or {}).get("path") for v in d["volumes"]}
+    assert paths["providers-dir-0"] == "/opt/providers"
+    assert {"name": "extra", "emptyDir": {}} in d["volumes"]
+    mounts = {m["name"]: m["mountPath"] for m in driver["volumeMounts"]}
+    assert mounts["providers-dir-0"] == "/opt/providers" and mounts["extra"] == "/extra"
+    registrar = container(ds, "node-driver-registrar")
+    assert "--v=2" in registrar["args"]
+    assert registrar["resources"]["limits"] == {"cpu": "50m", "memory": "50Mi"}
+    probe = container(ds, "liveness-probe")
+    assert probe["resources"]["limits"] == {"cpu": "60m", "memory": "60Mi"}
+
+
+@pytest.mark.parametrize(
+    ("values", "gone"),
+    [
+        ({"linux": {"enabled": False}}, "secrets-store-provider-azure"),
+        ({DRIVER: {"linux": {"enabled": False}}}, "secrets-store-csi-driver"),
+    ],
+    ids=["provider", "driver"],
+)
+def test_linux_enabled_false(helm_bin: Path, values: dict[str, Any], gone: str) -> None:
+    docs = render(helm_bin, values)
+    daemonsets = names(docs, "DaemonSet")
+    assert gone not in daemonsets and len(daemonsets) == 1
