@@ -606,6 +606,29 @@ def test_every_grant_is_needed_by_a_named_behaviour() -> None:
     assert set(NEEDS.values()) == {*ALL, restart_recovery}
 
 
+# Each resource's API group, and the only objects of it the driver may touch (empty: any).
+SCOPE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "events": ("", ()),
+    "pods": ("", ()),
+    "secrets": ("", ()),
+    "serviceaccounts/token": ("", ()),
+    "secretproviderclasses": ("secrets-store.csi.x-k8s.io", ()),
+    "secretproviderclasspodstatuses": ("secrets-store.csi.x-k8s.io", ()),
+    "csidrivers": ("storage.k8s.io", ("secrets-store.csi.k8s.io",)),
+}
+
+
+def test_every_grant_is_no_broader_than_needed() -> None:
+    """The table above names (role, resource, verb); a rule can also grow by its API group
+    (`*` or another group) or by losing resourceNames, which no drop case would notice."""
+    for g in GRANTS:
+        assert "*" not in (g.group, g.resource, g.verb, *g.names), f"{g.id}: a wildcard"
+        assert (g.group, g.names) == SCOPE[g.resource], (
+            f"{g.id}: apiGroup {g.group!r} resourceNames {list(g.names)}, "
+            f"expected {SCOPE[g.resource]}"
+        )
+
+
 # ---- the cases, started together ---------------------------------------------------------------
 
 
