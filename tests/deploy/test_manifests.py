@@ -92,6 +92,53 @@ def test_driver_daemonset_as_the_seeds_show_it() -> None:
         assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
 
 
+def test_driver_daemonset_sockets_paths_and_sidecars() -> None:
+    """The three containers meet at one CSI socket, which kubelet finds through the
+    registration path; the node paths are kubelet's; the sidecars hold no privilege; the
+    driver container is probed (through the livenessprobe sidecar's port)."""
+    ds = find(plain("secrets-store-csi-driver.yaml"), "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert host["mountpoint-dir"] == "/var/lib/kubelet/pods"
+    assert host["registration-dir"] == "/var/lib/kubelet/plugins_registry/"
+    assert host["plugin-dir"] == "/var/lib/kubelet/plugins/csi-secrets-store/"
+    assert host["providers-dir"] == "/var/run/secrets-store-csi-providers"
+    assert host["providers-dir-0"] == "/etc/kubernetes/secrets-store-csi-providers"
+    node_socket = host["plugin-dir"] + "csi.sock"
+
+    def mounts(name: str) -> dict[str, str]:
+        return {m["name"]: m["mountPath"] for m in container(ds, name)["volumeMounts"]}
+
+    driver = container(ds, "secrets-store")
+    env = {e["name"]: e.get("value") for e in driver["env"]}
+    assert env["CSI_ENDPOINT"] == "unix:///csi/csi.sock"
+    assert mounts("secrets-store")["plugin-dir"] == "/csi"
+    assert driver["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+
+    registrar = container(ds, "node-driver-registrar")
+    assert "--csi-address=/csi/csi.sock" in registrar["args"]
+    assert f"--kubelet-registration-path={node_socket}" in registrar["args"]
+    assert (
+        f"--kubelet-registration-path={node_socket}"
+        in registrar["livenessProbe"]["exec"]["command"]
+    )
+    assert mounts("node-driver-registrar") == {
+        "plugin-dir": "/csi",
+        "registration-dir": "/registration",
+    }
+
+    probe = container(ds, "liveness-probe")
+    assert "--csi-address=/csi/csi.sock" in probe["args"]
+    assert mounts("liveness-probe") == {"plugin-dir": "/csi"}
+
+    for name in ("node-driver-registrar", "liveness-probe"):
+        sc = container(ds, name)["securityContext"]
+        assert not sc.get("privileged"), name
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["capabilities"] == {"drop": ["ALL"]}, name
+
+
 def test_provider_daemonset_least_privilege() -> None:
     docs = plain("provider-azure.yaml")
     sa = find(docs, "ServiceAccount")
