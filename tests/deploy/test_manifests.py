@@ -208,6 +208,20 @@ async def test_csidriver_and_roles_as_upstream(admin_client: AsyncClient) -> Non
         await admin_client.get(ClusterRole, name)
 
 
+def test_crds_serve_v1_and_v1alpha1(kubectl: Kubectl) -> None:
+    """Both CRDs as applied: v1 served and stored, v1alpha1 served (objects written with the
+    old version keep working), as the API server's discovery lists them."""
+    for doc_file in ("crd-secretproviderclasses.yaml", "crd-secretproviderclasspodstatuses.yaml"):
+        crd = find(plain(doc_file), "CustomResourceDefinition")
+        versions = {v["name"]: (v["served"], v["storage"]) for v in crd["spec"]["versions"]}
+        assert versions == {"v1": (True, True), "v1alpha1": (True, False)}, doc_file
+    for version in ("v1", "v1alpha1"):
+        proc = kubectl("get", "--raw", f"/apis/secrets-store.csi.x-k8s.io/{version}")
+        assert proc.returncode == 0, proc.stderr
+        served = {r["name"] for r in json.loads(proc.stdout)["resources"]}
+        assert {"secretproviderclasses", "secretproviderclasspodstatuses"} <= served, version
+
+
 NODE = "deploy-test-node"
 
 
