@@ -175,8 +175,10 @@ def test_token_requests_from_values(helm_bin: Path) -> None:
     spec = find(render(helm_bin, values), "CSIDriver")["spec"]
     assert spec["tokenRequests"] == values[DRIVER]["tokenRequests"]
     assert spec["serviceAccountTokenInSecrets"] is True  # Kubernetes >= 1.35
-    old = render_kube(helm_bin, "1.34.0")
-    assert "serviceAccountTokenInSecrets" not in find(old, "CSIDriver")["spec"]
+    # the field's first release is 1.35: both sides of the gate
+    for version, present in (("1.34.9", False), ("1.35.0", True)):
+        spec = find(render_kube(helm_bin, version), "CSIDriver")["spec"]
+        assert ("serviceAccountTokenInSecrets" in spec) is present, version
 
 
 def render_kube(helm_bin: Path, version: str) -> list[Doc]:
