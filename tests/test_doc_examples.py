@@ -553,7 +553,12 @@ def _anchors(markdown: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "doc", ["README.md", "docs/troubleshooting.md", "docs/metrics.md", "docs/rotation.md"]
+    "doc",
+    [
+        "README.md",
+        "daemonset/chart/README.md",
+        *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")),
+    ],
 )
 def test_relative_links_resolve(doc: str) -> None:
     path = REPO / doc
