@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from lightkube import AsyncClient
@@ -71,3 +75,34 @@ def test_metric_exposition_as_upstream(driver: DriverProcess) -> None:
     ):
         assert f"# TYPE {name} counter" in text
     assert "_created" not in text  # upstream's exporter has no *_created series
+
+
+def test_busy_metrics_port_fails_before_the_socket(tmp_path: Path) -> None:
+    """A --metrics-addr already in use: the driver says so in one line and exits before its
+    CSI socket exists (a socket left by a dead driver looks like a live one to whoever waits
+    for it: kubelet's registrar, or the tests' harness)."""
+    sock = tmp_path / "csi.sock"
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        addr = f"127.0.0.1:{busy.getsockname()[1]}"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "csi_driver",
+                f"--endpoint=unix://{sock}",
+                "--nodeid=node-busy",
+                f"--provider-volume={tmp_path}",
+                f"--metrics-addr={addr}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"--metrics-addr={addr}" in done.stderr and "in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not sock.exists()
