@@ -93,6 +93,18 @@ class Driver:
             IdentityServicer(self.config.driver_name, __version__), self.server
         )
         csi_pb2_grpc.add_NodeServicer_to_server(NodeServicer(self.node), self.server)
+        # Before the socket: a driver that cannot serve its metrics exits without leaving a
+        # csi.sock that looks alive to whoever waits for it.
+        if self.config.metrics_addr:
+            try:
+                self._metrics_server = metrics.serve(
+                    self.config.metrics_addr, self.metrics.registry
+                )
+            except OSError as e:
+                raise SystemExit(
+                    f"failed to start the metrics server on --metrics-addr="
+                    f"{self.config.metrics_addr}: {e.strerror or e}"
+                ) from None
         if scheme == "unix":
             os.makedirs(os.path.dirname(address) or "/", exist_ok=True)
             _remove_stale_socket(address)
@@ -100,8 +112,6 @@ class Driver:
             self.server.add_insecure_port(f"unix://{address}")
         else:
             self.server.add_insecure_port(address)
-        if self.config.metrics_addr:
-            self._metrics_server = metrics.serve(self.config.metrics_addr, self.metrics.registry)
         await self.server.start()
         log.info(
             "driver %s %s listening on %s, node %s",
