@@ -335,6 +335,7 @@ def test_windows_refused(helm_bin: Path, values: dict[str, Any]) -> None:
         ({"linux": {"healthzTimeout": "5"}}, 'linux.healthzTimeout: "5" is not a duration'),
         ({"metricsAddr": "metrics"}, 'metricsAddr: "metrics" is not a port'),
         ({"linux": {"healthzPort": 70000}}, 'linux.healthzPort: "70000" is not a port'),
+        ({"linux": {"healthzPort": 0}}, 'linux.healthzPort: "0" is not a port'),
         (
             {DRIVER: {"linux": {"metricsAddr": ":http"}}},
             'secrets-store-csi-driver.linux.metricsAddr: ":http" is not a port',
@@ -475,3 +476,32 @@ def test_linux_enabled_false(helm_bin: Path, values: dict[str, Any], gone: str) 
     docs = render(helm_bin, values)
     daemonsets = names(docs, "DaemonSet")
     assert gone not in daemonsets and len(daemonsets) == 1
+
+
+@pytest.mark.parametrize(
+    ("sets", "line"),
+    [
+        ((), "Rotation: off. Secret sync RBAC: off."),
+        (
+            ("secrets-store-csi-driver.syncSecret.enabled=true",),
+            "Rotation: off. Secret sync RBAC: on.",
+        ),
+    ],
+    ids=["defaults", "sync-on"],
+)
+def test_notes_follow_values(
+    helm_bin: Path, control_plane: ControlPlane, sets: tuple[str, ...], line: str
+) -> None:
+    """What `helm install` prints says what was installed, both ways."""
+    proc = helm(
+        helm_bin,
+        "install",
+        "csi",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace=kube-system",
+        f"--kubeconfig={control_plane.admin_kubeconfig}",
+        *(f"--set={s}" for s in sets),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert line in proc.stdout.split("NOTES:", 1)[1], proc.stdout
