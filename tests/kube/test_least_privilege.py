@@ -560,6 +560,23 @@ async def restart_recovery(c: Case, g: Grant | None) -> None:
     assert (vol.target / "a").read_text() == "x"  # the mount itself is untouched
 
 
+async def rotation_event(c: Case, g: Grant | None) -> None:
+    """Rotation's own events: a denied one is an ERROR line naming the verb and the
+    ClusterRole (as secret sync's are), and the rotation itself still happens."""
+    spc = await c.spc({"a": "one"}, versions={"secret/s1": "v1"})
+    vol = await c.mount(spc)
+    obj = await c.admin.get(SecretProviderClass, spc, namespace=c.ns)
+    obj["spec"]["parameters"]["fake.files"] = json.dumps({"a": "two"})
+    obj["spec"]["parameters"]["fake.versions"] = json.dumps({"secret/s1": "v2"})
+    await c.admin.replace(obj)
+    if g is None:
+        await c.event(vol.pod, "MountRotationComplete", f"spc {c.ns}/{spc}")
+        return
+    line = await c.denied_log(g, "rotation: could not record event")
+    assert line.startswith("E"), line  # klog's ERROR
+    assert (vol.target / "a").read_text() == "two"
+
+
 # Which behaviour needs which grant: (ClusterRole, resource, verb) → behaviour.
 NEEDS: dict[tuple[str, str, str], Behaviour] = {
     (ROLE_BASE, "events", "create"): sync_failure_event,
@@ -593,6 +610,11 @@ ALL = [
     pod_adopted,
     rotation,
 ]  # and restart_recovery last: it restarts the driver
+# A second behaviour a grant's drop must show, run in its case with rotation on.
+ALSO: dict[tuple[str, str, str], Behaviour] = {
+    (ROLE_BASE, "events", "create"): rotation_event,
+}
+ROTATING = {rotation, rotation_event}
 
 
 def test_every_grant_is_needed_by_a_named_behaviour() -> None:
@@ -646,16 +668,17 @@ class Run:
 
     @property
     def rotation(self) -> bool:
-        return rotation in self.behaviours
+        return any(b in ROTATING for b in self.behaviours)
 
 
 def runs() -> list[Run]:
     out = []
     for g in GRANTS:
-        needs = NEEDS.get((g.role, g.resource, g.verb))
-        out.append(Run(g, (needs,) if needs else (), g.id))
-    out.append(Run(None, (*(b for b in ALL if b is not rotation), restart_recovery), "full"))
-    out.append(Run(None, (rotation,), "full-rotation"))
+        key = (g.role, g.resource, g.verb)
+        needs = tuple(b for b in (NEEDS.get(key), ALSO.get(key)) if b is not None)
+        out.append(Run(g, needs, g.id))
+    out.append(Run(None, (*(b for b in ALL if b not in ROTATING), restart_recovery), "full"))
+    out.append(Run(None, (rotation, rotation_event), "full-rotation"))
     return out
 
 
