@@ -22,11 +22,10 @@ import urllib.request
 from pathlib import Path
 
 from csi_driver import mounter
+from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
 from keyvault_emulator.testing import Emulator
 
 HERE = Path(__file__).resolve().parent
-TENANT = "11111111-2222-4333-8444-555555555555"
-CLIENT_ID, CLIENT_SECRET = "0d000001-0000-4000-8000-000000000001", "demo-client-secret"
 INTERVAL = "2s"  # the demo's --rotation-poll-interval
 WAIT_ROTATION = 10.0  # seconds: five intervals
 PROVIDER_METRICS, DRIVER_METRICS = "127.0.0.1:8898", "127.0.0.1:8095"
@@ -40,26 +39,7 @@ metadata:
   namespace: default
 spec:
   provider: azure
-  parameters:
-    usePodIdentity: "false"
-    keyvaultName: kv-demo
-    tenantId: {TENANT}
-    objects: |
-      array:
-        - |
-          objectName: username
-          objectType: secret
-          objectAlias: foo1
-        - |
-          objectName: signing-key
-          objectType: key
-        - |
-          objectName: web-cert
-          objectType: cert
-        - |
-          objectName: web-cert
-          objectType: secret
-          objectAlias: web-cert.pem
+{SPC_PARAMETERS}
 """
 # nodePublishSecretRef's data, as `kubectl create secret generic --from-literal` would hold it.
 SECRET = f"clientid: {CLIENT_ID}\nclientsecret: {CLIENT_SECRET}\n"

@@ -38,6 +38,7 @@ from lightkube.resources.storage_v1 import CSINode
 
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
+from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
 from keyvault_emulator.testing import Emulator
 
 # The test suite's node and control plane, imported by name: tests/ is outside the strictly
@@ -61,8 +62,6 @@ BINARIES, VERSIONS, peers_dir = _locate.BINARIES, _locate.VERSIONS, _locate.peer
 
 HERE = Path(__file__).resolve().parent
 DRIVER_NAME = "secrets-store.csi.k8s.io"
-TENANT = "11111111-2222-4333-8444-555555555555"
-CLIENT_ID, CLIENT_SECRET = "0d000001-0000-4000-8000-000000000001", "demo-client-secret"
 NAMESPACE = "default"
 POD = "busybox-secrets-store-inline"
 INTERVAL = 2.0  # the driver's --rotation-poll-interval, seconds
@@ -92,26 +91,7 @@ spec:
       objectName: web-cert.pem
     secretName: web-tls
     type: kubernetes.io/tls
-  parameters:
-    usePodIdentity: "false"
-    keyvaultName: kv-demo
-    tenantId: {TENANT}
-    objects: |
-      array:
-        - |
-          objectName: username
-          objectType: secret
-          objectAlias: foo1
-        - |
-          objectName: signing-key
-          objectType: key
-        - |
-          objectName: web-cert
-          objectType: cert
-        - |
-          objectName: web-cert
-          objectType: secret
-          objectAlias: web-cert.pem
+{SPC_PARAMETERS}
 """
 
 # The container prints its env var, then every value of foo1 it sees (its logs show the
