@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.peers.locate import peer
+from tests.peers.locate import peer, require_programs
 
 pytestmark = pytest.mark.peers
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,19 +31,12 @@ PEERS = (
 )
 
 
-def _require_debian(*programs: str) -> None:
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        message = f"demo-cluster needs {', '.join(missing)}: run `make deb`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def test_demo_cluster_mounts_syncs_rotates_and_cleans_up() -> None:
     for name in PEERS:
         peer(name)  # fails under CI=true, skips elsewhere, when `make peers` has not run
-    _require_debian("containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox")
+    require_programs(
+        "containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", who="demo-cluster"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("NETNS_RUN_INSIDE", "SSL_CERT_FILE")}
     proc = subprocess.run(
         [str(ROOT / "tests" / "netns-run"), sys.executable, "-m", "demo.cluster"],

@@ -41,7 +41,7 @@ from secrets_store_api import provider_pb2, provider_pb2_grpc
 from tests.e2e import images
 from tests.e2e.node import NODE_NAME, Node, NodeControlPlane, reap_stale
 from tests.kube.fixtures import prepare_cluster
-from tests.peers.locate import peer
+from tests.peers.locate import missing, peer
 
 from .render import find, plain
 
@@ -52,17 +52,11 @@ DRIVER_NAME = "secrets-store.csi.k8s.io"
 SOCKET_DIR = Path("/var/run/secrets-store-csi-providers")
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def export_image(name: str, out: Path) -> Path:
     """The image `make images` left in buildah's storage, as a docker-archive containerd
     imports, named as the manifest names it (docker.io/ is what containerd makes of it)."""
     if shutil.which("buildah") is None:
-        _missing("buildah is missing: run `make deb`")
+        missing("buildah is missing: run `make deb`")
     env = {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs")}
     proc = subprocess.run(
         ["buildah", "push", f"localhost/{name}", f"docker-archive:{out}:docker.io/{name}"],
@@ -72,7 +66,7 @@ def export_image(name: str, out: Path) -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        _missing(f"image {name} not built (run `make images`): {proc.stderr.strip()[-300:]}")
+        missing(f"image {name} not built (run `make images`): {proc.stderr.strip()[-300:]}")
     return out
 
 
@@ -88,7 +82,7 @@ class World:
 async def world() -> AsyncIterator[World]:
     for program in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
         if shutil.which(program) is None:
-            _missing(f"{program} is missing: run `make deb`")
+            missing(f"{program} is missing: run `make deb`")
     if os.environ.get("NETNS_RUN_INSIDE") != "1":
         pytest.fail("run inside tests/netns-run", pytrace=False)
     bins = {

@@ -34,7 +34,7 @@ from keyvault_emulator.testing import TENANT_ID, Emulator
 from tests.driver.harness import DriverProcess, ProviderProcess
 from tests.kube.controlplane import free_port
 from tests.kube.fixtures import driver_token_kubeconfig, prepare_cluster
-from tests.peers.locate import peer
+from tests.peers.locate import peer, require_programs
 
 from . import images
 from .node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
@@ -58,15 +58,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{next(_names)}"
-
-
-def _require_debian(*programs: str) -> None:
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        message = f"real-node tier needs {', '.join(missing)}: run `make deb`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @dataclass
@@ -188,7 +179,9 @@ def vault_resolves() -> Iterator[None]:
 
 @pytest.fixture(scope="package")  # torn down when the tier ends, not with the whole suite
 async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Cluster]:
-    _require_debian("containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox")
+    require_programs(
+        "containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", who="real-node tier"
+    )
     bins = {
         n: peer(n)
         for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")

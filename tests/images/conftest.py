@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.peers.locate import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = ROOT / "daemonset" / "images"
 PREFIX = os.environ.get("IMAGE_PREFIX", "secrets-store-csi-python")
@@ -36,12 +38,6 @@ IMAGES = {
     "driver": ("secrets-store-csi-driver", "csi_driver"),
     "provider-azure": ("secrets-store-provider-azure", "provider_azure"),
 }
-
-
-def missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def buildah(*args: str, timeout: float = 120) -> str:

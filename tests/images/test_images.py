@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENV, IMAGES, IMAGES_DIR, ROOT, VERSION, Image, missing
+from tests.peers.locate import missing
+
+from .conftest import ENV, IMAGES, IMAGES_DIR, ROOT, VERSION, Image
 
 PROVIDER_UID = 65532
 # third-party packages an image must not carry: the other daemon's dependencies

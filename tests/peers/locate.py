@@ -6,7 +6,9 @@ In CI (CI=true) a missing peer is a failure, never a skip: a skip would hide it.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -41,7 +43,19 @@ def peer(binary: str) -> Path:
     path = peers_dir() / f"{group}-{VERSIONS[group]}" / name
     if path.is_file() and os.access(path, os.X_OK):
         return path
-    message = f"test peer {binary} missing at {path}: run `make peers`"
+    missing(f"test peer {binary} missing at {path}: run `make peers`")
+
+
+def missing(message: str) -> NoReturn:
+    """Something a test needs is absent: a failure under CI=true (a skip would hide it),
+    a skip elsewhere."""
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
+        pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def require_programs(*programs: str, who: str) -> None:
+    """The Debian programs `who` needs (installed by `make deb`) are on PATH."""
+    absent = [p for p in programs if shutil.which(p) is None]
+    if absent:
+        missing(f"{who} needs {', '.join(absent)}: run `make deb`")
