@@ -9,7 +9,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,38 +146,58 @@ class Emulator:
         )
 
     async def handle_imds(self, request: web.Request) -> web.StreamResponse:
+        async def serve(named: Callable[[str], None]) -> web.StreamResponse:
+            route, params, other = self.imds_router.resolve(request.method, request.path)
+            if route is None:
+                return json_response(
+                    {"error": "not_found", "error_description": "Not found"},
+                    status=405 if other else 404,
+                )
+            named(route.template)
+            try:
+                return await route.handler(ImdsContext(request, self, params))
+            except ImdsError as exc:
+                return exc.response()
+
         identity = imds.identity_of(self, dict(request.query))
-        status, route_name, fault_id = 500, "?", None
+        return await self._observed("imds", request, "", identity, serve, latency=False)
+
+    async def _observed(
+        self,
+        service: str,
+        request: web.Request,
+        vault: str,
+        identity: str,
+        serve: Callable[[Callable[[str], None]], Awaitable[web.StreamResponse]],
+        *,
+        latency: bool = True,
+    ) -> web.StreamResponse:
+        """One request to `service`: an injected fault if one matches, else the configured
+        latency and `serve`; recorded in the request log either way (`serve` names the route
+        it matched through the callback it is given)."""
+        status, route_name, fault_id = 500, ["?"], None
         try:
-            fault = self.faults.take("imds", request.method, request.path, "", identity)
+            fault = self.faults.take(service, request.method, request.path, vault, identity)
             if fault is not None:
                 fault_id = fault.id
                 status = 0  # logged for a dropped connection; any answer overwrites it
-                resp = await self._apply_fault(request, fault, "imds")
+                resp = await self._apply_fault(request, fault, service)
                 if resp is not None:
                     status = resp.status
                     return resp
-            route, params, other = self.imds_router.resolve(request.method, request.path)
-            if route is None:
-                status = 405 if other else 404
-                return json_response(
-                    {"error": "not_found", "error_description": "Not found"}, status=status
-                )
-            route_name = route.template
-            try:
-                resp = await route.handler(ImdsContext(request, self, params))
-            except ImdsError as exc:
-                resp = exc.response()
+            if latency and self.latency_ms:
+                await asyncio.sleep(self.latency_ms / 1000)
+            resp = await serve(lambda name: route_name.__setitem__(0, name))
             status = resp.status
             return resp
         finally:
             _record(
                 self,
-                "imds",
+                service,
                 request.method,
                 request.path,
-                route_name,
-                "",
+                route_name[0],
+                vault,
                 identity,
                 status,
                 fault_id,
@@ -201,70 +221,32 @@ class Emulator:
             return json_response({"error": str(exc)}, status=400)
 
     async def _entra(self, request: web.Request) -> web.StreamResponse:
+        async def serve(named: Callable[[str], None]) -> web.StreamResponse:
+            route, params, other = self.entra_router.resolve(request.method, request.path)
+            if route is None:
+                return json_response(
+                    {"error": "invalid_request", "error_description": "Unknown endpoint."},
+                    status=405 if other else 404,
+                )
+            named(route.template)
+            try:
+                return await route.handler(EntraContext(request, self, params))
+            except EntraError as exc:
+                return exc.response()
+
         identity = ""
         if request.method == "POST":
             form = await request.post()
             identity = str(form.get("client_id", ""))
-        status, route_name, fault_id = 500, "?", None
-        try:
-            fault = self.faults.take("entra", request.method, request.path, "", identity)
-            if fault is not None:
-                fault_id = fault.id
-                status = 0  # logged for a dropped connection; any answer overwrites it
-                resp = await self._apply_fault(request, fault, "entra")
-                if resp is not None:
-                    status = resp.status
-                    return resp
-            if self.latency_ms:
-                await asyncio.sleep(self.latency_ms / 1000)
-            route, params, other = self.entra_router.resolve(request.method, request.path)
-            if route is None:
-                status = 405 if other else 404
-                return json_response(
-                    {"error": "invalid_request", "error_description": "Unknown endpoint."},
-                    status=status,
-                )
-            route_name = route.template
-            try:
-                resp = await route.handler(EntraContext(request, self, params))
-            except EntraError as exc:
-                resp = exc.response()
-            status = resp.status
-            return resp
-        finally:
-            _record(
-                self,
-                "entra",
-                request.method,
-                request.path,
-                route_name,
-                "",
-                identity,
-                status,
-                fault_id,
-            )
+        return await self._observed("entra", request, "", identity, serve)
 
     async def _kv(self, request: web.Request, host: str) -> web.StreamResponse:
         vault_name = host.split(".", 1)[0]
-        auth_header = request.headers.get("Authorization")
-        token = auth_header.split(" ", 1)[1].strip() if auth_header and " " in auth_header else ""
-        cached = self.authority.cached_caller(token) if token else None
-        identity = cached.client_id if cached else _unverified_appid(auth_header)
-        status, route_name, fault_id = 500, "?", None
-        try:
-            fault = self.faults.take("kv", request.method, request.path, vault_name, identity)
-            if fault is not None:
-                fault_id = fault.id
-                status = 0  # logged for a dropped connection; any answer overwrites it
-                resp = await self._apply_fault(request, fault, "kv")
-                if resp is not None:
-                    status = resp.status
-                    return resp
-            if self.latency_ms:
-                await asyncio.sleep(self.latency_ms / 1000)
+
+        async def serve(named: Callable[[str], None]) -> web.StreamResponse:
             route, params, other = self.kv_router.resolve(request.method, request.path)
             if route is not None:
-                route_name = route.template
+                named(route.template)
             try:
                 self.throttle.check(vault_name)
                 resp = await self._kv_dispatch(request, host, vault_name, route, params, other)
@@ -274,20 +256,13 @@ class Emulator:
             resp.headers["x-ms-keyvault-service-version"] = "1.9.0.0"
             resp.headers["x-ms-keyvault-region"] = "emulator"
             resp.headers["Cache-Control"] = "no-cache"
-            status = resp.status
             return resp
-        finally:
-            _record(
-                self,
-                "kv",
-                request.method,
-                request.path,
-                route_name,
-                vault_name,
-                identity,
-                status,
-                fault_id,
-            )
+
+        auth_header = request.headers.get("Authorization")
+        token = auth_header.split(" ", 1)[1].strip() if auth_header and " " in auth_header else ""
+        cached = self.authority.cached_caller(token) if token else None
+        identity = cached.client_id if cached else _unverified_appid(auth_header)
+        return await self._observed("kv", request, vault_name, identity, serve)
 
     async def _kv_dispatch(
         self,
