@@ -10,8 +10,10 @@ token), so a mount never rides on a token another identity earned.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.identity.aio import (
@@ -20,6 +22,7 @@ from azure.identity.aio import (
     ManagedIdentityCredential,
 )
 
+from .caches import BoundedLRU
 from .keyvault import ClientOptions, VaultClient
 from .parameters import Identity, IdentityMode, MountParameters
 from .ratelimit import TokenBucket
@@ -58,60 +61,135 @@ def build_credential(
     )
 
 
+@dataclass
+class _Lease:
+    """A cached object with the mounts using it: an evicted one is closed when the last
+    of them is done, never under a fetch in flight."""
+
+    thing: VaultClient | AsyncTokenCredential
+    users: int = 0
+    retired: bool = False
+
+    async def release(self) -> None:
+        self.users -= 1
+        if self.retired and self.users == 0:
+            await _close(self.thing)
+
+    async def retire(self) -> None:
+        self.retired = True
+        if self.users == 0:
+            await _close(self.thing)
+
+
+async def _close(thing: VaultClient | AsyncTokenCredential) -> None:
+    await asyncio.gather(thing.close(), return_exceptions=True)
+
+
+def identity_service(params: MountParameters) -> str:
+    """The service that issues this mount's tokens, as error messages name it."""
+    if params.identity.mode is IdentityMode.MANAGED_IDENTITY:
+        return "the managed identity endpoint (IMDS)"
+    return f"Entra ID ({params.cloud.authority_host})"
+
+
 class ClientCache:
     """One credential per identity and one VaultClient per (identity, vault), for the process.
 
-    Least recently used identities beyond `max_identities` are closed and dropped, so rotated
-    client secrets and short-lived service accounts do not accumulate."""
+    All three maps are bounded (least recently used dropped): identities, because client
+    secrets rotate and service accounts come and go; clients and rate limiters, because a pod
+    author chooses the vault name. A dropped credential or client is closed once no mount is
+    using it. Sizes and evictions are exported as `provider_cache_*` metrics."""
 
-    def __init__(self, options: ClientOptions | None = None, max_identities: int = 256) -> None:
+    def __init__(
+        self,
+        options: ClientOptions | None = None,
+        max_identities: int = 256,
+        max_clients: int = 64,
+        max_vaults: int = 1024,
+    ) -> None:
         self.options = options or ClientOptions()
-        self.max_identities = max_identities
-        self._credentials: OrderedDict[
-            tuple[str, ...], tuple[AsyncTokenCredential, _Assertion | None]
-        ] = OrderedDict()
-        self._clients: dict[tuple[tuple[str, ...], str], VaultClient] = {}
+        self._credentials: BoundedLRU[tuple[str, ...], tuple[_Lease, _Assertion | None]] = (
+            BoundedLRU("credentials", max_identities)
+        )
+        self._clients: BoundedLRU[tuple[tuple[str, ...], str], _Lease] = BoundedLRU(
+            "vault clients", max_clients
+        )
         # Key Vault's limit is per vault, whichever identity asks.
-        self._limiters: dict[str, TokenBucket] = {}
+        self._limiters: BoundedLRU[str, TokenBucket] = BoundedLRU("rate limiters", max_vaults)
         self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()
         self.credentials_built = 0
 
-    async def client_for(self, params: MountParameters) -> VaultClient:
+    def caches(self) -> tuple[BoundedLRU[Any, Any], ...]:
+        return (self._credentials, self._clients, self._limiters)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, params: MountParameters) -> AsyncIterator[VaultClient]:
+        """The client for this mount's identity and vault, kept open while the mount uses it."""
+        async with self._lock:
+            credential, client = self._credential(params), self._client(params)
+            credential.users += 1
+            client.users += 1
+        try:
+            assert isinstance(client.thing, VaultClient)
+            yield client.thing
+        finally:
+            await client.release()
+            await credential.release()
+
+    def _credential(self, params: MountParameters) -> _Lease:
         authority = params.cloud.authority_host
         key = params.identity.cache_key(authority)
-        async with self._lock:
-            entry = self._credentials.get(key)
-            if entry is None:
-                entry = build_credential(params.identity, authority)
-                self._credentials[key] = entry
-                self.credentials_built += 1
-                await self._evict()
-            self._credentials.move_to_end(key)
-            credential, holder = entry
-            if holder is not None:
-                holder.token = params.identity.assertion
-            client_key = (key, params.vault_url)
-            client = self._clients.get(client_key)
-            if client is None:
-                limiter = self._limiters.setdefault(params.vault_url, TokenBucket())
-                client = VaultClient(
-                    params.vault_name, params.vault_url, credential, self.options, limiter
-                )
-                self._clients[client_key] = client
-            return client
+        entry = self._credentials.get(key)
+        if entry is None:
+            credential, holder = build_credential(params.identity, authority)
+            entry = (_Lease(credential), holder)
+            self.credentials_built += 1
+            for old_key, (old, _) in self._credentials.put(key, entry):
+                self._retire(old, *(k for k in self._clients if k[0] == old_key))
+        lease, holder = entry
+        if holder is not None:
+            holder.token = params.identity.assertion
+        return lease
 
-    async def _evict(self) -> None:
-        while len(self._credentials) > self.max_identities:
-            old_key, (credential, _) = self._credentials.popitem(last=False)
-            stale = [k for k in self._clients if k[0] == old_key]
-            clients = [self._clients.pop(k) for k in stale]
-            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-            await asyncio.gather(credential.close(), return_exceptions=True)
+    def _client(self, params: MountParameters) -> _Lease:
+        key = params.identity.cache_key(params.cloud.authority_host)
+        client_key = (key, params.vault_url)
+        lease = self._clients.get(client_key)
+        if lease is None:
+            limiter = self._limiters.get(params.vault_url)
+            if limiter is None:
+                limiter = TokenBucket()
+                self._limiters.put(params.vault_url, limiter)
+            credential = self._credentials.get(key)
+            assert credential is not None
+            thing = credential[0].thing
+            assert not isinstance(thing, VaultClient)
+            lease = _Lease(
+                VaultClient(
+                    params.vault_name,
+                    params.vault_url,
+                    thing,
+                    self.options,
+                    limiter,
+                    identity_service=identity_service(params),
+                )
+            )
+            for _, old in self._clients.put(client_key, lease):
+                self._retire(old)
+        return lease
+
+    def _retire(self, lease: _Lease, *client_keys: tuple[tuple[str, ...], str]) -> None:
+        """Close `lease` (and the clients built on it) once unused, without holding the lock."""
+        leases = [lease, *(c for c in map(self._clients.pop, client_keys) if c is not None)]
+        for item in leases:
+            task = asyncio.ensure_future(item.retire())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        clients = list(self._clients.values())
-        credentials = [c for c, _ in self._credentials.values()]
-        self._clients.clear()
-        self._credentials.clear()
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-        await asyncio.gather(*(c.close() for c in credentials), return_exceptions=True)
+        leases = [lease for _, lease in self._clients.clear()]
+        leases += [lease for _, (lease, _) in self._credentials.clear()]
+        self._limiters.clear()
+        await asyncio.gather(*(_close(lease.thing) for lease in leases), return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import invalid
+from .limits import MAX_ENV_FILE, cut
 
 ENVIRONMENT_FILEPATH = "AZURE_ENVIRONMENT_FILEPATH"
 
@@ -70,33 +72,47 @@ def from_name(name: str, env_file: str = "") -> CloudEnvironment:
         path = env_file or os.environ.get(ENVIRONMENT_FILEPATH, "")
         if not path:
             raise invalid(
-                f"cloudName {name} is not valid: AzureStackCloud needs cloudEnvFileName "
+                f"cloudName {cut(name)} is not valid: AzureStackCloud needs cloudEnvFileName "
                 f"(or {ENVIRONMENT_FILEPATH}) naming the environment JSON file"
             )
         return from_file(path)
     raise invalid(
-        f"cloudName {name} is not valid: expected one of AzurePublicCloud, "
+        f"cloudName {cut(name)} is not valid: expected one of AzurePublicCloud, "
         "AzureUSGovernmentCloud, AzureChinaCloud, AzureGermanCloud, AzureStackCloud"
     )
 
 
+def _read_small(path: Path, where: str) -> bytes:
+    """A regular file of at most MAX_ENV_FILE bytes (a pod author names the path)."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise invalid(f"{where}: must be a regular file")
+        data = handle.read(MAX_ENV_FILE + 1)
+    if len(data) > MAX_ENV_FILE:
+        raise invalid(f"{where}: must be at most {MAX_ENV_FILE} bytes")
+    return data
+
+
 def from_file(path: str) -> CloudEnvironment:
     """Parse go-autorest's environment JSON (`activeDirectoryEndpoint`, `keyVaultDNSSuffix`)."""
+    where = f"cloudEnvFileName {cut(path, 256)}"
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(_read_small(Path(path), where))
     except OSError as exc:
-        raise invalid(f"cloudEnvFileName {path}: cannot read the file: {exc.strerror}") from None
-    except ValueError as exc:
-        raise invalid(f"cloudEnvFileName {path}: not valid JSON: {exc}") from None
+        raise invalid(f"{where}: cannot read the file: {exc.strerror}") from None
+    except (ValueError, RecursionError):
+        raise invalid(f"{where}: not valid JSON") from None
     if not isinstance(data, dict):
-        raise invalid(f"cloudEnvFileName {path}: must hold a JSON object")
+        raise invalid(f"{where}: must hold a JSON object")
     missing = [
         key
         for key in ("activeDirectoryEndpoint", "keyVaultDNSSuffix")
         if not isinstance(data.get(key), str) or not data.get(key)
     ]
     if missing:
-        raise invalid(f"cloudEnvFileName {path}: missing {', '.join(missing)}")
+        raise invalid(f"{where}: missing {', '.join(missing)}")
     suffix = str(data["keyVaultDNSSuffix"])
     return CloudEnvironment(
         name=str(data.get("name") or "AzureStackCloud"),

@@ -18,13 +18,9 @@ from . import certificates
 from .content import content_bytes
 from .errors import Kind, ProviderError, invalid, object_context
 from .keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
-from .parameters import (
-    KeyVaultObject,
-    MountParameters,
-    ObjectFormat,
-    ObjectType,
-    check_path_conflicts,
-)
+from .limits import MAX_FILES
+from .parameters import KeyVaultObject, MountParameters, ObjectFormat, ObjectType
+from .paths import Layout
 
 CERT_TYPE_PEM = "application/x-pem-file"
 CERT_TYPE_PFX = "application/x-pkcs12"
@@ -149,7 +145,7 @@ class Fetcher:
 
         files: list[File] = []
         versions: list[ObjectVersion] = []
-        owners: dict[str, KeyVaultObject] = {}
+        layout = Layout()
         for per_object in results:
             for obj, base, uid, pieces in per_object:
                 mode = (
@@ -157,7 +153,13 @@ class Fetcher:
                 )
                 for piece in pieces:
                     path = base + piece.suffix
-                    check_path_conflicts(owners, path, obj)
+                    if len(files) >= MAX_FILES:
+                        raise invalid(
+                            f"this mount writes more than {MAX_FILES} files (objects and their "
+                            "versions): split the SecretProviderClass",
+                            "files",
+                        )
+                    layout.claim_file(path, obj)
                     try:
                         data = content_bytes(piece.content, obj.type, obj.encoding)
                     except certificates.ConversionError as exc:
@@ -180,7 +182,7 @@ class Fetcher:
         try:
             return await coro
         except ProviderError as exc:
-            error = exc.message
+            error = exc.label
             raise
         finally:
             self.observe(obj.type.value, obj.name, error, time.perf_counter() - start)

@@ -7,6 +7,7 @@ ProviderError with a kind, a message naming the object and vault, and a hint whe
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import os
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from azure.keyvault.secrets._shared.async_challenge_auth_policy import (
 from azure.keyvault.secrets.aio import SecretClient
 
 from .errors import Kind, ProviderError, object_context
+from .limits import MAX_LISTED_VERSIONS
 from .ratelimit import TokenBucket
 
 
@@ -63,6 +65,40 @@ def _lean_policies(
 
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+# Which service one Key Vault operation is waiting on: the challenge policy asks the credential
+# for a token inside the operation, so a timeout or a refused connection there is the identity
+# service's (Entra ID, IMDS), not Key Vault's. Set per operation by VaultClient._call.
+_WAITING_ON: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "waiting_on", default=None
+)
+
+
+class _TracedCredential:
+    """The credential as the SDK sees it: marks the running operation while a token is fetched."""
+
+    def __init__(self, inner: AsyncTokenCredential, service: str) -> None:
+        self._inner = inner
+        self._service = service
+
+    async def _traced(self, call: Any) -> Any:
+        waiting = _WAITING_ON.get()
+        if waiting is None:
+            return await call
+        previous, waiting[0] = waiting[0], self._service
+        result = await call
+        waiting[0] = previous
+        return result
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return await self._traced(self._inner.get_token(*scopes, **kwargs))
+
+    async def get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
+        return await self._traced(self._inner.get_token_info(*scopes, **kwargs))  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        return None  # the credential is shared; ClientCache closes it
+
 
 ROLE_HINTS = {
     "secret": "Key Vault Secrets User (or an access policy with secret get/list)",
@@ -122,10 +158,13 @@ class VaultClient:
         credential: AsyncTokenCredential,
         options: ClientOptions,
         limiter: TokenBucket | None = None,
+        identity_service: str = "the identity service",
     ) -> None:
         self.vault_name = vault_name
         self.options = options
         self.limiter = limiter or TokenBucket()
+        self._vault_service = f"Key Vault {vault_name}"
+        credential = _TracedCredential(credential, identity_service)  # type: ignore[assignment]
         kwargs: dict[str, Any] = {
             "retry_total": options.retry_total,
             "retry_status": options.retry_total,
@@ -166,6 +205,8 @@ class VaultClient:
         )
 
     async def _call(self, what: tuple[str, str, str], coro: Any) -> Any:
+        waiting = [self._vault_service]
+        reset = _WAITING_ON.set(waiting)
         try:
             async with asyncio.timeout(self.options.timeout):
                 await self.limiter.acquire()
@@ -175,11 +216,22 @@ class VaultClient:
         except (TimeoutError, ServiceRequestTimeoutError, ServiceResponseTimeoutError):
             raise ProviderError(
                 Kind.DEADLINE_EXCEEDED,
-                f"{object_context(*what)}: Key Vault {self.vault_name} did not answer within "
+                f"{object_context(*what)}: {waiting[0]} did not answer within "
                 f"{self.options.timeout:g}s",
+                reason="timeout",
             ) from None
         except AzureError as exc:
+            if waiting[0] != self._vault_service and isinstance(
+                exc, ServiceRequestError | ServiceResponseError
+            ):
+                raise ProviderError(
+                    Kind.UNAVAILABLE,
+                    f"{object_context(*what)}: cannot reach {waiting[0]}: {_short(exc)}",
+                    reason="identity service",
+                ) from None
             raise map_error(exc, what, self.vault_name) from None
+        finally:
+            _WAITING_ON.reset(reset)
 
     async def get_secret(self, name: str, version: str) -> SecretValue:
         what = ("secret", name, version)
@@ -229,10 +281,18 @@ class VaultClient:
                 pager = self._keys.list_properties_of_key_versions(name)
             else:
                 pager = self._certs.list_properties_of_certificate_versions(name)
-            out = []
+            out: list[VersionInfo] = []
             async for props in pager:
                 if props.enabled is False:
                     continue
+                if len(out) == MAX_LISTED_VERSIONS:
+                    raise ProviderError(
+                        Kind.FAILED_PRECONDITION,
+                        f"{object_context(*what)}: {object_type} {name} has more than "
+                        f"{MAX_LISTED_VERSIONS} enabled versions; objectVersionHistory reads "
+                        "at most that many",
+                        reason="objectVersionHistory",
+                    )
                 out.append(VersionInfo(props.version or "", props.created_on or EPOCH))
             return out
 

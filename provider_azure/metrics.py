@@ -1,14 +1,25 @@
 """Prometheus metrics with upstream's names and labels (its OpenTelemetry exporter's output).
 
 `keyvault_request` (per Key Vault operation) and `grpc_request` (per RPC), histograms in
-seconds with upstream's buckets and attributes.
+seconds with upstream's buckets and attributes. Unlike upstream, label values are bounded:
+`error` and `grpc_message` carry the error's kind and reason (never the message, which may quote
+input), and each histogram keeps at most MAX_SERIES label sets (least recently observed dropped),
+since `object_name` is a pod author's choice. Every cache's size and evictions are exported too.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .caches import BoundedLRU
+
+MAX_SERIES = 1000
 
 BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 1, 1.5, 2, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0)
 SERVICE_NAME = "csi-secrets-store-provider-azure"
@@ -24,9 +35,34 @@ _COMMON = (
 )
 
 
+class CacheCollector(Collector):
+    """Entries, bytes and evictions of every watched cache (the label-set caches included)."""
+
+    def __init__(self) -> None:
+        self.caches: list[BoundedLRU[Any, Any]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        evictions = CounterMetricFamily(
+            "provider_cache_evictions", "Entries evicted from a bounded cache", labels=["cache"]
+        )
+        entries = GaugeMetricFamily(
+            "provider_cache_entries", "Entries held by a bounded cache", labels=["cache"]
+        )
+        size = GaugeMetricFamily(
+            "provider_cache_bytes", "Bytes counted by a bounded cache", labels=["cache"]
+        )
+        for cache in self.caches:
+            evictions.add_metric([cache.name], cache.evictions)
+            entries.add_metric([cache.name], len(cache))
+            size.add_metric([cache.name], cache.bytes)
+        yield from (evictions, entries, size)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.caches = CacheCollector()
+        self.registry.register(self.caches)
         self.keyvault_request = Histogram(
             "keyvault_request",
             "Distribution of how long it took to get from keyvault",
@@ -41,6 +77,27 @@ class Metrics:
             registry=self.registry,
             buckets=BUCKETS,
         )
+        self._series: dict[str, BoundedLRU[tuple[str, ...], bool]] = {
+            name: BoundedLRU(f"{name} series", MAX_SERIES)
+            for name in ("keyvault_request", "grpc_request")
+        }
+        for series in self._series.values():
+            self.watch(series)
+
+    def watch(self, cache: BoundedLRU[Any, Any]) -> None:
+        """Export `cache`'s size and evictions (`provider_cache_*{cache=<its name>}`)."""
+        if cache not in self.caches.caches:
+            self.caches.caches.append(cache)
+
+    def _observe(
+        self, name: str, histogram: Histogram, labels: Sequence[str], value: float
+    ) -> None:
+        series = self._series[name]
+        key = tuple(labels)
+        if series.get(key) is None:
+            for evicted, _ in series.put(key, True):
+                histogram.remove(*evicted)
+        histogram.labels(*key).observe(value)
 
     def _common(self) -> tuple[str, ...]:
         return (SCOPE, "", "", SERVICE_NAME, "azure", OS_TYPE)
@@ -48,12 +105,14 @@ class Metrics:
     def observe_keyvault(
         self, object_type: str, object_name: str, error: str, seconds: float
     ) -> None:
-        self.keyvault_request.labels(*self._common(), object_type, object_name, error).observe(
-            seconds
-        )
+        """`error`: a bounded label (ProviderError.label), empty on success."""
+        labels = (*self._common(), object_type, object_name, error)
+        self._observe("keyvault_request", self.keyvault_request, labels, seconds)
 
     def observe_grpc(self, method: str, code: str, message: str, seconds: float) -> None:
-        self.grpc_request.labels(*self._common(), method, code, message).observe(seconds)
+        """`message`: a bounded label (ProviderError.label), empty on success."""
+        labels = (*self._common(), method, code, message)
+        self._observe("grpc_request", self.grpc_request, labels, seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

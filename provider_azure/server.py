@@ -6,6 +6,7 @@ message keeps upstream's `failed to mount objects, error: ` prefix so users' gre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -20,8 +21,13 @@ from .auth import ClientCache
 from .clouds import CloudEnvironment
 from .errors import Kind, ProviderError
 from .fetch import ContentOptions, Fetcher, MountResult
+from .limits import capped, cut
 from .metrics import Metrics
-from .parameters import parse_mount
+from .parameters import PARSED_OBJECTS, parse_mount
+
+# Requests larger than this are parsed in a worker thread, so that the event loop (other
+# mounts, the gRPC health check behind /healthz) keeps answering while a big one is parsed.
+PARSE_INLINE_BYTES = 64 * 1024
 
 log = logging.getLogger("provider_azure")
 
@@ -56,6 +62,8 @@ class Provider:
         self.default_cloud = default_cloud
         self.clients = clients or ClientCache()
         self.fetcher = Fetcher(content, observe=metrics.observe_keyvault)
+        for cache in (PARSED_OBJECTS, *self.clients.caches()):
+            metrics.watch(cache)
 
     async def mount(
         self,
@@ -64,16 +72,21 @@ class Provider:
         permission: str,
         log_fields: dict[str, Any] | None = None,
     ) -> MountResult:
-        params = parse_mount(attributes, secrets, permission, self.default_cloud)
+        if len(attributes) + len(secrets) > PARSE_INLINE_BYTES:
+            params = await asyncio.to_thread(
+                parse_mount, attributes, secrets, permission, self.default_cloud
+            )
+        else:
+            params = parse_mount(attributes, secrets, permission, self.default_cloud)
         if log_fields is not None:
             log_fields.update(
-                pod=f"{params.pod_namespace}/{params.pod_name}",
+                pod=cut(f"{params.pod_namespace}/{params.pod_name}", 256),
                 vault=params.vault_name,
                 identity=params.identity.mode.value,
                 objects=len(params.objects),
             )
-        vault = await self.clients.client_for(params)
-        return await self.fetcher.mount(params, vault)
+        async with self.clients.lease(params) as vault:
+            return await self.fetcher.mount(params, vault)
 
     async def close(self) -> None:
         await self.clients.close()
@@ -97,15 +110,15 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
     ) -> provider_pb2.MountResponse:
         start = time.perf_counter()
         method = "/v1alpha1.CSIDriverProvider/Mount"
-        fields: dict[str, Any] = {"target": request.target_path}
+        fields: dict[str, Any] = {"target": cut(request.target_path, 512)}
         try:
             result = await self.provider.mount(
                 request.attributes, request.secrets, request.permission, fields
             )
         except ProviderError as exc:
             code = CODES[exc.kind]
-            message = exc.message if exc.request_error else MOUNT_PREFIX + exc.message
-            self._done(method, code, message, start, **fields)
+            message = capped(exc.message if exc.request_error else MOUNT_PREFIX + exc.message)
+            self._done(method, code, message, exc.label, start, **fields)
             await context.abort(code, message)
             raise AssertionError("unreachable") from None
         except Exception:
@@ -114,17 +127,10 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
                 grpc.StatusCode.INTERNAL,
                 MOUNT_PREFIX + "internal error (see provider logs)",
             )
-            self._done(method, code, message, start, **fields)
+            self._done(method, code, message, Kind.INTERNAL.value, start, **fields)
             await context.abort(code, message)
             raise AssertionError("unreachable") from None
-        self._done(
-            method,
-            grpc.StatusCode.OK,
-            "",
-            start,
-            files=len(result.files),
-            **fields,
-        )
+        self._done(method, grpc.StatusCode.OK, "", "", start, files=len(result.files), **fields)
         return provider_pb2.MountResponse(
             object_version=[
                 provider_pb2.ObjectVersion(id=v.id, version=v.version)
@@ -137,11 +143,18 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
         )
 
     def _done(
-        self, method: str, code: grpc.StatusCode, message: str, start: float, **fields: Any
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        message: str,
+        label: str,
+        start: float,
+        **fields: Any,
     ) -> None:
+        """Log the (capped) message; the metric gets the bounded `label` instead."""
         seconds = time.perf_counter() - start
         name = _go_code_name(code)
-        self.metrics.observe_grpc(method, name, message, seconds)
+        self.metrics.observe_grpc(method, name, label, seconds)
         level = logging.INFO if code is grpc.StatusCode.OK else logging.ERROR
         log.log(
             level,
