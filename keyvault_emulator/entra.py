@@ -5,13 +5,10 @@ identity's federated token)."""
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
@@ -19,24 +16,22 @@ import jwt
 from aiohttp import web
 
 from .errors import EntraError, json_response
+from .jwks import JwksCache
 from .routing import Router
-from .store import FederatedCredential, Identity, Issuer
+from .services import Services
+from .store import FederatedCredential, Identity, Issuer, Store
 from .tokens import resource_from_scope
-
-if TYPE_CHECKING:
-    from .server import Emulator
 
 log = logging.getLogger("keyvault_emulator.entra")
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 META_TENANTS = ("common", "organizations", "consumers")
-JWKS_TTL = 300.0
 
 
 @dataclass
 class EntraContext:
     request: web.Request
-    emulator: Emulator
+    services: Services
     params: dict[str, str]
 
     @property
@@ -56,7 +51,7 @@ def _unknown_tenant(tenant: str) -> EntraError:
 
 
 def _tenant_or_error(ctx: EntraContext, tenant: str) -> str:
-    tid = ctx.emulator.store.resolve_tenant(tenant)
+    tid = ctx.services.store.resolve_tenant(tenant)
     if tid is None:
         raise _unknown_tenant(tenant)
     return tid
@@ -66,7 +61,7 @@ async def instance_discovery(ctx: EntraContext) -> web.StreamResponse:
     endpoint = ctx.request.query.get("authorization_endpoint", "")
     parsed = urlparse(endpoint)
     host = (parsed.hostname or ctx.host).lower()
-    if host not in ctx.emulator.store.authority_hosts():
+    if host not in ctx.services.store.authority_hosts():
         return json_response(
             {
                 "error": "invalid_instance",
@@ -134,7 +129,7 @@ async def jwks(ctx: EntraContext) -> web.StreamResponse:
     tenant = ctx.params["tenant"]
     if tenant.lower() not in META_TENANTS:
         _tenant_or_error(ctx, tenant)
-    return json_response(ctx.emulator.authority.jwks())
+    return json_response(ctx.services.authority.jwks())
 
 
 # --- token endpoint -------------------------------------------------------------------------
@@ -170,7 +165,7 @@ async def token_v1(ctx: EntraContext) -> web.StreamResponse:
 
 
 async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
-    store = ctx.emulator.store
+    store = ctx.services.store
     form = await ctx.request.post()
     tenant = ctx.params["tenant"]
     tid = _tenant_or_error(ctx, tenant)
@@ -242,7 +237,7 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
                 "The client_assertion_type must be "
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             )
-        await verify_federated(ctx.emulator, identity, str(assertion))
+        await verify_federated(store, ctx.services.jwks_cache, identity, str(assertion))
     else:
         raise EntraError(
             401,
@@ -252,7 +247,7 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
             "'client_secret'.",
         )
     lifetime = store.token_lifetime
-    access, exp = ctx.emulator.authority.mint(identity, resource, lifetime)
+    access, exp = ctx.services.authority.mint(identity, resource, lifetime)
     body: dict[str, Any] = {
         "token_type": "Bearer",
         "expires_in": lifetime,
@@ -273,42 +268,6 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
 # --- workload identity federation -----------------------------------------------------------
 
 
-class JwksCache:
-    """Issuer keys: inline from the seed, or fetched (jwks_uri, else OIDC discovery) and kept
-    for a few minutes, as Entra ID does."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-
-    def forget(self) -> None:
-        self._cache.clear()
-
-    async def keys(self, issuer: Issuer, refresh: bool = False) -> dict[str, Any]:
-        if issuer.jwks is not None:
-            return issuer.jwks
-        hit = self._cache.get(issuer.issuer)
-        if hit and hit[0] > time.monotonic() and not refresh:
-            return hit[1]
-        ctx = ssl.create_default_context(cafile=issuer.ca_file) if issuer.ca_file else None
-        headers = {}
-        if issuer.bearer_token_file:
-            text = Path(issuer.bearer_token_file).read_text()  # noqa: ASYNC240 - tiny local file
-            headers["Authorization"] = "Bearer " + text.strip()
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            uri = issuer.jwks_uri
-            if not uri:
-                url = issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                async with session.get(url, ssl=ctx if ctx else True) as resp:
-                    resp.raise_for_status()
-                    uri = str((await resp.json(content_type=None))["jwks_uri"])
-            async with session.get(uri, ssl=ctx if ctx else True) as resp:
-                resp.raise_for_status()
-                keys: dict[str, Any] = json.loads(await resp.text())
-        self._cache[issuer.issuer] = (time.monotonic() + JWKS_TTL, keys)
-        return keys
-
-
 def _no_match(claims: dict[str, Any]) -> EntraError:
     aud = claims.get("aud")
     aud_text = ",".join(aud) if isinstance(aud, list) else str(aud)
@@ -323,14 +282,16 @@ def _no_match(claims: dict[str, Any]) -> EntraError:
     )
 
 
-def _issuer_for(emulator: Emulator, iss: str) -> Issuer:
+def _issuer_for(store: Store, iss: str) -> Issuer:
     for key in (iss, iss.rstrip("/"), iss.rstrip("/") + "/"):
-        if key in emulator.store.issuers:
-            return emulator.store.issuers[key]
+        if key in store.issuers:
+            return store.issuers[key]
     return Issuer(iss)
 
 
-async def verify_federated(emulator: Emulator, identity: Identity, assertion: str) -> None:
+async def verify_federated(
+    store: Store, jwks_cache: JwksCache, identity: Identity, assertion: str
+) -> None:
     try:
         header = jwt.get_unverified_header(assertion)
         claims = jwt.decode(assertion, options={"verify_signature": False})
@@ -342,7 +303,7 @@ async def verify_federated(emulator: Emulator, identity: Identity, assertion: st
     creds = [c for c in identity.federated_credentials if c.issuer == iss]
     if not creds:
         raise _no_match(claims)
-    issuer = _issuer_for(emulator, iss)
+    issuer = _issuer_for(store, iss)
     verified, expired = None, False
     # A key the cached set lacks (an issuer that rotated, or a test's new kube-apiserver on the
     # same URL) triggers one fresh fetch before the assertion is refused.
@@ -350,7 +311,7 @@ async def verify_federated(emulator: Emulator, identity: Identity, assertion: st
         if refresh and issuer.jwks is not None:
             break
         try:
-            key_set = await emulator.jwks_cache.keys(issuer, refresh=refresh)
+            key_set = await jwks_cache.keys(issuer, refresh=refresh)
         except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
             log.warning("issuer keys unavailable", extra={"issuer": iss, "error": str(exc)})
             raise EntraError(

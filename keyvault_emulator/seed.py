@@ -412,7 +412,7 @@ def _certificate(vault: Vault, spec: Any, where: str, base: Path | None) -> int:
                 policy = vault_certificates.imported_policy(material, content_type, v.get("policy"))
             else:
                 policy = _generate_policy(v, content_type)
-                material, _ = vault_certificates._generate(policy)
+                material, _ = vault_certificates.generate(policy)
         except MaterialError as exc:
             raise SeedError(f"{vwhere}: {exc}") from None
         vault_certificates.add_version(

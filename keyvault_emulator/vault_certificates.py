@@ -385,7 +385,7 @@ def operation_json(
     return out
 
 
-def _generate(policy: dict[str, Any]) -> tuple[CertMaterial, bytes]:
+def generate(policy: dict[str, Any]) -> tuple[CertMaterial, bytes]:
     kp = policy.get("key_props", {})
     kty = str(kp.get("kty") or "RSA")
     size = kp.get("key_size") if kty.upper().startswith("RSA") else None
@@ -403,7 +403,7 @@ async def create_certificate(ctx: KvContext) -> web.StreamResponse:
     if issuer.lower() not in ("self", "unknown"):
         raise bad_parameter(f"The issuer '{issuer}' is not known to this vault.")
     try:
-        material, csr = await asyncio.to_thread(_generate, policy)
+        material, csr = await asyncio.to_thread(generate, policy)
     except MaterialError as exc:
         raise bad_parameter(str(exc)) from None
     op = PendingOperation(new_version(), csr, issuer, "inProgress")
