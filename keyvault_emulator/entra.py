@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -165,10 +166,44 @@ async def token_v1(ctx: EntraContext) -> web.StreamResponse:
 
 
 async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
+    """Client credentials, checked in Entra ID's order: tenant, grant, client, scope or
+    resource, registration, then the secret or assertion."""
     store = ctx.services.store
     form = await ctx.request.post()
     tenant = ctx.params["tenant"]
     tid = _tenant_or_error(ctx, tenant)
+    _check_grant(form)
+    client_id, secret = _client_credentials(ctx.request, form)
+    resource = _resource(form, v2)
+    identity = store.identities.get(client_id) or store.find_identity(client_id)
+    if (
+        identity is None
+        or identity.managed
+        or identity.tenant.lower() != tid.lower()
+        or identity.client_id.lower() != client_id.lower()
+    ):
+        raise _client_not_found(client_id, tenant)
+    await _authenticate_client(ctx.services, identity, form, secret)
+    lifetime = store.token_lifetime
+    access, exp = ctx.services.authority.mint(identity, resource, lifetime)
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": access,
+    }
+    if not v2:
+        body.update(
+            expires_on=str(exp),
+            not_before=str(exp - lifetime),
+            resource=resource,
+            expires_in=str(lifetime),
+            ext_expires_in=str(lifetime),
+        )
+    return json_response(body)
+
+
+def _check_grant(form: Mapping[str, Any]) -> None:
     grant = str(form.get("grant_type", ""))
     if not grant:
         raise _missing("grant_type")
@@ -179,9 +214,13 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
             70003,
             f"The app requested an unsupported grant type '{grant}'.",
         )
+
+
+def _client_credentials(request: web.Request, form: Mapping[str, Any]) -> tuple[str, Any]:
+    """(client id, client secret or None) from the form, else from HTTP Basic."""
     client_id = str(form.get("client_id", ""))
     secret = form.get("client_secret")
-    auth = ctx.request.headers.get("Authorization", "")
+    auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("basic "):
         try:
             user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
@@ -191,32 +230,35 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
         secret = secret or pw
     if not client_id:
         raise _missing("client_id")
-    if v2:
-        scope = str(form.get("scope", ""))
-        if not scope:
-            raise _missing("scope")
-        if not any(s.endswith("/.default") for s in scope.split()):
-            raise EntraError(
-                400,
-                "invalid_scope",
-                1002012,
-                f"The provided value for scope {scope} is not valid. Client credential flows "
-                "must have a scope value with /.default suffixed to the resource identifier "
-                "(application ID URI).",
-            )
-        resource = resource_from_scope(scope)
-    else:
+    return client_id, secret
+
+
+def _resource(form: Mapping[str, Any], v2: bool) -> str:
+    """The resource the token is for: v2 takes a `<resource>/.default` scope, v1 `resource`."""
+    if not v2:
         resource = str(form.get("resource", ""))
         if not resource:
             raise _missing("resource")
-    identity = store.identities.get(client_id) or store.find_identity(client_id)
-    if (
-        identity is None
-        or identity.managed
-        or identity.tenant.lower() != tid.lower()
-        or identity.client_id.lower() != client_id.lower()
-    ):
-        raise _client_not_found(client_id, tenant)
+        return resource
+    scope = str(form.get("scope", ""))
+    if not scope:
+        raise _missing("scope")
+    if not any(s.endswith("/.default") for s in scope.split()):
+        raise EntraError(
+            400,
+            "invalid_scope",
+            1002012,
+            f"The provided value for scope {scope} is not valid. Client credential flows "
+            "must have a scope value with /.default suffixed to the resource identifier "
+            "(application ID URI).",
+        )
+    return resource_from_scope(scope)
+
+
+async def _authenticate_client(
+    services: Services, identity: Identity, form: Mapping[str, Any], secret: Any
+) -> None:
+    """A client secret the identity has, else a federated assertion it trusts."""
     assertion = form.get("client_assertion")
     if secret:
         if str(secret) not in identity.client_secrets:
@@ -237,7 +279,7 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
                 "The client_assertion_type must be "
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             )
-        await verify_federated(store, ctx.services.jwks_cache, identity, str(assertion))
+        await verify_federated(services.store, services.jwks_cache, identity, str(assertion))
     else:
         raise EntraError(
             401,
@@ -246,23 +288,6 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
             "The request body must contain the following parameter: 'client_assertion' or "
             "'client_secret'.",
         )
-    lifetime = store.token_lifetime
-    access, exp = ctx.services.authority.mint(identity, resource, lifetime)
-    body: dict[str, Any] = {
-        "token_type": "Bearer",
-        "expires_in": lifetime,
-        "ext_expires_in": lifetime,
-        "access_token": access,
-    }
-    if not v2:
-        body.update(
-            expires_on=str(exp),
-            not_before=str(exp - lifetime),
-            resource=resource,
-            expires_in=str(lifetime),
-            ext_expires_in=str(lifetime),
-        )
-    return json_response(body)
 
 
 # --- workload identity federation -----------------------------------------------------------
