@@ -16,6 +16,7 @@ from .routing import Router
 from .services import Services
 from .store import Attributes, SecretVersion, Vault, new_version
 from .tokens import resource_from_scope
+from .vault_common import parse_tags
 
 
 @dataclass
@@ -133,16 +134,19 @@ async def put_secret(ctx: AdminContext) -> web.StreamResponse:
     body = await ctx.json()
     if not isinstance(body, dict) or not isinstance(body.get("value"), str):
         raise ValueError("body needs a string 'value'")
+    # Key Vault's limits (25 KB, tags) as the data plane words them: a KeyVaultError.
+    value, content_type = vault_secrets.secret_fields(body)
+    tags = parse_tags(body.get("tags"))
     if name.lower() in vault.deleted_secrets:
         raise ValueError(f"secret {name} is deleted; purge or recover it first")
     v = SecretVersion(
         version=new_version(),
-        value=body["value"],
-        content_type=body.get("contentType"),
+        value=value,
+        content_type=content_type,
         attributes=Attributes(
             enabled=bool(body.get("enabled", True)), nbf=body.get("nbf"), exp=body.get("exp")
         ),
-        tags=body.get("tags"),
+        tags=tags,
     )
     vault_secrets.add_version(vault, name, v)
     ctx.services.changed()

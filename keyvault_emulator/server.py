@@ -205,6 +205,8 @@ class Frontend:
             return json_response({"error": "the admin API answers loopback only"}, status=403)
         try:
             return await route.handler(admin.AdminContext(request, self.services, params))
+        except KeyVaultError as exc:  # a Key Vault limit, answered as the data plane does
+            return exc.response()
         except (ValueError, KeyError, TypeError) as exc:
             return json_response({"error": str(exc)}, status=400)
 
