@@ -12,7 +12,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .persist import Persister
+    from .store import Store
+    from .tls import Pki
 
 log = logging.getLogger("keyvault_emulator")
 
@@ -89,59 +96,22 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> int:
     # Imported here so that `keyvault-emulator seed` starts fast.
-    from aiohttp import web
-
-    from . import seed as seeding
-    from .server import Emulator, make_app, make_imds_app
-    from .store import Store
-    from .tls import ensure_pki, server_ssl_context
+    from .server import Frontend, make_app, make_imds_app
+    from .tls import ensure_pki
 
     pki = ensure_pki(args.state_dir, args.extra_san)
-    store = Store()
-    persister = None
-    if args.persist is not None:
-        from .persist import Persister
-
-        persister = Persister(args.persist)
-    loaded = persister.load(store) if persister else False
-    if not loaded:
-        for path in args.seed:
-            try:
-                seeding.apply(store, seeding.load_file(path), base=path.parent)
-            except (seeding.SeedError, OSError) as exc:
-                log.error("seed rejected", extra={"seed": str(path), "error": str(exc)})
-                return 2
-    emulator = Emulator(
+    loaded = _load_store(args)
+    if loaded is None:
+        return 2
+    store, persister = loaded
+    frontend = Frontend(
         store, pki, args.latency_ms, on_change=persister.schedule(store) if persister else None
     )
     if args.throttle:
-        emulator.throttle.configure(args.throttle, 10.0)
-    runner = web.AppRunner(make_app(emulator), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, args.host, args.port, ssl_context=server_ssl_context(pki), backlog=1024
-    )
-    try:
-        await site.start()
-    except OSError as exc:
-        log.error("cannot listen", extra={"address": f"{args.host}:{args.port}", "error": str(exc)})
-        await runner.cleanup()
+        frontend.services.throttle.configure(args.throttle, 10.0)
+    runners = await _listen(args, make_app(frontend), make_imds_app(frontend), pki)
+    if runners is None:
         return 1
-    imds_runner = None
-    if args.imds_port:
-        imds_runner = web.AppRunner(make_imds_app(emulator), access_log=None, handle_signals=False)
-        await imds_runner.setup()
-        try:
-            await web.TCPSite(imds_runner, args.imds_host, args.imds_port).start()
-        except OSError as exc:
-            log.error(
-                "cannot listen for IMDS (add the address to lo, run inside tests/netns-run, "
-                "or pass --imds-port 0)",
-                extra={"address": f"{args.imds_host}:{args.imds_port}", "error": str(exc)},
-            )
-            await runner.cleanup()
-            await imds_runner.cleanup()
-            return 1
     log.info(
         "ready",
         extra={
@@ -159,10 +129,69 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     if persister:
         persister.save(store)
-    await runner.cleanup()
-    if imds_runner:
-        await imds_runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     return 0
+
+
+def _load_store(args: argparse.Namespace) -> tuple[Store, Persister | None] | None:
+    """The saved state (--persist), else the seeds; None when a seed is refused (logged)."""
+    from . import seed as seeding
+    from .store import Store
+
+    store = Store()
+    persister = None
+    if args.persist is not None:
+        from .persist import Persister
+
+        persister = Persister(args.persist)
+    if persister and persister.load(store):
+        return store, persister
+    for path in args.seed:
+        try:
+            seeding.apply(store, seeding.load_file(path), base=path.parent)
+        except (seeding.SeedError, OSError) as exc:
+            log.error("seed rejected", extra={"seed": str(path), "error": str(exc)})
+            return None
+    return store, persister
+
+
+async def _listen(
+    args: argparse.Namespace, app: web.Application, imds_app: web.Application, pki: Pki
+) -> list[web.AppRunner] | None:
+    """The HTTPS listener, and the IMDS one unless --imds-port 0; None (logged) when either
+    address cannot be bound."""
+    from aiohttp import web
+
+    from .tls import server_ssl_context
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, args.host, args.port, ssl_context=server_ssl_context(pki), backlog=1024
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", extra={"address": f"{args.host}:{args.port}", "error": str(exc)})
+        await runner.cleanup()
+        return None
+    if not args.imds_port:
+        return [runner]
+    imds_runner = web.AppRunner(imds_app, access_log=None, handle_signals=False)
+    await imds_runner.setup()
+    try:
+        await web.TCPSite(imds_runner, args.imds_host, args.imds_port).start()
+    except OSError as exc:
+        log.error(
+            "cannot listen for IMDS (add the address to lo, run inside tests/netns-run, "
+            "or pass --imds-port 0)",
+            extra={"address": f"{args.imds_host}:{args.imds_port}", "error": str(exc)},
+        )
+        await runner.cleanup()
+        await imds_runner.cleanup()
+        return None
+    return [runner, imds_runner]
 
 
 def send_seed(args: argparse.Namespace) -> int:

@@ -6,24 +6,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from . import seed, vault_secrets
 from .errors import json_response
 from .routing import Router
+from .services import Services
 from .store import Attributes, SecretVersion, Vault, new_version
 from .tokens import resource_from_scope
-
-if TYPE_CHECKING:
-    from .server import Emulator
+from .vault_common import parse_tags
 
 
 @dataclass
 class AdminContext:
     request: web.Request
-    emulator: Emulator
+    services: Services
     params: dict[str, str]
 
     async def json(self) -> Any:
@@ -32,7 +31,7 @@ class AdminContext:
 
 
 async def health(ctx: AdminContext) -> web.StreamResponse:
-    store = ctx.emulator.store
+    store = ctx.services.store
     return json_response(
         {
             "status": "ok",
@@ -40,7 +39,7 @@ async def health(ctx: AdminContext) -> web.StreamResponse:
             "tenant": store.default_tenant,
             "vaults": sorted(store.vaults),
             "identities": len(store.identities),
-            "ca": str(ctx.emulator.pki.ca_path),
+            "ca": str(ctx.services.pki.ca_path),
         }
     )
 
@@ -48,33 +47,33 @@ async def health(ctx: AdminContext) -> web.StreamResponse:
 async def post_seed(ctx: AdminContext) -> web.StreamResponse:
     text = (await ctx.request.read()).decode()
     try:
-        added = seed.apply(ctx.emulator.store, seed.load_text(text))
+        added = seed.apply(ctx.services.store, seed.load_text(text))
     except seed.SeedError as exc:
         return json_response({"error": str(exc)}, status=400)
-    ctx.emulator.jwks_cache.forget()
-    ctx.emulator.changed()
+    ctx.services.jwks_cache.forget()
+    ctx.services.changed()
     return json_response({"added": added})
 
 
 async def get_faults(ctx: AdminContext) -> web.StreamResponse:
-    return json_response({"faults": [r.to_json() for r in ctx.emulator.faults.rules]})
+    return json_response({"faults": [r.to_json() for r in ctx.services.faults.rules]})
 
 
 async def add_fault(ctx: AdminContext) -> web.StreamResponse:
     body = await ctx.json()
     if not isinstance(body, dict):
         raise ValueError("a fault rule is a JSON object")
-    rule = ctx.emulator.faults.add(body)
+    rule = ctx.services.faults.add(body)
     return json_response(rule.to_json(), status=201)
 
 
 async def clear_faults(ctx: AdminContext) -> web.StreamResponse:
-    ctx.emulator.faults.clear()
+    ctx.services.faults.clear()
     return web.Response(status=204)
 
 
 async def get_requests(ctx: AdminContext) -> web.StreamResponse:
-    entries = list(ctx.emulator.requests.entries)
+    entries = list(ctx.services.requests.entries)
     q = ctx.request.query
     for key in ("service", "vault", "identity", "method"):
         if key in q:
@@ -83,16 +82,16 @@ async def get_requests(ctx: AdminContext) -> web.StreamResponse:
 
 
 async def clear_requests(ctx: AdminContext) -> web.StreamResponse:
-    ctx.emulator.requests.clear()
+    ctx.services.requests.clear()
     return web.Response(status=204)
 
 
 async def get_counters(ctx: AdminContext) -> web.StreamResponse:
-    return json_response(ctx.emulator.requests.counters())
+    return json_response(ctx.services.requests.counters())
 
 
 async def get_latency(ctx: AdminContext) -> web.StreamResponse:
-    return json_response({"latency_ms": ctx.emulator.latency_ms})
+    return json_response({"latency_ms": ctx.services.latency_ms})
 
 
 async def put_latency(ctx: AdminContext) -> web.StreamResponse:
@@ -100,12 +99,12 @@ async def put_latency(ctx: AdminContext) -> web.StreamResponse:
     ms = body.get("latency_ms", body.get("ms")) if isinstance(body, dict) else body
     if not isinstance(ms, int) or ms < 0:
         raise ValueError("latency_ms must be a non-negative integer")
-    ctx.emulator.latency_ms = ms
+    ctx.services.latency_ms = ms
     return json_response({"latency_ms": ms})
 
 
 async def get_throttle(ctx: AdminContext) -> web.StreamResponse:
-    t = ctx.emulator.throttle
+    t = ctx.services.throttle
     return json_response({"limit": t.limit, "window_seconds": t.window})
 
 
@@ -117,12 +116,12 @@ async def put_throttle(ctx: AdminContext) -> web.StreamResponse:
     window = body.get("window_seconds", 10)
     if not isinstance(window, int | float):
         raise ValueError("window_seconds must be a number")
-    ctx.emulator.throttle.configure(body["limit"], float(window))
+    ctx.services.throttle.configure(body["limit"], float(window))
     return await get_throttle(ctx)
 
 
 def _vault(ctx: AdminContext) -> Vault:
-    vault = ctx.emulator.store.vaults.get(ctx.params["vault"].lower())
+    vault = ctx.services.store.vaults.get(ctx.params["vault"].lower())
     if vault is None:
         raise KeyError(f"no vault {ctx.params['vault']}")
     return vault
@@ -135,19 +134,22 @@ async def put_secret(ctx: AdminContext) -> web.StreamResponse:
     body = await ctx.json()
     if not isinstance(body, dict) or not isinstance(body.get("value"), str):
         raise ValueError("body needs a string 'value'")
+    # Key Vault's limits (25 KB, tags) as the data plane words them: a KeyVaultError.
+    value, content_type = vault_secrets.secret_fields(body)
+    tags = parse_tags(body.get("tags"))
     if name.lower() in vault.deleted_secrets:
         raise ValueError(f"secret {name} is deleted; purge or recover it first")
     v = SecretVersion(
         version=new_version(),
-        value=body["value"],
-        content_type=body.get("contentType"),
+        value=value,
+        content_type=content_type,
         attributes=Attributes(
             enabled=bool(body.get("enabled", True)), nbf=body.get("nbf"), exp=body.get("exp")
         ),
-        tags=body.get("tags"),
+        tags=tags,
     )
     vault_secrets.add_version(vault, name, v)
-    ctx.emulator.changed()
+    ctx.services.changed()
     return json_response({"name": name, "version": v.version})
 
 
@@ -164,7 +166,7 @@ async def patch_secret_version(ctx: AdminContext) -> web.StreamResponse:
     body = await ctx.json()
     if "enabled" in body:
         target.attributes.enabled = bool(body["enabled"])
-    ctx.emulator.changed()
+    ctx.services.changed()
     return json_response(
         {"name": name, "version": target.version, "enabled": target.attributes.enabled}
     )
@@ -173,13 +175,13 @@ async def patch_secret_version(ctx: AdminContext) -> web.StreamResponse:
 async def mint_token(ctx: AdminContext) -> web.StreamResponse:
     """A token for an identity without going through Entra ID (benchmarks, expiry tests)."""
     body = await ctx.json()
-    ident = ctx.emulator.store.find_identity(str(body.get("identity", "")))
+    ident = ctx.services.store.find_identity(str(body.get("identity", "")))
     if ident is None:
         raise KeyError(f"no identity {body.get('identity')}")
     resource = str(body.get("resource") or resource_from_scope(str(body.get("scope", ""))))
     resource = resource or "https://vault.azure.net"
-    lifetime = int(body.get("lifetime_seconds", ctx.emulator.store.token_lifetime))
-    token, exp = ctx.emulator.authority.mint(ident, resource, lifetime)
+    lifetime = int(body.get("lifetime_seconds", ctx.services.store.token_lifetime))
+    token, exp = ctx.services.authority.mint(ident, resource, lifetime)
     return json_response({"access_token": token, "expires_on": exp})
 
 

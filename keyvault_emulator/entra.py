@@ -5,38 +5,31 @@ identity's federated token)."""
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import ssl
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
-import aiohttp
-import jwt
 from aiohttp import web
 
 from .errors import EntraError, json_response
+from .federation import verify_federated
 from .routing import Router
-from .store import FederatedCredential, Identity, Issuer
+from .services import Services
+from .store import Identity
 from .tokens import resource_from_scope
-
-if TYPE_CHECKING:
-    from .server import Emulator
 
 log = logging.getLogger("keyvault_emulator.entra")
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 META_TENANTS = ("common", "organizations", "consumers")
-JWKS_TTL = 300.0
 
 
 @dataclass
 class EntraContext:
     request: web.Request
-    emulator: Emulator
+    services: Services
     params: dict[str, str]
 
     @property
@@ -56,7 +49,7 @@ def _unknown_tenant(tenant: str) -> EntraError:
 
 
 def _tenant_or_error(ctx: EntraContext, tenant: str) -> str:
-    tid = ctx.emulator.store.resolve_tenant(tenant)
+    tid = ctx.services.store.resolve_tenant(tenant)
     if tid is None:
         raise _unknown_tenant(tenant)
     return tid
@@ -66,7 +59,7 @@ async def instance_discovery(ctx: EntraContext) -> web.StreamResponse:
     endpoint = ctx.request.query.get("authorization_endpoint", "")
     parsed = urlparse(endpoint)
     host = (parsed.hostname or ctx.host).lower()
-    if host not in ctx.emulator.store.authority_hosts():
+    if host not in ctx.services.store.authority_hosts():
         return json_response(
             {
                 "error": "invalid_instance",
@@ -134,7 +127,7 @@ async def jwks(ctx: EntraContext) -> web.StreamResponse:
     tenant = ctx.params["tenant"]
     if tenant.lower() not in META_TENANTS:
         _tenant_or_error(ctx, tenant)
-    return json_response(ctx.emulator.authority.jwks())
+    return json_response(ctx.services.authority.jwks())
 
 
 # --- token endpoint -------------------------------------------------------------------------
@@ -170,10 +163,44 @@ async def token_v1(ctx: EntraContext) -> web.StreamResponse:
 
 
 async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
-    store = ctx.emulator.store
+    """Client credentials, checked in Entra ID's order: tenant, grant, client, scope or
+    resource, registration, then the secret or assertion."""
+    store = ctx.services.store
     form = await ctx.request.post()
     tenant = ctx.params["tenant"]
     tid = _tenant_or_error(ctx, tenant)
+    _check_grant(form)
+    client_id, secret = _client_credentials(ctx.request, form)
+    resource = _resource(form, v2)
+    identity = store.identities.get(client_id) or store.find_identity(client_id)
+    if (
+        identity is None
+        or identity.managed
+        or identity.tenant.lower() != tid.lower()
+        or identity.client_id.lower() != client_id.lower()
+    ):
+        raise _client_not_found(client_id, tenant)
+    await _authenticate_client(ctx.services, identity, form, secret)
+    lifetime = store.token_lifetime
+    access, exp = ctx.services.authority.mint(identity, resource, lifetime)
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": access,
+    }
+    if not v2:
+        body.update(
+            expires_on=str(exp),
+            not_before=str(exp - lifetime),
+            resource=resource,
+            expires_in=str(lifetime),
+            ext_expires_in=str(lifetime),
+        )
+    return json_response(body)
+
+
+def _check_grant(form: Mapping[str, Any]) -> None:
     grant = str(form.get("grant_type", ""))
     if not grant:
         raise _missing("grant_type")
@@ -184,9 +211,13 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
             70003,
             f"The app requested an unsupported grant type '{grant}'.",
         )
+
+
+def _client_credentials(request: web.Request, form: Mapping[str, Any]) -> tuple[str, Any]:
+    """(client id, client secret or None) from the form, else from HTTP Basic."""
     client_id = str(form.get("client_id", ""))
     secret = form.get("client_secret")
-    auth = ctx.request.headers.get("Authorization", "")
+    auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("basic "):
         try:
             user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
@@ -196,32 +227,35 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
         secret = secret or pw
     if not client_id:
         raise _missing("client_id")
-    if v2:
-        scope = str(form.get("scope", ""))
-        if not scope:
-            raise _missing("scope")
-        if not any(s.endswith("/.default") for s in scope.split()):
-            raise EntraError(
-                400,
-                "invalid_scope",
-                1002012,
-                f"The provided value for scope {scope} is not valid. Client credential flows "
-                "must have a scope value with /.default suffixed to the resource identifier "
-                "(application ID URI).",
-            )
-        resource = resource_from_scope(scope)
-    else:
+    return client_id, secret
+
+
+def _resource(form: Mapping[str, Any], v2: bool) -> str:
+    """The resource the token is for: v2 takes a `<resource>/.default` scope, v1 `resource`."""
+    if not v2:
         resource = str(form.get("resource", ""))
         if not resource:
             raise _missing("resource")
-    identity = store.identities.get(client_id) or store.find_identity(client_id)
-    if (
-        identity is None
-        or identity.managed
-        or identity.tenant.lower() != tid.lower()
-        or identity.client_id.lower() != client_id.lower()
-    ):
-        raise _client_not_found(client_id, tenant)
+        return resource
+    scope = str(form.get("scope", ""))
+    if not scope:
+        raise _missing("scope")
+    if not any(s.endswith("/.default") for s in scope.split()):
+        raise EntraError(
+            400,
+            "invalid_scope",
+            1002012,
+            f"The provided value for scope {scope} is not valid. Client credential flows "
+            "must have a scope value with /.default suffixed to the resource identifier "
+            "(application ID URI).",
+        )
+    return resource_from_scope(scope)
+
+
+async def _authenticate_client(
+    services: Services, identity: Identity, form: Mapping[str, Any], secret: Any
+) -> None:
+    """A client secret the identity has, else a federated assertion it trusts."""
     assertion = form.get("client_assertion")
     if secret:
         if str(secret) not in identity.client_secrets:
@@ -242,7 +276,7 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
                 "The client_assertion_type must be "
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             )
-        await verify_federated(ctx.emulator, identity, str(assertion))
+        await verify_federated(services.store, services.jwks_cache, identity, str(assertion))
     else:
         raise EntraError(
             401,
@@ -251,170 +285,6 @@ async def _token(ctx: EntraContext, v2: bool) -> web.StreamResponse:
             "The request body must contain the following parameter: 'client_assertion' or "
             "'client_secret'.",
         )
-    lifetime = store.token_lifetime
-    access, exp = ctx.emulator.authority.mint(identity, resource, lifetime)
-    body: dict[str, Any] = {
-        "token_type": "Bearer",
-        "expires_in": lifetime,
-        "ext_expires_in": lifetime,
-        "access_token": access,
-    }
-    if not v2:
-        body.update(
-            expires_on=str(exp),
-            not_before=str(exp - lifetime),
-            resource=resource,
-            expires_in=str(lifetime),
-            ext_expires_in=str(lifetime),
-        )
-    return json_response(body)
-
-
-# --- workload identity federation -----------------------------------------------------------
-
-
-class JwksCache:
-    """Issuer keys: inline from the seed, or fetched (jwks_uri, else OIDC discovery) and kept
-    for a few minutes, as Entra ID does."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-
-    def forget(self) -> None:
-        self._cache.clear()
-
-    async def keys(self, issuer: Issuer, refresh: bool = False) -> dict[str, Any]:
-        if issuer.jwks is not None:
-            return issuer.jwks
-        hit = self._cache.get(issuer.issuer)
-        if hit and hit[0] > time.monotonic() and not refresh:
-            return hit[1]
-        ctx = ssl.create_default_context(cafile=issuer.ca_file) if issuer.ca_file else None
-        headers = {}
-        if issuer.bearer_token_file:
-            text = Path(issuer.bearer_token_file).read_text()  # noqa: ASYNC240 - tiny local file
-            headers["Authorization"] = "Bearer " + text.strip()
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            uri = issuer.jwks_uri
-            if not uri:
-                url = issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                async with session.get(url, ssl=ctx if ctx else True) as resp:
-                    resp.raise_for_status()
-                    uri = str((await resp.json(content_type=None))["jwks_uri"])
-            async with session.get(uri, ssl=ctx if ctx else True) as resp:
-                resp.raise_for_status()
-                keys: dict[str, Any] = json.loads(await resp.text())
-        self._cache[issuer.issuer] = (time.monotonic() + JWKS_TTL, keys)
-        return keys
-
-
-def _no_match(claims: dict[str, Any]) -> EntraError:
-    aud = claims.get("aud")
-    aud_text = ",".join(aud) if isinstance(aud, list) else str(aud)
-    return EntraError(
-        401,
-        "invalid_client",
-        70021,
-        "No matching federated identity record found for presented assertion. "
-        f"Assertion Issuer: '{claims.get('iss')}'. Assertion Subject: '{claims.get('sub')}'. "
-        f"Assertion Audience: '{aud_text}'. https://docs.microsoft.com/en-us/azure/"
-        "active-directory/develop/workload-identity-federation",
-    )
-
-
-def _issuer_for(emulator: Emulator, iss: str) -> Issuer:
-    for key in (iss, iss.rstrip("/"), iss.rstrip("/") + "/"):
-        if key in emulator.store.issuers:
-            return emulator.store.issuers[key]
-    return Issuer(iss)
-
-
-async def verify_federated(emulator: Emulator, identity: Identity, assertion: str) -> None:
-    try:
-        header = jwt.get_unverified_header(assertion)
-        claims = jwt.decode(assertion, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        raise EntraError(
-            400, "invalid_request", 50027, "JWT token is invalid or malformed."
-        ) from None
-    iss = str(claims.get("iss", ""))
-    creds = [c for c in identity.federated_credentials if c.issuer == iss]
-    if not creds:
-        raise _no_match(claims)
-    issuer = _issuer_for(emulator, iss)
-    verified, expired = None, False
-    # A key the cached set lacks (an issuer that rotated, or a test's new kube-apiserver on the
-    # same URL) triggers one fresh fetch before the assertion is refused.
-    for refresh in (False, True):
-        if refresh and issuer.jwks is not None:
-            break
-        try:
-            key_set = await emulator.jwks_cache.keys(issuer, refresh=refresh)
-        except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
-            log.warning("issuer keys unavailable", extra={"issuer": iss, "error": str(exc)})
-            raise EntraError(
-                401,
-                "invalid_client",
-                50166,
-                f"Request to External OIDC endpoint failed for issuer '{iss}'.",
-            ) from None
-        verified, expired = _verify_with(assertion, header, key_set)
-        if verified is not None or expired:
-            break
-    if expired:
-        now = int(time.time())
-        raise EntraError(
-            400,
-            "invalid_client",
-            700024,
-            f"Client assertion is not within its valid time range. Current time: "
-            f"{_iso(now)}, assertion valid from {_iso(claims.get('nbf', claims.get('iat')))}, "
-            f"expiry time of assertion {_iso(claims.get('exp'))}. Review the documentation at "
-            "https://docs.microsoft.com/azure/active-directory/develop/"
-            "active-directory-certificate-credentials .",
-        )
-    if verified is None:
-        raise EntraError(401, "invalid_client", 50013, "Assertion failed signature validation.")
-    if not any(_matches(c, verified) for c in creds):
-        raise _no_match(verified)
-
-
-def _verify_with(
-    assertion: str, header: dict[str, Any], key_set: dict[str, Any]
-) -> tuple[dict[str, Any] | None, bool]:
-    """(claims, expired): claims when a key of the set verifies the assertion."""
-    kid = header.get("kid")
-    candidates = [k for k in key_set.get("keys", []) if not kid or k.get("kid") in (kid, None)]
-    for jwk in candidates:
-        try:
-            pyjwk = jwt.PyJWK(jwk)
-            claims: dict[str, Any] = jwt.decode(
-                assertion,
-                pyjwk.key,
-                algorithms=[str(header.get("alg", "RS256"))],
-                options={"verify_aud": False, "require": ["exp", "iss", "sub", "aud"]},
-                leeway=0,
-            )
-            return claims, False
-        except jwt.ExpiredSignatureError:
-            return None, True
-        except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError):
-            continue
-    return None, False
-
-
-def _matches(cred: FederatedCredential, claims: dict[str, Any]) -> bool:
-    aud = claims.get("aud")
-    auds = aud if isinstance(aud, list) else [aud]
-    return claims.get("sub") == cred.subject and any(a in cred.audiences for a in auds)
-
-
-def _iso(ts: Any) -> str:
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%S.0000000+00:00", time.gmtime(int(ts)))
-    except (TypeError, ValueError):
-        return "unknown"
 
 
 def register(router: Router[EntraContext]) -> None:

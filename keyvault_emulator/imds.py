@@ -5,31 +5,26 @@ Every managed identity in the seed is attached to this "node"."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .errors import ImdsError, json_response
 from .routing import Router
-from .store import Identity
-
-if TYPE_CHECKING:
-    from .server import Emulator
-
-IDENTITY_HEADER = "emulator-identity-header"
+from .services import Services
+from .store import Identity, Store
 
 
 @dataclass
 class ImdsContext:
     request: web.Request
-    emulator: Emulator
+    services: Services
     params: dict[str, str]
 
 
-def select_identity(emulator: Emulator, query: dict[str, str]) -> Identity:
+def select_identity(store: Store, query: dict[str, str]) -> Identity:
     """The identity IMDS would answer for: the one named by client_id / object_id /
     msi_res_id (mi_res_id), else the system-assigned one."""
-    managed = [i for i in emulator.store.identities.values() if i.managed]
+    managed = [i for i in store.identities.values() if i.managed]
     for param, attr in (
         ("client_id", "client_id"),
         ("object_id", "object_id"),
@@ -59,17 +54,17 @@ def select_identity(emulator: Emulator, query: dict[str, str]) -> Identity:
     raise ImdsError(400, "invalid_request", "Identity not found")
 
 
-def identity_of(emulator: Emulator, query: dict[str, str]) -> str:
+def identity_of(store: Store, query: dict[str, str]) -> str:
     """Best-effort client id, for fault rules and the request log."""
     try:
-        return select_identity(emulator, query).client_id
+        return select_identity(store, query).client_id
     except ImdsError:
         return query.get("client_id", "")
 
 
-def _token_body(emulator: Emulator, ident: Identity, resource: str) -> dict[str, str]:
-    lifetime = emulator.store.token_lifetime
-    access, exp = emulator.authority.mint(ident, resource, lifetime)
+def _token_body(services: Services, ident: Identity, resource: str) -> dict[str, str]:
+    lifetime = services.store.token_lifetime
+    access, exp = services.authority.mint(ident, resource, lifetime)
     return {
         "access_token": access,
         "client_id": ident.client_id,
@@ -92,13 +87,13 @@ async def imds_token(ctx: ImdsContext) -> web.StreamResponse:
     resource = query.get("resource", "")
     if not resource:
         raise ImdsError(400, "invalid_request", "Required audience parameter not specified")
-    ident = select_identity(ctx.emulator, query)
-    return json_response(_token_body(ctx.emulator, ident, resource))
+    ident = select_identity(ctx.services.store, query)
+    return json_response(_token_body(ctx.services, ident, resource))
 
 
 async def app_service_token(ctx: ImdsContext) -> web.StreamResponse:
     req = ctx.request
-    if req.headers.get("X-IDENTITY-HEADER") != ctx.emulator.identity_header:
+    if req.headers.get("X-IDENTITY-HEADER") != ctx.services.identity_header:
         return json_response(
             {
                 "statusCode": 401,
@@ -110,8 +105,8 @@ async def app_service_token(ctx: ImdsContext) -> web.StreamResponse:
     resource = query.get("resource", "")
     if not resource:
         raise ImdsError(400, "invalid_request", "Required audience parameter not specified")
-    ident = select_identity(ctx.emulator, query)
-    body = _token_body(ctx.emulator, ident, resource)
+    ident = select_identity(ctx.services.store, query)
+    body = _token_body(ctx.services, ident, resource)
     return json_response(
         {k: body[k] for k in ("access_token", "expires_on", "resource", "token_type", "client_id")}
     )

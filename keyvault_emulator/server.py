@@ -11,21 +11,19 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from . import admin, entra, imds, vault_certificates, vault_keys, vault_secrets
 from .authz import allowed, forbidden
-from .entra import EntraContext, JwksCache
+from .entra import EntraContext
 from .errors import EntraError, ImdsError, KeyVaultError, json_response
-from .faults import FaultRule, Faults, RequestLog
+from .faults import FaultRule
 from .imds import ImdsContext
-from .routing import Router
+from .routing import Route, Router
+from .services import Services
 from .store import Store
-from .throttle import Throttle
 from .tls import Pki
-from .tokens import TokenAuthority
 from .vault_common import KvContext, authenticate
 
 log = logging.getLogger("keyvault_emulator")
@@ -67,7 +65,7 @@ def _unverified_appid(header: str | None) -> str:
 
 
 def _record(
-    emulator: Emulator,
+    services: Services,
     service: str,
     method: str,
     path: str,
@@ -78,7 +76,7 @@ def _record(
     fault: int | None,
 ) -> None:
     """Into the request log and counters; a debug log line too (never a body or a token)."""
-    emulator.requests.record(service, method, path, route, vault, identity, status, fault)
+    services.requests.record(service, method, path, route, vault, identity, status, fault)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "request",
@@ -94,8 +92,8 @@ def _record(
         )
 
 
-class Emulator:
-    """All server-side state, and the request handlers that act on it."""
+class Frontend:
+    """Routes each request to its service's handlers, which get the `Services` (never this)."""
 
     def __init__(
         self,
@@ -104,16 +102,8 @@ class Emulator:
         latency_ms: int = 0,
         on_change: Callable[[], None] | None = None,
     ) -> None:
+        self.services = Services.create(store, pki, latency_ms, on_change)
         self.store = store
-        self.pki = pki
-        self.authority = TokenAuthority(pki.signing_key, pki.signing_cert_der)
-        self.latency_ms = latency_ms
-        self.faults = Faults()
-        self.requests = RequestLog()
-        self.jwks_cache = JwksCache()
-        self.throttle = Throttle()
-        self.identity_header = imds.IDENTITY_HEADER
-        self._on_change = on_change
         self.kv_router: Router[KvContext] = Router()
         for module in (vault_secrets, vault_keys, vault_certificates):
             module.register(self.kv_router)
@@ -123,10 +113,6 @@ class Emulator:
         imds.register(self.imds_router)
         self.admin_router: Router[admin.AdminContext] = Router()
         admin.register(self.admin_router)
-
-    def changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
 
     # --- front doors ---------------------------------------------------------------------
 
@@ -155,11 +141,11 @@ class Emulator:
                 )
             named(route.template)
             try:
-                return await route.handler(ImdsContext(request, self, params))
+                return await route.handler(ImdsContext(request, self.services, params))
             except ImdsError as exc:
                 return exc.response()
 
-        identity = imds.identity_of(self, dict(request.query))
+        identity = imds.identity_of(self.store, dict(request.query))
         return await self._observed("imds", request, "", identity, serve, latency=False)
 
     async def _observed(
@@ -177,7 +163,9 @@ class Emulator:
         it matched through the callback it is given)."""
         status, route_name, fault_id = 500, ["?"], None
         try:
-            fault = self.faults.take(service, request.method, request.path, vault, identity)
+            fault = self.services.faults.take(
+                service, request.method, request.path, vault, identity
+            )
             if fault is not None:
                 fault_id = fault.id
                 status = 0  # logged for a dropped connection; any answer overwrites it
@@ -185,14 +173,14 @@ class Emulator:
                 if resp is not None:
                     status = resp.status
                     return resp
-            if latency and self.latency_ms:
-                await asyncio.sleep(self.latency_ms / 1000)
+            if latency and self.services.latency_ms:
+                await asyncio.sleep(self.services.latency_ms / 1000)
             resp = await serve(lambda name: route_name.__setitem__(0, name))
             status = resp.status
             return resp
         finally:
             _record(
-                self,
+                self.services,
                 service,
                 request.method,
                 request.path,
@@ -216,7 +204,9 @@ class Emulator:
             # --host 0.0.0.0 must not open the admin API to other machines
             return json_response({"error": "the admin API answers loopback only"}, status=403)
         try:
-            return await route.handler(admin.AdminContext(request, self, params))
+            return await route.handler(admin.AdminContext(request, self.services, params))
+        except KeyVaultError as exc:  # a Key Vault limit, answered as the data plane does
+            return exc.response()
         except (ValueError, KeyError, TypeError) as exc:
             return json_response({"error": str(exc)}, status=400)
 
@@ -230,7 +220,7 @@ class Emulator:
                 )
             named(route.template)
             try:
-                return await route.handler(EntraContext(request, self, params))
+                return await route.handler(EntraContext(request, self.services, params))
             except EntraError as exc:
                 return exc.response()
 
@@ -248,7 +238,7 @@ class Emulator:
             if route is not None:
                 named(route.template)
             try:
-                self.throttle.check(vault_name)
+                self.services.throttle.check(vault_name)
                 resp = await self._kv_dispatch(request, host, vault_name, route, params, other)
             except KeyVaultError as exc:
                 resp = exc.response()
@@ -260,7 +250,7 @@ class Emulator:
 
         auth_header = request.headers.get("Authorization")
         token = auth_header.split(" ", 1)[1].strip() if auth_header and " " in auth_header else ""
-        cached = self.authority.cached_caller(token) if token else None
+        cached = self.services.authority.cached_caller(token) if token else None
         identity = cached.client_id if cached else _unverified_appid(auth_header)
         return await self._observed("kv", request, vault_name, identity, serve)
 
@@ -269,7 +259,7 @@ class Emulator:
         request: web.Request,
         host: str,
         vault_name: str,
-        route: Any,
+        route: Route[KvContext] | None,
         params: dict[str, str],
         other: bool,
     ) -> web.StreamResponse:
@@ -279,7 +269,11 @@ class Emulator:
                 404, "VaultNotFound", f"The vault '{vault_name}' does not exist in this emulator."
             )
         caller = authenticate(
-            self, self.authority, vault, request.host, request.headers.get("Authorization")
+            self.store,
+            self.services.authority,
+            vault,
+            request.host,
+            request.headers.get("Authorization"),
         )
         if route is None:
             if other:
@@ -296,7 +290,7 @@ class Emulator:
             raise forbidden(vault, ident, caller.client_id, route.action, scope)
         ctx = KvContext(
             request=request,
-            emulator=self,
+            services=self.services,
             vault=vault,
             base=f"https://{request.host.lower().removesuffix(':443')}",
             params=params,
@@ -336,15 +330,15 @@ class Emulator:
         return json_response(body, status=rule.status, headers=headers)
 
 
-def make_app(emulator: Emulator) -> web.Application:
+def make_app(frontend: Frontend) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", emulator.handle)
+    app.router.add_route("*", "/{tail:.*}", frontend.handle)
     return app
 
 
-def make_imds_app(emulator: Emulator) -> web.Application:
+def make_imds_app(frontend: Frontend) -> web.Application:
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", emulator.handle_imds)
+    app.router.add_route("*", "/{tail:.*}", frontend.handle_imds)
     return app
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
+import os
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger("keyvault_emulator.tls")
 
 DEFAULT_SANS = [
     "login.microsoftonline.com",
@@ -39,11 +44,34 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """A private key, created 0600 (narrower under a stricter umask, never wider) and renamed
+    into place: at no moment can another user read it. O_EXCL, after removing a stale temp
+    file, so a file someone else made is never reused."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600)
+    tmp.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     tmp.replace(path)
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    """The state dir holds private keys: created 0700; an existing one open to others is
+    tightened to 0700 (logged), unless it is shared (sticky, like /tmp) or someone else's,
+    which is logged and left alone (the key files themselves are 0600 either way)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = state_dir.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return
+    where = {"state_dir": str(state_dir), "mode": oct(mode)}
+    if mode & stat.S_ISVTX or st.st_uid != os.geteuid():
+        log.warning("state dir is open to other users; left as it is", extra=where)
+        return
+    state_dir.chmod(0o700)
+    log.warning("state dir was open to other users; tightened to 0700", extra=where)
 
 
 def _load_or_make_ca(state: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -82,7 +110,7 @@ def _load_or_make_ca(state: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Cert
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(
+    write_private(
         ca_key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -123,7 +151,7 @@ def _issue_server_cert(
         .sign(ca_key, hashes.SHA256())
     )
     cert_path, key_path = state / "server.pem", state / "server-key.pem"
-    _write_private(
+    write_private(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -157,7 +185,7 @@ def _load_or_make_signing_key(state: Path) -> tuple[rsa.RSAPrivateKey, bytes]:
         .not_valid_after(start + datetime.timedelta(days=3650))
         .sign(key, hashes.SHA256())
     )
-    _write_private(
+    write_private(
         path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -171,7 +199,7 @@ def _load_or_make_signing_key(state: Path) -> tuple[rsa.RSAPrivateKey, bytes]:
 
 def ensure_pki(state_dir: Path, extra_sans: list[str] | None = None) -> Pki:
     """Creates what is missing; the server certificate is reissued on every start (cheap, EC)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(state_dir)
     ca_key, ca = _load_or_make_ca(state_dir)
     names = list(dict.fromkeys(DEFAULT_SANS + list(extra_sans or [])))
     cert_path, key_path = _issue_server_cert(state_dir, ca_key, ca, names)

@@ -1,3 +1,4 @@
+# Over 400 lines: one object kind, its versions (each with its key and secret) and its routes.
 """Key Vault certificates: import (PEM or PFX), create self-signed, get, list, policy, update,
 delete, recover, purge. Each version also creates its addressable key and secret, as Key Vault
 does: same name, same version, `managed: true`."""
@@ -11,25 +12,27 @@ import copy
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import vault_keys, vault_secrets
+from .cert_policy import (
+    CONTENT_TYPES,
+    generate,
+    imported_policy,
+    policy_from_request,
+)
 from .errors import KeyVaultError, bad_parameter
 from .material import (
-    CURVE_NAMES,
     EC_OPS,
     PEM_CONTENT_TYPE,
     PFX_CONTENT_TYPE,
     RSA_OPS,
     CertMaterial,
     MaterialError,
-    generate_key,
     parse_pem_bundle,
     parse_pfx,
     secret_value,
-    self_signed,
     x5t,
 )
 from .routing import Router
@@ -43,7 +46,6 @@ from .store import (
     Vault,
     after,
     new_version,
-    now,
 )
 from .vault_common import (
     KvContext,
@@ -62,17 +64,6 @@ from .vault_common import (
 
 KIND = "certificates"
 A = "Microsoft.KeyVault/vaults/certificates/"
-CONTENT_TYPES = (PEM_CONTENT_TYPE, PFX_CONTENT_TYPE)
-
-_KU_NAMES = {
-    "digital_signature": "digitalSignature",
-    "content_commitment": "nonRepudiation",
-    "key_encipherment": "keyEncipherment",
-    "data_encipherment": "dataEncipherment",
-    "key_agreement": "keyAgreement",
-    "key_cert_sign": "keyCertSign",
-    "crl_sign": "cRLSign",
-}
 
 
 def cert_id(base: str, vault: Vault, name: str, version: str | None = None) -> str:
@@ -81,116 +72,6 @@ def cert_id(base: str, vault: Vault, name: str, version: str | None = None) -> s
 
 
 # --- policies -------------------------------------------------------------------------------
-
-
-def _key_props(key: Any) -> dict[str, Any]:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return {"exportable": True, "kty": "RSA", "key_size": key.key_size, "reuse_key": False}
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return {
-        "exportable": True,
-        "kty": "EC",
-        "key_size": key.curve.key_size,
-        "crv": CURVE_NAMES[key.curve.name],
-        "reuse_key": False,
-    }
-
-
-def _x509_props(cert: x509.Certificate) -> dict[str, Any]:
-    props: dict[str, Any] = {"subject": cert.subject.rfc4514_string()}
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans: dict[str, list[str]] = {}
-        dns = san.get_values_for_type(x509.DNSName)
-        emails = san.get_values_for_type(x509.RFC822Name)
-        if dns:
-            sans["dns_names"] = dns
-        if emails:
-            sans["emails"] = emails
-        if sans:
-            props["sans"] = sans
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        props["ekus"] = [o.dotted_string for o in eku]
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        props["key_usage"] = [n for f, n in _KU_NAMES.items() if getattr(ku, f)]
-    except x509.ExtensionNotFound:
-        pass
-    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
-    props["validity_months"] = max(1, round(days / 30.4375))
-    return props
-
-
-def policy_from_request(raw: Any, existing: dict[str, Any] | None) -> dict[str, Any]:
-    """A full stored policy from a request's (possibly partial) one, over `existing`."""
-    if raw is None:
-        if existing is None:
-            raise bad_parameter("Property 'policy' is required to create a certificate.")
-        return copy.deepcopy(existing)
-    if not isinstance(raw, dict):
-        raise bad_parameter("Property 'policy' must be an object.")
-    policy = copy.deepcopy(existing) if existing else default_policy()
-    for section in ("key_props", "secret_props", "x509_props", "issuer"):
-        value = raw.get(section)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            raise bad_parameter(f"Property 'policy.{section}' must be an object.")
-        policy.setdefault(section, {}).update(value)
-    if raw.get("lifetime_actions") is not None:
-        policy["lifetime_actions"] = raw["lifetime_actions"]
-    if isinstance(raw.get("attributes"), dict):
-        policy["attributes"].update({k: v for k, v in raw["attributes"].items() if k == "enabled"})
-    ct = policy.get("secret_props", {}).get("contentType")
-    if ct not in CONTENT_TYPES:
-        raise bad_parameter(f"The content type '{ct}' is not supported.")
-    policy["attributes"]["updated"] = now()
-    return policy
-
-
-def default_policy() -> dict[str, Any]:
-    t = now()
-    return {
-        "key_props": {"exportable": True, "kty": "RSA", "key_size": 2048, "reuse_key": False},
-        "secret_props": {"contentType": PFX_CONTENT_TYPE},
-        "x509_props": {
-            "subject": "CN=DefaultPolicy",
-            "ekus": ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"],
-            "key_usage": ["digitalSignature", "keyEncipherment"],
-            "validity_months": 12,
-        },
-        "lifetime_actions": [
-            {"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}
-        ],
-        "issuer": {"name": "Self"},
-        "attributes": {"enabled": True, "created": t, "updated": t},
-    }
-
-
-def imported_policy(material: CertMaterial, content_type: str, raw: Any) -> dict[str, Any]:
-    t = now()
-    policy: dict[str, Any] = {
-        "key_props": _key_props(material.key),
-        "secret_props": {"contentType": content_type},
-        "x509_props": _x509_props(material.leaf),
-        "lifetime_actions": [
-            {"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "EmailContacts"}}
-        ],
-        "issuer": {"name": "Unknown"},
-        "attributes": {"enabled": True, "created": t, "updated": t},
-    }
-    if isinstance(raw, dict):
-        for section in ("key_props", "x509_props", "issuer"):
-            if isinstance(raw.get(section), dict):
-                policy[section].update(raw[section])
-        if raw.get("lifetime_actions") is not None:
-            policy["lifetime_actions"] = raw["lifetime_actions"]
-    return policy
 
 
 def policy_json(base: str, vault: Vault, name: str, policy: dict[str, Any]) -> dict[str, Any]:
@@ -385,15 +266,6 @@ def operation_json(
     return out
 
 
-def _generate(policy: dict[str, Any]) -> tuple[CertMaterial, bytes]:
-    kp = policy.get("key_props", {})
-    kty = str(kp.get("kty") or "RSA")
-    size = kp.get("key_size") if kty.upper().startswith("RSA") else None
-    key = generate_key(kty, size, kp.get("crv"))
-    cert, csr = self_signed(key, policy.get("x509_props", {}))
-    return CertMaterial(key, cert, []), csr
-
-
 async def create_certificate(ctx: KvContext) -> web.StreamResponse:
     name = ctx.name()
     body = await ctx.body()
@@ -403,7 +275,7 @@ async def create_certificate(ctx: KvContext) -> web.StreamResponse:
     if issuer.lower() not in ("self", "unknown"):
         raise bad_parameter(f"The issuer '{issuer}' is not known to this vault.")
     try:
-        material, csr = await asyncio.to_thread(_generate, policy)
+        material, csr = await asyncio.to_thread(generate, policy)
     except MaterialError as exc:
         raise bad_parameter(str(exc)) from None
     op = PendingOperation(new_version(), csr, issuer, "inProgress")

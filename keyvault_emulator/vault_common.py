@@ -8,17 +8,15 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jwt
 from aiohttp import web
 
 from .errors import KeyVaultError, bad_parameter
+from .services import Services
 from .store import Attributes, Deleted, Identity, Store, Vault, now
 from .tokens import KEY_VAULT_APP_ID, Caller, TokenAuthority
-
-if TYPE_CHECKING:
-    from .server import Emulator
 
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 VERSION_RE = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -29,7 +27,7 @@ RETENTION_SECONDS = 90 * 86400  # soft-delete retention, Key Vault's default
 @dataclass
 class KvContext:
     request: web.Request
-    emulator: Emulator
+    services: Services
     vault: Vault
     base: str  # "https://<vault host>"
     params: dict[str, str]
@@ -38,7 +36,7 @@ class KvContext:
 
     @property
     def store(self) -> Store:
-        return self.emulator.store
+        return self.services.store
 
     def name(self, key: str = "name") -> str:
         name = self.params.get(key, "")
@@ -62,7 +60,7 @@ class KvContext:
         return value
 
     def changed(self) -> None:
-        self.emulator.changed()
+        self.services.changed()
 
 
 def parse_attributes(raw: Any, base: Attributes | None = None) -> Attributes:
@@ -186,8 +184,8 @@ def pick_version(versions: list[Any], version: str, kind: str, name: str) -> Any
 # --- challenge authentication -------------------------------------------------------------
 
 
-def challenge_headers(emulator: Emulator, vault: Vault, host: str) -> dict[str, str]:
-    cloud = emulator.store.cloud_for_vault_host(host.split(":")[0])
+def challenge_headers(store: Store, vault: Vault, host: str) -> dict[str, str]:
+    cloud = store.cloud_for_vault_host(host.split(":")[0])
     suffix = host.split(":")[0].split(".", 1)[1] if "." in host else "vault.azure.net"
     authority = cloud.authority_host if cloud else "login.microsoftonline.com"
     return {
@@ -198,41 +196,39 @@ def challenge_headers(emulator: Emulator, vault: Vault, host: str) -> dict[str, 
     }
 
 
-def unauthorized(emulator: Emulator, vault: Vault, host: str, message: str) -> KeyVaultError:
+def unauthorized(store: Store, vault: Vault, host: str, message: str) -> KeyVaultError:
     return KeyVaultError(
-        401, "Unauthorized", message, headers=challenge_headers(emulator, vault, host)
+        401, "Unauthorized", message, headers=challenge_headers(store, vault, host)
     )
 
 
 def authenticate(
-    emulator: Emulator, authority: TokenAuthority, vault: Vault, host: str, header: str | None
+    store: Store, authority: TokenAuthority, vault: Vault, host: str, header: str | None
 ) -> Caller:
     """Verifies the bearer token for this vault: signature, expiry, audience and tenant."""
     if not header:
         raise unauthorized(
-            emulator, vault, host, "AKV10000: Request is missing a Bearer or PoP token."
+            store, vault, host, "AKV10000: Request is missing a Bearer or PoP token."
         )
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise unauthorized(
-            emulator, vault, host, "AKV10000: Request is missing a Bearer or PoP token."
+            store, vault, host, "AKV10000: Request is missing a Bearer or PoP token."
         )
     caller = authority.cached_caller(token)
     if caller is None:
         try:
             claims = authority.verify(token)
         except jwt.ExpiredSignatureError:
-            raise unauthorized(emulator, vault, host, "Token has expired.") from None
+            raise unauthorized(store, vault, host, "Token has expired.") from None
         except jwt.InvalidSignatureError:
-            raise unauthorized(
-                emulator, vault, host, "Token signature validation failed."
-            ) from None
+            raise unauthorized(store, vault, host, "Token signature validation failed.") from None
         except jwt.ImmatureSignatureError:
-            raise unauthorized(emulator, vault, host, "Token is not yet valid.") from None
+            raise unauthorized(store, vault, host, "Token is not yet valid.") from None
         except jwt.InvalidTokenError:
             raise unauthorized(
-                emulator, vault, host, "Token is malformed and could not be validated."
+                store, vault, host, "Token is malformed and could not be validated."
             ) from None
         caller = Caller(
             client_id=str(claims.get("appid", "")),
@@ -246,14 +242,14 @@ def authenticate(
     resource = f"https://{suffix}"
     if caller.audience.rstrip("/").lower() not in (resource.lower(), KEY_VAULT_APP_ID):
         raise unauthorized(
-            emulator,
+            store,
             vault,
             host,
             f"AKV10022: Invalid audience. Expected {resource}, found: {caller.audience}.",
         )
     if caller.tenant_id.lower() != vault.tenant.lower():
         raise unauthorized(
-            emulator,
+            store,
             vault,
             host,
             f"AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{vault.tenant}/, "

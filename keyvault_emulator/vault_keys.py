@@ -1,3 +1,4 @@
+# Over 400 lines: the key routes and the cryptographic operations share the key lookup.
 """Key Vault keys: create (RSA, EC), import a JWK, get (public JWK only), list, update, delete,
 recover, purge, and the cryptographic operations (sign, verify, encrypt, decrypt, wrap, unwrap)."""
 

@@ -94,9 +94,9 @@ def _get_versions(vault: Vault, name: str) -> list[SecretVersion]:
     return versions
 
 
-async def set_secret(ctx: KvContext) -> web.StreamResponse:
-    name = ctx.name()
-    body = await ctx.body()
+def secret_fields(body: dict[str, Any]) -> tuple[str, str | None]:
+    """A new version's value and content type, with Key Vault's checks (a string of at most
+    25 KB): the data plane's set and the admin API's set both take them from here."""
     value = body.get("value")
     if not isinstance(value, str):
         raise bad_parameter("Property 'value' is required and must be a string.")
@@ -105,6 +105,13 @@ async def set_secret(ctx: KvContext) -> web.StreamResponse:
     content_type = body.get("contentType")
     if content_type is not None and not isinstance(content_type, str):
         raise bad_parameter("Property 'contentType' must be a string.")
+    return value, content_type
+
+
+async def set_secret(ctx: KvContext) -> web.StreamResponse:
+    name = ctx.name()
+    body = await ctx.body()
+    value, content_type = secret_fields(body)
     if name.lower() in ctx.vault.deleted_secrets:
         raise deleted_conflict(KIND, name)
     existing = ctx.vault.secrets.get(name.lower())
