@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import invalid
+from .errors import ProviderError, invalid
 from .limits import MAX_ENV_FILE, cut
 
 ENVIRONMENT_FILEPATH = "AZURE_ENVIRONMENT_FILEPATH"
@@ -63,6 +63,10 @@ _KNOWN = {
 STACK = "AZURESTACKCLOUD"
 
 
+def _refused(message: str) -> ProviderError:
+    return invalid(message, "cloudName")
+
+
 def from_name(name: str, env_file: str = "") -> CloudEnvironment:
     """The environment for `name`; for AzureStackCloud, from `env_file`."""
     key = name.strip().upper()
@@ -71,12 +75,12 @@ def from_name(name: str, env_file: str = "") -> CloudEnvironment:
     if key == STACK:
         path = env_file or os.environ.get(ENVIRONMENT_FILEPATH, "")
         if not path:
-            raise invalid(
+            raise _refused(
                 f"cloudName {cut(name)} is not valid: AzureStackCloud needs cloudEnvFileName "
                 f"(or {ENVIRONMENT_FILEPATH}) naming the environment JSON file"
             )
         return from_file(path)
-    raise invalid(
+    raise _refused(
         f"cloudName {cut(name)} is not valid: expected one of AzurePublicCloud, "
         "AzureUSGovernmentCloud, AzureChinaCloud, AzureGermanCloud, AzureStackCloud"
     )
@@ -88,10 +92,10 @@ def _read_small(path: Path, where: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise invalid(f"{where}: must be a regular file")
+            raise _refused(f"{where}: must be a regular file")
         data = handle.read(MAX_ENV_FILE + 1)
     if len(data) > MAX_ENV_FILE:
-        raise invalid(f"{where}: must be at most {MAX_ENV_FILE} bytes")
+        raise _refused(f"{where}: must be at most {MAX_ENV_FILE} bytes")
     return data
 
 
@@ -101,18 +105,18 @@ def from_file(path: str) -> CloudEnvironment:
     try:
         data = json.loads(_read_small(Path(path), where))
     except OSError as exc:
-        raise invalid(f"{where}: cannot read the file: {exc.strerror}") from None
+        raise _refused(f"{where}: cannot read the file: {exc.strerror}") from None
     except (ValueError, RecursionError):
-        raise invalid(f"{where}: not valid JSON") from None
+        raise _refused(f"{where}: not valid JSON") from None
     if not isinstance(data, dict):
-        raise invalid(f"{where}: must hold a JSON object")
+        raise _refused(f"{where}: must hold a JSON object")
     missing = [
         key
         for key in ("activeDirectoryEndpoint", "keyVaultDNSSuffix")
         if not isinstance(data.get(key), str) or not data.get(key)
     ]
     if missing:
-        raise invalid(f"{where}: missing {', '.join(missing)}")
+        raise _refused(f"{where}: missing {', '.join(missing)}")
     suffix = str(data["keyVaultDNSSuffix"])
     return CloudEnvironment(
         name=str(data.get("name") or "AzureStackCloud"),

@@ -11,11 +11,15 @@ from __future__ import annotations
 import unicodedata
 from typing import Protocol
 
-from .errors import invalid
+from .errors import ProviderError, invalid
 from .limits import MAX_NAME_BYTES, MAX_PATH_BYTES, shown
 
 # Bidirectional controls make a name display as another (CVE-2021-42574 "trojan source").
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _refused(message: str) -> ProviderError:
+    return invalid(message, "objectAlias")
 
 
 class Owner(Protocol):
@@ -29,27 +33,27 @@ def check_file_name(where: str, file_name: str) -> None:
     """A relative path of clean components (upstream checks only the first two rules)."""
     quoted = shown(file_name)
     if file_name.startswith("/") or file_name.startswith("\\"):
-        raise invalid(f"{where}: objectAlias {quoted}: file name must be a relative path")
+        raise _refused(f"{where}: objectAlias {quoted}: file name must be a relative path")
     parts = file_name.split("/")
     if ".." in parts or ".." in file_name:
-        raise invalid(f"{where}: objectAlias {quoted}: file name must not contain '..'")
+        raise _refused(f"{where}: objectAlias {quoted}: file name must not contain '..'")
     if len(file_name.encode()) > MAX_PATH_BYTES:
-        raise invalid(
+        raise _refused(
             f"{where}: objectAlias {quoted}: file name must be at most {MAX_PATH_BYTES} bytes"
         )
     if any(part in ("", ".") for part in parts):
-        raise invalid(
+        raise _refused(
             f"{where}: objectAlias {quoted}: every path component must be a name "
             "(no empty component, no '.', no trailing '/')"
         )
     if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
-        raise invalid(
+        raise _refused(
             f"{where}: objectAlias {quoted}: a path component must be at most "
             f"{MAX_NAME_BYTES} bytes"
         )
     for char in file_name:
         if char in _BIDI or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
-            raise invalid(
+            raise _refused(
                 f"{where}: objectAlias {quoted}: file name must not contain control, format "
                 f"or bidirectional characters (found U+{ord(char):04X})"
             )
@@ -74,13 +78,13 @@ class Layout:
         """Fail when another object writes `path`, needs it as a directory, or owns a parent."""
         other = self._files.get(path)
         if other is not None and other.index != owner.index:
-            raise invalid(
+            raise _refused(
                 f"{owner.label()} and {other.label()} both write the file {shown(path)}: "
                 "set a distinct objectAlias"
             )
         other = self._dirs.get(path)
         if other is not None and other.index != owner.index:
-            raise invalid(
+            raise _refused(
                 f"{owner.label()} writes {shown(path)} where {other.label()} needs a directory: "
                 "set a distinct objectAlias"
             )
@@ -91,7 +95,7 @@ class Layout:
         """`path/` and everything under it belong to `owner` (objectVersionHistory's files)."""
         other = self._files.get(path) or self._dirs.get(path)
         if other is not None and other.index != owner.index:
-            raise invalid(
+            raise _refused(
                 f"{owner.label()} writes its versions under {shown(path + '/')} where "
                 f"{other.label()} also writes: set a distinct objectAlias"
             )
@@ -103,7 +107,7 @@ class Layout:
         for parent in _parents(path):
             other = self._files.get(parent) or self._sealed.get(parent)
             if other is not None and other.index != owner.index:
-                raise invalid(
+                raise _refused(
                     f"{owner.label()} writes {shown(path)} under {other.label()}'s "
                     f"{'file' if parent in self._files else 'versions'} {shown(parent)}: "
                     "set a distinct objectAlias"
