@@ -10,12 +10,10 @@ since `object_name` is a pod author's choice. Every cache's size and evictions a
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .caches import BoundedLRU
 
@@ -35,34 +33,29 @@ _COMMON = (
 )
 
 
-class CacheCollector(Collector):
-    """Entries, bytes and evictions of every watched cache (the label-set caches included)."""
-
-    def __init__(self) -> None:
-        self.caches: list[BoundedLRU[Any, Any]] = []
-
-    def collect(self) -> Iterator[Metric]:
-        evictions = CounterMetricFamily(
-            "provider_cache_evictions", "Entries evicted from a bounded cache", labels=["cache"]
-        )
-        entries = GaugeMetricFamily(
-            "provider_cache_entries", "Entries held by a bounded cache", labels=["cache"]
-        )
-        size = GaugeMetricFamily(
-            "provider_cache_bytes", "Bytes counted by a bounded cache", labels=["cache"]
-        )
-        for cache in self.caches:
-            evictions.add_metric([cache.name], cache.evictions)
-            entries.add_metric([cache.name], len(cache))
-            size.add_metric([cache.name], cache.bytes)
-        yield from (evictions, entries, size)
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.caches = CacheCollector()
-        self.registry.register(self.caches)
+        self._caches: dict[str, BoundedLRU[Any, Any]] = {}
+        self._evictions_seen: dict[str, int] = {}
+        self.cache_evictions = Counter(
+            "provider_cache_evictions",
+            "Entries dropped to keep a bounded cache within its limit",
+            ("cache",),
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge(
+            "provider_cache_entries",
+            "Entries held by a bounded cache",
+            ("cache",),
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "provider_cache_bytes",
+            "Bytes counted by a bounded cache",
+            ("cache",),
+            registry=self.registry,
+        )
         self.keyvault_request = Histogram(
             "keyvault_request",
             "Distribution of how long it took to get from keyvault",
@@ -86,8 +79,8 @@ class Metrics:
 
     def watch(self, cache: BoundedLRU[Any, Any]) -> None:
         """Export `cache`'s size and evictions (`provider_cache_*{cache=<its name>}`)."""
-        if cache not in self.caches.caches:
-            self.caches.caches.append(cache)
+        self._caches.setdefault(cache.name, cache)
+        self._evictions_seen.setdefault(cache.name, 0)
 
     def _observe(
         self, name: str, histogram: Histogram, labels: Sequence[str], value: float
@@ -114,5 +107,14 @@ class Metrics:
         labels = (*self._common(), method, code, message)
         self._observe("grpc_request", self.grpc_request, labels, seconds)
 
+    def _refresh_caches(self) -> None:
+        for name, cache in self._caches.items():
+            self.cache_entries.labels(name).set(len(cache))
+            self.cache_bytes.labels(name).set(cache.bytes)
+            new = cache.evictions - self._evictions_seen[name]
+            self.cache_evictions.labels(name).inc(new)
+            self._evictions_seen[name] = cache.evictions
+
     def exposition(self) -> bytes:
+        self._refresh_caches()
         return generate_latest(self.registry)

@@ -60,8 +60,7 @@ def check_file_name(where: str, file_name: str) -> None:
 
 
 def _parents(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+    return [path[:i] for i, char in enumerate(path) if char == "/"]
 
 
 class Layout:

@@ -54,3 +54,12 @@ def test_provider_bench_against_the_go_provider() -> None:
 def test_emulator_throughput_bench() -> None:
     out = _run("bench/emulator_throughput.py", "--seconds", "0.5", "--connections", "2")
     assert "req/s" in out and "server CPU per request" in out, out
+
+
+def test_bounded_bench() -> None:
+    peer("azure-provider")
+    out = _run("-m", "bench.bounded", "--mounts", "20", "--samples", "5")
+    assert "| ours | 5 files |" in out and "| upstream Go v1.8.2 | 5 files |" in out, out
+    rss_rows = [line for line in out.splitlines() if line.startswith("| 20 |")]
+    assert rss_rows, out
+    assert "heaviest Mounts in flight" in out, out
