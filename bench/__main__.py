@@ -165,8 +165,10 @@ def main() -> None:
         path = Path(args.write)
         text = path.read_text() if path.exists() else ""
         marker = "<!-- results -->"
-        head = text.split(marker)[0] if marker in text else text
-        path.write_text(head.rstrip() + f"\n\n{marker}\n{result}\n")
+        head, _, rest = text.partition(marker)
+        # keep the sections after ours (each starts with its own `<!-- name -->` marker)
+        tail = rest[rest.index("<!-- ") :] if "<!-- " in rest else ""
+        path.write_text(head.rstrip() + f"\n\n{marker}\n{result}\n\n{tail}".rstrip() + "\n")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,19 @@ import signal
 import stat
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import disable_created_metrics
 
 from . import __version__, clouds, flags, logs
 from .errors import ProviderError
+
+if TYPE_CHECKING:
+    import grpc
+    from aiohttp import web
+
+    from .metrics import Metrics
+    from .server import Provider
 
 log = logging.getLogger("provider_azure")
 
@@ -92,64 +99,17 @@ def remove_stale_socket(path: str) -> None:
 
 async def serve(opts: dict[str, Any]) -> int:
     # Imported here so that --version and flag errors answer without loading the SDKs.
-    import grpc
-    from aiohttp import web
-
-    from secrets_store_api import provider_pb2_grpc
-
-    from .auth import ClientCache
-    from .fetch import ContentOptions
-    from .keyvault import ClientOptions
     from .metrics import Metrics
-    from .server import Provider, ProviderServicer, health_handler, healthz_app, metrics_app
 
     scheme, address = parse_endpoint(opts["endpoint"])
     if opts["metrics-backend"].lower() != "prometheus":
         log.error("unsupported metrics backend", extra={"backend": opts["metrics-backend"]})
         return 1
-    default_cloud = clouds.from_name(opts["cloud-name"])
     metrics = Metrics()
-    provider = Provider(
-        ContentOptions(
-            construct_pem_chain=opts["construct-pem-chain"],
-            write_cert_and_key_in_separate_files=opts["write-cert-and-key-in-separate-files"],
-        ),
-        default_cloud,
-        metrics,
-        ClientCache(ClientOptions(timeout=opts["keyvault-timeout"])),
-    )
-    server = grpc.aio.server()
-    provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(
-        ProviderServicer(provider, metrics), server
-    )
-    server.add_generic_rpc_handlers((health_handler(),))
-    if scheme == "unix":
-        remove_stale_socket(address)
-        old = os.umask(0o077)
-        try:
-            server.add_insecure_port(f"unix://{address}")
-            await server.start()
-        finally:
-            os.umask(old)
-        socket_path = address
-    else:
-        server.add_insecure_port(address)
-        await server.start()
-        socket_path = ""
+    provider, server = _build(opts, metrics)
+    socket_path = await _listen(server, scheme, address)
     log.info("Listening for connections", extra={"address": opts["endpoint"]})
-
-    runners: list[web.AppRunner] = []
-    for app, port in (
-        (metrics_app(metrics), opts["prometheus-port"]),
-        (
-            healthz_app(opts["healthz-path"], socket_path, opts["healthz-timeout"]),
-            opts["healthz-port"],
-        ),
-    ):
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, None, port).start()
-        runners.append(runner)
+    runners = await _serve_http(opts, metrics, socket_path)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -165,6 +125,71 @@ async def serve(opts: dict[str, Any]) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.remove(socket_path)
     return 0
+
+
+def _build(opts: dict[str, Any], metrics: Metrics) -> tuple[Provider, grpc.aio.Server]:
+    import grpc
+
+    from secrets_store_api import provider_pb2_grpc
+
+    from .auth import ClientCache
+    from .fetch import ContentOptions
+    from .keyvault import ClientOptions
+    from .server import Provider, ProviderServicer, health_handler
+
+    provider = Provider(
+        ContentOptions(
+            construct_pem_chain=opts["construct-pem-chain"],
+            write_cert_and_key_in_separate_files=opts["write-cert-and-key-in-separate-files"],
+        ),
+        clouds.from_name(opts["cloud-name"]),
+        metrics,
+        ClientCache(ClientOptions(timeout=opts["keyvault-timeout"])),
+    )
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(
+        ProviderServicer(provider, metrics), server
+    )
+    server.add_generic_rpc_handlers((health_handler(),))
+    return provider, server
+
+
+async def _listen(server: grpc.aio.Server, scheme: str, address: str) -> str:
+    """Start serving; the unix socket's path ("" for TCP), created owner-only (umask 0077)."""
+    if scheme != "unix":
+        server.add_insecure_port(address)
+        await server.start()
+        return ""
+    remove_stale_socket(address)
+    old = os.umask(0o077)
+    try:
+        server.add_insecure_port(f"unix://{address}")
+        await server.start()
+    finally:
+        os.umask(old)
+    return address
+
+
+async def _serve_http(
+    opts: dict[str, Any], metrics: Metrics, socket_path: str
+) -> list[web.AppRunner]:
+    from aiohttp import web
+
+    from .server import healthz_app, metrics_app
+
+    runners: list[web.AppRunner] = []
+    for app, port in (
+        (metrics_app(metrics), opts["prometheus-port"]),
+        (
+            healthz_app(opts["healthz-path"], socket_path, opts["healthz-timeout"]),
+            opts["healthz-port"],
+        ),
+    ):
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, None, port).start()
+        runners.append(runner)
+    return runners
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -94,83 +94,13 @@ class Fetcher:
         # Fetches in flight, shared by concurrent mounts of the same (client, object, version):
         # many pods on one SecretProviderClass cost one Key Vault GET per object, not one each.
         # Only while in flight: a finished fetch is never reused, so content is never stale.
-        self._inflight: dict[tuple[int, str, str, str, str], asyncio.Future[list[_Piece]]] = {}
+        self._inflight: dict[_Key, asyncio.Future[list[_Piece]]] = {}
 
     async def mount(self, params: MountParameters, vault: Vault) -> MountResult:
-        semaphore = asyncio.Semaphore(self.concurrency)
-        memo: dict[tuple[int, str, str, str, str], asyncio.Future[list[_Piece]]] = {}
+        fetched = await _MountFetch(self, vault).run(params.objects)
+        return _lay_out(params, fetched)
 
-        async def bounded(coro: Awaitable[Any]) -> Any:
-            async with semaphore:
-                return await coro
-
-        def fetch(obj: KeyVaultObject, version: str) -> asyncio.Future[list[_Piece]]:
-            key = (id(vault), obj.type.value, obj.name, version, obj.format.value)
-            task = memo.get(key)
-            if task is None:
-                shared = self._inflight.get(key)
-                if shared is None:
-                    shared = asyncio.ensure_future(
-                        bounded(self._timed(obj, self._content(vault, obj, version)))
-                    )
-                    self._inflight[key] = shared
-                    shared.add_done_callback(functools.partial(self._forget, key))
-                # A mount that gives up (deadline) must not cancel the others' fetch.
-                task = asyncio.ensure_future(asyncio.shield(shared))
-                memo[key] = task
-            return task
-
-        async def one(obj: KeyVaultObject) -> list[tuple[KeyVaultObject, str, str, list[_Piece]]]:
-            if obj.single_version:
-                return [(obj, obj.file_name, obj.uid, await fetch(obj, obj.requested_version))]
-            versions = await bounded(
-                self._timed(obj, vault.list_versions(obj.type.value, obj.name))
-            )
-            chosen = latest_versions(obj, versions)
-            pieces = await asyncio.gather(*(fetch(obj, v) for _, v in chosen))
-            return [
-                (obj, f"{obj.file_name}/{i}", f"{obj.uid}/{i}", p)
-                for (i, _), p in zip(chosen, pieces, strict=True)
-            ]
-
-        tasks = [asyncio.ensure_future(one(obj)) for obj in params.objects]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            for pending in memo.values():
-                pending.cancel()
-            raise
-
-        files: list[File] = []
-        versions: list[ObjectVersion] = []
-        layout = Layout()
-        for per_object in results:
-            for obj, base, uid, pieces in per_object:
-                mode = (
-                    obj.file_permission if obj.file_permission is not None else params.default_mode
-                )
-                for piece in pieces:
-                    path = base + piece.suffix
-                    if len(files) >= MAX_FILES:
-                        raise invalid(
-                            f"this mount writes more than {MAX_FILES} files (objects and their "
-                            "versions): split the SecretProviderClass",
-                            "files",
-                        )
-                    layout.claim_file(path, obj)
-                    try:
-                        data = content_bytes(piece.content, obj.type, obj.encoding)
-                    except certificates.ConversionError as exc:
-                        raise invalid(
-                            f"{object_context(obj.type, obj.name, obj.version)}: {exc}"
-                        ) from None
-                    files.append(File(path, mode, data))
-                    versions.append(ObjectVersion(uid, piece.version))
-        return MountResult(tuple(files), tuple(versions))
-
-    def _forget(self, key: tuple[int, str, str, str, str], done: asyncio.Future[Any]) -> None:
+    def _forget(self, key: _Key, done: asyncio.Future[Any]) -> None:
         if self._inflight.get(key) is done:
             del self._inflight[key]
         if not done.cancelled():
@@ -222,6 +152,92 @@ class Fetcher:
                 pieces.append(_Piece(".key", key.decode(), secret.version))
         pieces.append(_Piece("", content, secret.version))
         return pieces
+
+
+# (object, base path, version id, pieces): one file or one history version of one object.
+_Fetched = tuple[KeyVaultObject, str, str, list[_Piece]]
+_Key = tuple[int, str, str, str, str]
+
+
+class _MountFetch:
+    """One mount's fetches: bounded concurrency, each (object, version) fetched once, and a
+    fetch already in flight for another mount through the same client shared, not repeated."""
+
+    def __init__(self, fetcher: Fetcher, vault: Vault) -> None:
+        self.fetcher = fetcher
+        self.vault = vault
+        self.semaphore = asyncio.Semaphore(fetcher.concurrency)
+        self.memo: dict[_Key, asyncio.Future[list[_Piece]]] = {}
+
+    async def run(self, objects: tuple[KeyVaultObject, ...]) -> list[list[_Fetched]]:
+        tasks = [asyncio.ensure_future(self.one(obj)) for obj in objects]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            for pending in self.memo.values():
+                pending.cancel()
+            raise
+
+    async def bounded(self, coro: Awaitable[Any]) -> Any:
+        async with self.semaphore:
+            return await coro
+
+    def fetch(self, obj: KeyVaultObject, version: str) -> asyncio.Future[list[_Piece]]:
+        key = (id(self.vault), obj.type.value, obj.name, version, obj.format.value)
+        task = self.memo.get(key)
+        if task is None:
+            inflight = self.fetcher._inflight
+            shared = inflight.get(key)
+            if shared is None:
+                content = self.fetcher._content(self.vault, obj, version)
+                shared = asyncio.ensure_future(self.bounded(self.fetcher._timed(obj, content)))
+                inflight[key] = shared
+                shared.add_done_callback(functools.partial(self.fetcher._forget, key))
+            # A mount that gives up (deadline) must not cancel the others' fetch.
+            task = asyncio.ensure_future(asyncio.shield(shared))
+            self.memo[key] = task
+        return task
+
+    async def one(self, obj: KeyVaultObject) -> list[_Fetched]:
+        if obj.single_version:
+            return [(obj, obj.file_name, obj.uid, await self.fetch(obj, obj.requested_version))]
+        listing = self.vault.list_versions(obj.type.value, obj.name)
+        versions = await self.bounded(self.fetcher._timed(obj, listing))
+        chosen = latest_versions(obj, versions)
+        pieces = await asyncio.gather(*(self.fetch(obj, v) for _, v in chosen))
+        return [
+            (obj, f"{obj.file_name}/{i}", f"{obj.uid}/{i}", p)
+            for (i, _), p in zip(chosen, pieces, strict=True)
+        ]
+
+
+def _lay_out(params: MountParameters, fetched: list[list[_Fetched]]) -> MountResult:
+    """Files and versions in upstream's order; clashes and the file count checked as laid out."""
+    files: list[File] = []
+    versions: list[ObjectVersion] = []
+    layout = Layout()
+    for obj, base, uid, pieces in (item for per_object in fetched for item in per_object):
+        mode = obj.file_permission if obj.file_permission is not None else params.default_mode
+        for piece in pieces:
+            if len(files) >= MAX_FILES:
+                raise invalid(
+                    f"this mount writes more than {MAX_FILES} files (objects and their "
+                    "versions): split the SecretProviderClass",
+                    "files",
+                )
+            layout.claim_file(base + piece.suffix, obj)
+            files.append(File(base + piece.suffix, mode, _converted(obj, piece)))
+            versions.append(ObjectVersion(uid, piece.version))
+    return MountResult(tuple(files), tuple(versions))
+
+
+def _converted(obj: KeyVaultObject, piece: _Piece) -> bytes:
+    try:
+        return content_bytes(piece.content, obj.type, obj.encoding)
+    except certificates.ConversionError as exc:
+        raise invalid(f"{object_context(obj.type, obj.name, obj.version)}: {exc}") from None
 
 
 def latest_versions(obj: KeyVaultObject, versions: list[VersionInfo]) -> list[tuple[int, str]]:
