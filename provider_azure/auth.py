@@ -3,8 +3,8 @@
 Upstream builds a new credential and client on every mount, so every mount pays a challenge,
 instance discovery, OpenID configuration and a token. We keep one credential and one client
 per (identity, vault): tokens and challenges are cached by the SDK. The cache key carries the
-proof of identity (a digest of the client secret; the issuer and subject of the service-account
-token), so a mount never rides on a token another identity earned.
+proof of identity (a digest of the client secret, or of the exact service-account token), so a
+mount never rides on a token another proof earned.
 """
 
 from __future__ import annotations

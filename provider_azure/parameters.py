@@ -127,12 +127,14 @@ class Identity:
     user_assigned_identity_id: str = ""
 
     def cache_key(self, authority: str) -> tuple[str, ...]:
-        """Key for credential reuse. Never reuse a token across different proofs of identity:
-        the client secret's digest, or the service account the assertion was issued for."""
+        """Key for credential reuse: never reuse a token beyond what its proof proves. For a
+        client secret, its digest; for a workload identity, the digest of the exact service-account
+        token. Not its claims: nobody here checks the token's signature, so a forged token with
+        another pod's `iss`/`sub` must not ride on the Entra token a genuine one earned."""
         if self.mode is IdentityMode.SERVICE_PRINCIPAL:
             proof = hashlib.sha256(self.client_secret.encode()).hexdigest()
         elif self.mode is IdentityMode.WORKLOAD_IDENTITY:
-            proof = _assertion_subject(self.assertion)
+            proof = "sha256:" + hashlib.sha256(self.assertion.encode()).hexdigest()
         else:
             proof = self.user_assigned_identity_id
         return (self.mode.value, authority, self.tenant_id, self.client_id, proof)
@@ -395,18 +397,6 @@ def parse_service_account_token(tokens: str, audience: str) -> str:
             reason,
         )
     return token
-
-
-def _assertion_subject(assertion: str) -> str:
-    """`iss|sub` of the service-account JWT (unverified: used only to partition caches)."""
-    import base64
-
-    try:
-        payload = assertion.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return f"{claims.get('iss', '')}|{claims.get('sub', '')}"
-    except (IndexError, ValueError, AttributeError, RecursionError):
-        return "sha256:" + hashlib.sha256(assertion.encode()).hexdigest()
 
 
 # libyaml when present: the pure-Python loader costs ~0.3 ms per object.

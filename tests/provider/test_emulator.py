@@ -504,3 +504,47 @@ async def test_disabled_version_is_not_reported_as_a_missing_role(
             {"objectName": "hist", "objectType": "secret", "objectVersion": world.history[2]},
         )
     assert info.value.kind is Kind.FAILED_PRECONDITION and "is disabled" in info.value.message
+
+
+async def test_forged_token_does_not_ride_on_a_genuine_one(world: ProviderWorld) -> None:
+    """A token with the genuine subject and key id but another key's signature, sent after a
+    genuine token of that subject mounted: the provider must not reuse the genuine credential."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged_key = forger.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    p = Provider(ContentOptions(), clouds.PUBLIC, Metrics())
+    plain = {"objectName": "plain", "objectType": "secret"}
+    try:
+        genuine = {"api://AzureADTokenExchange": workload_token()}
+        result = await mount(p, world, plain, secrets="null", clientID=WI_APP, tokens=genuine)
+        assert by_path(result) == {"plain": b"plain-value"}
+        forged = {"api://AzureADTokenExchange": workload_token(key_pem=forged_key)}
+        with pytest.raises(ProviderError) as info:
+            await mount(p, world, plain, secrets="null", clientID=WI_APP, tokens=forged)
+        assert info.value.kind is Kind.UNAUTHENTICATED, info.value.message
+    finally:
+        await p.close()
+
+
+async def test_each_workload_token_is_exchanged_once(world: ProviderWorld) -> None:
+    """The cost of keying on the exact token: one Entra request per distinct token (a pod's),
+    none for a token already exchanged (the same pod's republishes and rotation ticks)."""
+    p = Provider(ContentOptions(), clouds.PUBLIC, Metrics())
+    plain = {"objectName": "plain", "objectType": "secret"}
+    try:
+        world.emulator.clear_requests()
+        tokens = [
+            {"api://AzureADTokenExchange": workload_token(lifetime=3600 + i)} for i in range(3)
+        ]
+        for token in tokens + tokens:
+            await mount(p, world, plain, secrets="null", clientID=WI_APP, tokens=token)
+        entra = [r for r in world.emulator.requests(service="entra") if "token" in r["path"]]
+        assert len(entra) == 3
+    finally:
+        await p.close()
