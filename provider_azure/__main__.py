@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -13,17 +14,13 @@ import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import disable_created_metrics
-
 from . import __version__, clouds, flags, logs
 from .errors import ProviderError
 
 if TYPE_CHECKING:
     import grpc
-    from aiohttp import web
 
-    from .metrics import Metrics
-    from .server import Provider
+    from .server import Backend
 
 log = logging.getLogger("provider_azure")
 
@@ -98,60 +95,84 @@ def remove_stale_socket(path: str) -> None:
 
 
 async def serve(opts: dict[str, Any]) -> int:
-    # Imported here so that --version and flag errors answer without loading the SDKs.
-    from .metrics import Metrics
+    """Serve the socket (Version, health) at once; load what Mount needs in a worker thread."""
+    import grpc
+
+    from secrets_store_api import provider_pb2_grpc
+
+    from .server import ProviderServicer, health_handler
 
     scheme, address = parse_endpoint(opts["endpoint"])
     if opts["metrics-backend"].lower() != "prometheus":
         log.error("unsupported metrics backend", extra={"backend": opts["metrics-backend"]})
         return 1
-    metrics = Metrics()
-    provider, server = _build(opts, metrics)
+    default_cloud = clouds.from_name(opts["cloud-name"])
+    loading: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(
+        ProviderServicer(loading=loading), server
+    )
+    server.add_generic_rpc_handlers((health_handler(),))
     socket_path = await _listen(server, scheme, address)
     log.info("Listening for connections", extra={"address": opts["endpoint"]})
-    runners = await _serve_http(opts, metrics, socket_path)
+    http = await _serve_http(opts, socket_path, loading)
+    loader = asyncio.ensure_future(_load(opts, default_cloud, loading))
+    code = await _until_stopped(loader)
+    await server.stop(grace=10)
+    for site in http:
+        site.close()
+    if loading.done() and not loading.exception():
+        await loading.result()[0].close()
+    if socket_path:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(socket_path)
+    return code
 
+
+async def _until_stopped(loader: asyncio.Future[None]) -> int:
+    """0 at SIGTERM/SIGINT; 1 when loading what Mount needs failed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((stopping, loader), return_when=asyncio.FIRST_COMPLETED)
+    if loader.done() and loader.exception() is not None:
+        log.error("failed to load the provider", extra={"error": str(loader.exception())})
+        return 1
+    await stopping
     log.info("terminating the server")
-    await server.stop(grace=10)
-    for runner in runners:
-        await runner.cleanup()
-    await provider.close()
-    if socket_path:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(socket_path)
+    loader.cancel()
     return 0
 
 
-def _build(opts: dict[str, Any], metrics: Metrics) -> tuple[Provider, grpc.aio.Server]:
-    import grpc
+async def _load(
+    opts: dict[str, Any], default_cloud: clouds.CloudEnvironment, loading: asyncio.Future[Backend]
+) -> None:
+    """Import the SDKs off the event loop, then build the provider and its metrics."""
+    try:
+        await asyncio.to_thread(importlib.import_module, f"{__package__}.provider")
+        from prometheus_client import disable_created_metrics
 
-    from secrets_store_api import provider_pb2_grpc
+        from .auth import ClientCache
+        from .fetch import ContentOptions
+        from .keyvault import ClientOptions
+        from .metrics import Metrics
+        from .provider import Provider
 
-    from .auth import ClientCache
-    from .fetch import ContentOptions
-    from .keyvault import ClientOptions
-    from .server import Provider, ProviderServicer, health_handler
-
-    provider = Provider(
-        ContentOptions(
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # upstream exports no *_created
+        metrics = Metrics()
+        content = ContentOptions(
             construct_pem_chain=opts["construct-pem-chain"],
             write_cert_and_key_in_separate_files=opts["write-cert-and-key-in-separate-files"],
-        ),
-        clouds.from_name(opts["cloud-name"]),
-        metrics,
-        ClientCache(ClientOptions(timeout=opts["keyvault-timeout"])),
-    )
-    server = grpc.aio.server()
-    provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(
-        ProviderServicer(provider, metrics), server
-    )
-    server.add_generic_rpc_handlers((health_handler(),))
-    return provider, server
+        )
+        clients = ClientCache(ClientOptions(timeout=opts["keyvault-timeout"]))
+        loading.set_result((Provider(content, default_cloud, metrics, clients), metrics))
+        log.info("ready to mount")
+    except BaseException as exc:
+        if not loading.done():
+            loading.set_exception(exc)
+        raise
 
 
 async def _listen(server: grpc.aio.Server, scheme: str, address: str) -> str:
@@ -171,25 +192,27 @@ async def _listen(server: grpc.aio.Server, scheme: str, address: str) -> str:
 
 
 async def _serve_http(
-    opts: dict[str, Any], metrics: Metrics, socket_path: str
-) -> list[web.AppRunner]:
-    from aiohttp import web
+    opts: dict[str, Any], socket_path: str, loading: asyncio.Future[Backend]
+) -> list[asyncio.Server]:
+    from . import endpoints
+    from .server import check_health
 
-    from .server import healthz_app, metrics_app
+    async def healthz() -> endpoints.Answer:
+        try:
+            await check_health(socket_path, opts["healthz-timeout"])
+        except Exception as exc:  # any failure is "unhealthy"
+            return 503, "text/plain; charset=utf-8", f"{type(exc).__name__}\n".encode()
+        return 200, "text/plain; charset=utf-8", b"ok"
 
-    runners: list[web.AppRunner] = []
-    for app, port in (
-        (metrics_app(metrics), opts["prometheus-port"]),
-        (
-            healthz_app(opts["healthz-path"], socket_path, opts["healthz-timeout"]),
-            opts["healthz-port"],
-        ),
-    ):
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, None, port).start()
-        runners.append(runner)
-    return runners
+    async def metrics() -> endpoints.Answer:
+        if not loading.done() or loading.exception() is not None:
+            return 503, "text/plain; charset=utf-8", b"loading\n"
+        return 200, "text/plain; charset=utf-8", loading.result()[1].exposition()
+
+    return [
+        await endpoints.serve({"/metrics": metrics}, opts["prometheus-port"]),
+        await endpoints.serve({opts["healthz-path"]: healthz}, opts["healthz-port"]),
+    ]
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -213,7 +236,6 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"version": __version__, "buildDate": ""}, separators=(",", ":")))
         raise SystemExit(0)
     log.info("Starting Azure Key Vault Provider", extra={"version": __version__})
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # upstream exports no *_created
     try:
         code = _run(serve(opts))
     except (ValueError, OSError, ProviderError) as exc:

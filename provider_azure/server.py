@@ -1,4 +1,4 @@
-"""Transport: the v1alpha1.CSIDriverProvider servicer, gRPC health, and the HTTP endpoints.
+"""Transport: the v1alpha1.CSIDriverProvider servicer and gRPC health.
 
 The only place that knows gRPC codes: ProviderError.kind maps to one code here, and the
 message keeps upstream's `failed to mount objects, error: ` prefix so users' greps still work.
@@ -9,25 +9,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from aiohttp import web
 
 from secrets_store_api import provider_pb2, provider_pb2_grpc
 
 from . import RUNTIME_NAME, __version__
-from .auth import ClientCache
-from .clouds import CloudEnvironment
 from .errors import Kind, ProviderError
-from .fetch import ContentOptions, Fetcher, MountResult
 from .limits import capped, cut
-from .metrics import Metrics
-from .parameters import PARSED_OBJECTS, parse_mount
 
-# Requests larger than this are parsed in a worker thread, so that the event loop (other
-# mounts, the gRPC health check behind /healthz) keeps answering while a big one is parsed.
-PARSE_INLINE_BYTES = 64 * 1024
+if TYPE_CHECKING:
+    # Loaded after the socket serves (provider_azure.__main__): the SDKs cost seconds of CPU
+    # under a 50m quota, and Version and health must not wait for them.
+    from .metrics import Metrics
+    from .provider import Provider
+
+# What Mount needs; a future while it loads, so Version and health answer at once.
+Backend = tuple["Provider", "Metrics"]
 
 log = logging.getLogger("provider_azure")
 
@@ -49,58 +48,35 @@ def _go_code_name(code: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in code.name.split("_")).replace("Ok", "OK")
 
 
-class Provider:
-    """Parameters → credential/client → fetch → files; no gRPC in here."""
+class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ignore[misc]
+    """Given the provider and metrics, or a future of both while they load: then Mount waits
+    for them and Version does not."""
 
     def __init__(
         self,
-        content: ContentOptions,
-        default_cloud: CloudEnvironment,
-        metrics: Metrics,
-        clients: ClientCache | None = None,
+        provider: Provider | None = None,
+        metrics: Metrics | None = None,
+        *,
+        loading: asyncio.Future[Backend] | None = None,
     ) -> None:
-        self.default_cloud = default_cloud
-        self.clients = clients or ClientCache()
-        self.fetcher = Fetcher(content, observe=metrics.observe_keyvault)
-        for cache in (PARSED_OBJECTS, *self.clients.caches()):
-            metrics.watch(cache)
+        self._loading = loading
+        self._ready: Backend | None = None
+        if provider is not None and metrics is not None:
+            self._ready = (provider, metrics)
+        elif loading is None:
+            raise ValueError("a provider and metrics, or a future of both")
 
-    async def mount(
-        self,
-        attributes: str,
-        secrets: str,
-        permission: str,
-        log_fields: dict[str, Any] | None = None,
-    ) -> MountResult:
-        if len(attributes) + len(secrets) > PARSE_INLINE_BYTES:
-            params = await asyncio.to_thread(
-                parse_mount, attributes, secrets, permission, self.default_cloud
-            )
-        else:
-            params = parse_mount(attributes, secrets, permission, self.default_cloud)
-        if log_fields is not None:
-            log_fields.update(
-                pod=cut(f"{params.pod_namespace}/{params.pod_name}", 256),
-                vault=params.vault_name,
-                identity=params.identity.mode.value,
-                objects=len(params.objects),
-            )
-        async with self.clients.lease(params) as vault:
-            return await self.fetcher.mount(params, vault)
-
-    async def close(self) -> None:
-        await self.clients.close()
-
-
-class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ignore[misc]
-    def __init__(self, provider: Provider, metrics: Metrics) -> None:
-        self.provider = provider
-        self.metrics = metrics
+    async def _backend(self) -> Backend:
+        if self._ready is None:
+            assert self._loading is not None
+            self._ready = await asyncio.shield(self._loading)
+        return self._ready
 
     async def Version(
         self, request: provider_pb2.VersionRequest, context: grpc.aio.ServicerContext
     ) -> provider_pb2.VersionResponse:
-        self.metrics.observe_grpc("/v1alpha1.CSIDriverProvider/Version", "OK", "", 0.0)
+        if self._ready is not None:
+            self._ready[1].observe_grpc("/v1alpha1.CSIDriverProvider/Version", "OK", "", 0.0)
         return provider_pb2.VersionResponse(
             version="v1alpha1", runtime_name=RUNTIME_NAME, runtime_version=__version__
         )
@@ -112,7 +88,8 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
         method = "/v1alpha1.CSIDriverProvider/Mount"
         fields: dict[str, Any] = {"target": cut(request.target_path, 512)}
         try:
-            result = await self.provider.mount(
+            provider, _ = await self._backend()
+            result = await provider.mount(
                 request.attributes, request.secrets, request.permission, fields
             )
         except ProviderError as exc:
@@ -154,7 +131,8 @@ class ProviderServicer(provider_pb2_grpc.CSIDriverProviderServicer):  # type: ig
         """Log the (capped) message; the metric gets the bounded `label` instead."""
         seconds = time.perf_counter() - start
         name = _go_code_name(code)
-        self.metrics.observe_grpc(method, name, label, seconds)
+        if self._ready is not None:
+            self._ready[1].observe_grpc(method, name, label, seconds)
         level = logging.INFO if code is grpc.StatusCode.OK else logging.ERROR
         log.log(
             level,
@@ -199,25 +177,3 @@ async def check_health(socket_path: str, rpc_timeout: float) -> None:
         answer = await call(b"", timeout=rpc_timeout)
         if answer != _SERVING:
             raise RuntimeError("expected health check response serving")
-
-
-def healthz_app(healthz_path: str, socket_path: str, timeout: float) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        try:
-            await check_health(socket_path, timeout)
-        except Exception as exc:  # any failure is "unhealthy"
-            return web.Response(status=503, text=f"{type(exc).__name__}\n")
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get(healthz_path, healthz)
-    return app
-
-
-def metrics_app(metrics: Metrics) -> web.Application:
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    return app

@@ -49,7 +49,8 @@ from provider_azure.fetch import ContentOptions
 from provider_azure.keyvault import ROLE_HINTS, ClientOptions
 from provider_azure.metrics import Metrics as ProviderMetrics
 from provider_azure.parameters import IdentityMode, MountParameters, parse_mount
-from provider_azure.server import MOUNT_PREFIX, Provider
+from provider_azure.provider import Provider
+from provider_azure.server import MOUNT_PREFIX
 from tests.kube.controlplane import ControlPlane
 from tests.kube.fixtures import prepare_cluster
 from tests.peers.locate import peer

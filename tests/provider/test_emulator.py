@@ -20,7 +20,7 @@ from provider_azure.errors import Kind, ProviderError
 from provider_azure.fetch import ContentOptions, MountResult
 from provider_azure.keyvault import ClientOptions
 from provider_azure.metrics import Metrics
-from provider_azure.server import Provider
+from provider_azure.provider import Provider
 
 from .conftest import MI_USER, SP_DENIED_ID, SP_DENIED_SECRET, WI_APP, ProviderWorld, V
 from .helpers import attributes, objects_yaml

@@ -13,7 +13,8 @@ from provider_azure import clouds
 from provider_azure.errors import Kind, ProviderError
 from provider_azure.fetch import ContentOptions, File, MountResult, ObjectVersion
 from provider_azure.metrics import Metrics
-from provider_azure.server import Provider, ProviderServicer, check_health, health_handler
+from provider_azure.provider import Provider
+from provider_azure.server import ProviderServicer, check_health, health_handler
 from secrets_store_api import provider_pb2, provider_pb2_grpc
 
 from .helpers import SP_SECRETS, attributes
@@ -126,3 +127,34 @@ async def test_unexpected_error_is_internal_without_details(served) -> None:  # 
         await stub.Mount(request(attributes()))
     assert info.value.code() is grpc.StatusCode.INTERNAL
     assert "secret-ish" not in info.value.details()
+
+
+async def test_version_answers_while_mount_waits_for_the_backend(tmp_path: Path) -> None:
+    """The daemon serves its socket before the SDKs load: Version and health answer at once,
+    a Mount waits for the provider and then succeeds."""
+    import asyncio
+
+    loading: asyncio.Future[tuple[Provider, Metrics]] = asyncio.get_running_loop().create_future()
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_CSIDriverProviderServicer_to_server(
+        ProviderServicer(loading=loading), server
+    )
+    server.add_generic_rpc_handlers((health_handler(),))
+    sock = str(tmp_path / "azure.sock")
+    server.add_insecure_port(f"unix://{sock}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
+            stub = provider_pb2_grpc.CSIDriverProviderStub(channel)
+            await stub.Version(provider_pb2.VersionRequest(version="v1alpha1"), timeout=2)
+            await check_health(sock, 2.0)
+            mount = asyncio.ensure_future(stub.Mount(request(attributes()), timeout=10))
+            await asyncio.sleep(0.3)
+            assert not mount.done(), "Mount answered before the provider was loaded"
+            provider = ScriptedProvider()
+            provider.answer = MountResult((File("a", 0o644, b"x"),), ())
+            loading.set_result((provider, Metrics()))
+            resp = await mount
+            assert [f.path for f in resp.files] == ["a"]
+    finally:
+        await server.stop(None)
