@@ -7,9 +7,9 @@ real kubelet 1.37 with containerd + runc, and our driver serving its CSI socket 
 its own ServiceAccount (never admin), registered with kubelet the way node-driver-registrar
 registers it. kubelet, not this script, calls NodePublishVolume when the Pod starts.
 
-The node is the test suite's (tests/e2e/node.py, tests/kube/): this is a developer target run
-from a checkout, so it imports them rather than keeping a second copy. The Go peers come from
-`make peers` (cached under ~/.cache/secrets-store-csi-peers).
+The node is the test suite's (testbed/node.py, testbed/controlplane.py): this is a developer
+target run from a checkout, so it imports the testbed rather than keeping a second copy. The Go
+peers come from `make peers` (cached under ~/.cache/secrets-store-csi-peers).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -39,26 +37,15 @@ from lightkube.resources.storage_v1 import CSINode
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
 from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
-from keyvault_emulator.testing import Emulator
-
-# The test suite's node and control plane, imported by name: tests/ is outside the strictly
-# type-checked packages, and mypy would otherwise follow these imports into it.
-_harness: Any = importlib.import_module("tests.driver.harness")
-images: Any = importlib.import_module("tests.e2e.images")
-_node: Any = importlib.import_module("tests.e2e.node")
-_registrar: Any = importlib.import_module("tests.e2e.registrar")
-_controlplane: Any = importlib.import_module("tests.kube.controlplane")
-_fixtures: Any = importlib.import_module("tests.kube.fixtures")
-_locate: Any = importlib.import_module("tests.peers.locate")
-DriverProcess, ProviderProcess = _harness.DriverProcess, _harness.ProviderProcess
-NODE_NAME: str = _node.NODE_NAME
-Node, NodeControlPlane = _node.Node, _node.NodeControlPlane
-reap_stale, unmount_under = _node.reap_stale, _node.unmount_under
-Registrar = _registrar.Registrar
-free_port = _controlplane.free_port
-driver_token_kubeconfig = _fixtures.driver_token_kubeconfig
-prepare_cluster = _fixtures.prepare_cluster
-BINARIES, VERSIONS, peers_dir = _locate.BINARIES, _locate.VERSIONS, _locate.peers_dir
+from testbed import images
+from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
+from testbed.driver import DriverProcess
+from testbed.emulator import Emulator
+from testbed.node import NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
+from testbed.peers import is_built, peer_path
+from testbed.ports import free_port
+from testbed.provider import ProviderProcess, ours
+from testbed.registrar import Registrar
 
 HERE = Path(__file__).resolve().parent
 DRIVER_NAME = "secrets-store.csi.k8s.io"
@@ -166,9 +153,8 @@ def say(text: str) -> None:
 
 
 def peer(binary: str) -> Path:
-    group, name = BINARIES[binary]
-    path: Path = Path(peers_dir()) / f"{group}-{VERSIONS[group]}" / name
-    if not (path.is_file() and os.access(path, os.X_OK)):
+    path = peer_path(binary)
+    if not is_built(path):
         raise DemoFailed(f"peer {binary} missing at {path}: run `make peers` first")
     return path
 
@@ -217,7 +203,7 @@ class Demo:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.emulator: Emulator | None = None
-        self.provider: Any = None  # tests.driver.harness.ProviderProcess
+        self.provider: ProviderProcess | None = None
         self.cp = NodeControlPlane(
             tmp / "cp", peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
         )
@@ -227,7 +213,7 @@ class Demo:
         )
         self.kubectl_bin = peer("kubectl")
         self.driver: Any = None  # tests.driver.harness.DriverProcess
-        self.registrar: Any = None  # tests.e2e.registrar.Registrar
+        self.registrar: Any = None  # testbed.registrar.Registrar
         self.client: Client | None = None
         self.tail: LogTail | None = None
         self.pod_uid = ""
@@ -284,18 +270,7 @@ class Demo:
         sock = providers / "azure.sock"
         self.provider_metrics = free_port()
         step(f"starting the Azure provider on unix://{sock}")
-        self.provider = ProviderProcess(
-            sock,
-            tmp / "provider.log",
-            [
-                sys.executable,
-                "-m",
-                "provider_azure",
-                f"--endpoint=unix://{sock}",
-                f"--healthz-port={free_port()}",
-                f"--prometheus-port={self.provider_metrics}",
-            ],
-        )
+        self.provider = ours(sock, prometheus_port=self.provider_metrics, log=tmp / "provider.log")
         self.provider.start()
 
         step(

@@ -13,7 +13,7 @@ images `make images` builds.
 Differences from the manifests, all for this node: hostNetwork (no CNI network here,
 docs/e2e.md), the API server on loopback (no Service network), the kubelet root in a temp dir,
 and, for the driver, no sidecars (their upstream images are not reachable here: a stand-in
-registers the socket from the node, tests/e2e/registrar.py) and so no liveness probe.
+registers the socket from the node, testbed/registrar.py) and so no liveness probe.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from lightkube.resources.core_v1 import Pod
 
 from provider_azure import RUNTIME_NAME, __version__
 from secrets_store_api import provider_pb2, provider_pb2_grpc
-from tests.e2e import images
-from tests.e2e.node import NODE_NAME, Node, NodeControlPlane, reap_stale
-from tests.kube.fixtures import prepare_cluster
-from tests.peers.locate import missing, peer
+from testbed import images
+from testbed.controlplane import prepare_cluster
+from testbed.node import NODE_NAME, Node, NodeControlPlane, reap_stale
+from testbed.peers import missing, peer
 
 from .render import find, plain
 
@@ -262,7 +262,7 @@ def driver_docs(kubelet_root: Path, apiserver: str) -> list[dict[str, Any]]:
     """daemonset/secrets-store-csi-driver.yaml for this node: its kubelet root, the node's
     network (no CNI), the API server on loopback (no Service network either), and only the
     driver container: the registrar and livenessprobe images are not reachable here, so a
-    stand-in registers the socket from the node (tests/e2e/registrar.py) and the driver's
+    stand-in registers the socket from the node (testbed/registrar.py) and the driver's
     liveness probe, which the livenessprobe sidecar answers, is left out."""
     docs = _replace_paths(
         plain("secrets-store-csi-driver.yaml"), "/var/lib/kubelet", str(kubelet_root)
@@ -288,8 +288,8 @@ async def test_driver_daemonset_mounts_a_pod_volume(world: World) -> None:
     a pod's inline volume through it, the tmpfs it mounts inside its container reaches the
     node and the app container, and unpublish removes it."""
     from csi_driver.kube import SecretProviderClass, SecretProviderClassPodStatus
-    from tests.driver.harness import ProviderProcess
-    from tests.e2e.registrar import Registrar
+    from testbed.provider import ProviderProcess
+    from testbed.registrar import Registrar
 
     admin, node = world.admin, world.node
     for doc in driver_docs(node.root, world.cp.server):
@@ -303,7 +303,7 @@ async def test_driver_daemonset_mounts_a_pod_volume(world: World) -> None:
     registrar = Registrar(node.root, DRIVER_NAME, csi_sock, world.tmp / "stubs")
     registrar.start()
     await asyncio.to_thread(SOCKET_DIR.mkdir, parents=True, exist_ok=True)
-    fake = ProviderProcess(SOCKET_DIR / "fake.sock", world.tmp / "fake-provider.log")
+    fake = ProviderProcess.fake(SOCKET_DIR / "fake.sock", world.tmp / "fake-provider.log")
     fake.start()
     try:
         await asyncio.to_thread(registrar.registered.wait, 60)

@@ -18,10 +18,10 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass, SecretProviderClassV1alpha1
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet
+from testbed.provider import ProviderProcess
 from tests.kube.fixtures import admin_client, control_plane, driver_kubeconfig
-from tests.kube.kubelet import Kubelet
-
-from .harness import DriverProcess, ProviderProcess
 
 __all__ = ["admin_client", "control_plane", "driver_kubeconfig"]
 
@@ -61,7 +61,7 @@ def provider_dirs(root: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def fake_provider(root: Path, provider_dirs: tuple[Path, Path]) -> Iterator[ProviderProcess]:
     """The fake provider in the *additional* directory: checks the lookup order too."""
-    p = ProviderProcess(provider_dirs[1] / "fake.sock", root / "fake-provider.log")
+    p = ProviderProcess.fake(provider_dirs[1] / "fake.sock", root / "fake-provider.log")
     p.start()
     yield p
     p.stop()

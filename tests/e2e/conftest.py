@@ -1,6 +1,6 @@
-"""The real-node tier: one single-node cluster for the session (tests/e2e/node.py), our
+"""The real-node tier: one single-node cluster for the session (testbed/node.py), our
 driver and provider as the node's plugins (host processes in the namespace, registered with
-kubelet through tests/e2e/registrar.py), the Key Vault emulator trusting this cluster's
+kubelet through testbed/registrar.py), the Key Vault emulator trusting this cluster's
 service-account issuer. Pods are real: containerd + runc run them, kubelet mounts our volumes.
 """
 
@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,15 +29,14 @@ from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
 from lightkube.resources.storage_v1 import CSINode
 
 from csi_driver.kube import SecretProviderClass
-from keyvault_emulator.testing import TENANT_ID, Emulator
-from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.controlplane import free_port
-from tests.kube.fixtures import driver_token_kubeconfig, prepare_cluster
-from tests.peers.locate import peer, require_programs
-
-from . import images
-from .node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
-from .registrar import Registrar
+from testbed import images
+from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
+from testbed.driver import DriverProcess
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
+from testbed.peers import peer, require_programs
+from testbed.provider import ProviderProcess, ours
+from testbed.registrar import Registrar
 
 DRIVER = "secrets-store.csi.k8s.io"
 NAMESPACE = "e2e"
@@ -219,18 +217,7 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
         providers = tmp / "providers"
         providers.mkdir()
         sock = providers / "azure.sock"
-        provider = ProviderProcess(
-            sock,
-            tmp / "provider.log",
-            [
-                sys.executable,
-                "-m",
-                "provider_azure",
-                f"--endpoint=unix://{sock}",
-                f"--healthz-port={free_port()}",
-                f"--prometheus-port={free_port()}",
-            ],
-        )
+        provider = ours(sock, log=tmp / "provider.log")
         provider.start()
         (node.root / "plugins").mkdir()
         driver = DriverProcess(

@@ -15,8 +15,7 @@ from provider_azure.fetch import ContentOptions, File, MountResult, ObjectVersio
 from provider_azure.metrics import Metrics
 from provider_azure.server import Provider, ProviderServicer, check_health, health_handler
 from secrets_store_api import provider_pb2, provider_pb2_grpc
-
-from .helpers import SP_SECRETS, attributes
+from testbed.mount_attributes import SP_SECRETS, attributes
 
 
 class ScriptedProvider(Provider):
