@@ -26,7 +26,8 @@ NAMESPACE = "bench"
 
 
 class Process(Protocol):
-    proc: object
+    @property
+    def proc(self) -> object: ...
 
     def stop(self) -> object: ...
 
