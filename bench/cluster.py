@@ -6,7 +6,6 @@ mounted under its temporary directory."""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +15,15 @@ from typing import Protocol
 
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.core_v1 import Namespace
 
 from csi_driver import mounter
-from testbed.controlplane import ControlPlane, driver_token_kubeconfig, prepare_cluster
+from testbed.controlplane import (
+    ControlPlane,
+    driver_token_kubeconfig,
+    prepare_cluster,
+    wait_default_service_account,
+)
 from testbed.peers import peer_path
 
 NAMESPACE = "bench"
@@ -63,12 +67,7 @@ async def bench_cluster() -> AsyncIterator[BenchCluster]:
             admin = await prepare_cluster(cp)
             kubeconfig = await driver_token_kubeconfig(cp, admin)
             await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
-            for _ in range(300):  # kube-controller-manager creates it
-                try:
-                    await admin.get(ServiceAccount, "default", namespace=NAMESPACE)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
+            await wait_default_service_account(admin, NAMESPACE)
             dirs = (root / "providers", root / "providers-extra")
             for d in dirs:
                 d.mkdir()

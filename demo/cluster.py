@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import textwrap
 import time
 import urllib.request
@@ -41,7 +40,7 @@ from testbed import images
 from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
 from testbed.driver import DriverProcess
 from testbed.emulator import Emulator
-from testbed.node import NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
+from testbed.node import NODE_NAME, NODE_PEERS, new_node, reap_stale, run_dir, unmount_under
 from testbed.peers import is_built, peer_path
 from testbed.ports import free_port
 from testbed.provider import ProviderProcess, ours
@@ -204,16 +203,11 @@ class Demo:
         self.tmp = tmp
         self.emulator: Emulator | None = None
         self.provider: ProviderProcess | None = None
-        self.cp = NodeControlPlane(
-            tmp / "cp", peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
-        )
-        (tmp / "node").mkdir()
-        self.node = Node(
-            tmp / "node", self.cp, kubelet_bin=peer("kubelet"), scheduler_bin=peer("kube-scheduler")
-        )
+        self.node = new_node(tmp, {n: peer(n) for n in NODE_PEERS})
+        self.cp = self.node.cp
         self.kubectl_bin = peer("kubectl")
-        self.driver: Any = None  # tests.driver.harness.DriverProcess
-        self.registrar: Any = None  # testbed.registrar.Registrar
+        self.driver: DriverProcess | None = None
+        self.registrar: Registrar | None = None
         self.client: Client | None = None
         self.tail: LogTail | None = None
         self.pod_uid = ""
@@ -247,15 +241,7 @@ class Demo:
 
     @property
     def target(self) -> Path:
-        return Path(
-            self.node.root,
-            "pods",
-            self.pod_uid,
-            "volumes",
-            "kubernetes.io~csi",
-            "secrets-store01-inline",
-            "mount",
-        )
+        return self.node.pod_volume(self.pod_uid, "secrets-store01-inline")
 
     # -- the story -------------------------------------------------------------------------
 
@@ -276,11 +262,7 @@ class Demo:
         step(
             "isolating the node (overlays on /var and /run, node IP on lo) and starting containerd"
         )
-        self.node.isolate()
-        self.node.make_cgroup_root()
-        tarballs = images.build(tmp)
-        self.node.start_containerd()
-        self.node.import_images(tarballs)
+        self.node.start_runtime()
         say(f"images imported: {images.PAUSE} (sandbox), {images.BUSYBOX_IMAGE}")
 
         step("starting etcd and kube-apiserver (--authorization-mode=Node,RBAC)")
@@ -337,8 +319,7 @@ class Demo:
             await admin.close()
 
     def _node_ready(self) -> bool:
-        self.node._alive("kubelet")
-        self.node._alive("containerd")
+        self.node.check_alive()
         assert self.registrar is not None and self.client is not None
         if self.registrar.errors:
             raise DemoFailed(f"plugin registration failed: {self.registrar.errors}")
@@ -395,7 +376,7 @@ class Demo:
         def running() -> bool:
             assert self.client is not None
             pod = self.client.get(Pod, POD, namespace=NAMESPACE)
-            self.node._alive("kubelet")
+            self.node.check_alive("kubelet")
             return pod.status is not None and pod.status.phase == "Running"
 
         try:
@@ -444,7 +425,8 @@ class Demo:
 
     def rotate(self) -> None:
         assert self.emulator is not None and self.client is not None and self.tail is not None
-        assert self.driver is not None
+        driver = self.driver
+        assert driver is not None
         step("changing secret 'username' in the emulator (a new version)")
         self.emulator.set_secret("kv-demo", "username", "admin-v2")
         changed = time.monotonic()
@@ -473,7 +455,7 @@ class Demo:
         )
         wait_for(
             "the driver's rotation log line",
-            lambda: "files rewritten" in self.driver.log.read_text(errors="replace"),
+            lambda: "files rewritten" in driver.log.read_text(errors="replace"),
             5,
         )
         self.tail.show()
@@ -632,10 +614,7 @@ def main() -> None:
         raise SystemExit("run it through `make demo-cluster` (root, inside tests/netns-run)")
     for stale in reap_stale():
         print(f"cleaned up after an earlier run killed without teardown: {stale}")
-    # short (unix socket paths < 108 bytes), and named so that reap_stale finds it if this
-    # process is ever killed without its teardown
-    tmp = Path(tempfile.mkdtemp(prefix="e2e-demo-", dir="/tmp"))
-    (tmp / "owner.pid").write_text(str(os.getpid()))
+    tmp = run_dir("e2e-demo-")
     failure: str | None = None
     demo: Demo | None = None
     with sigterm_unwinds():

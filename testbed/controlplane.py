@@ -24,7 +24,7 @@ from lightkube import AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_global_resource
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ServiceAccountToken
+from lightkube.resources.core_v1 import ServiceAccount, ServiceAccountToken
 
 from testbed import REPO
 from testbed.ports import free_port
@@ -253,6 +253,19 @@ async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
     await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml"))
     cp.start_controller_manager()
     return client
+
+
+async def wait_default_service_account(
+    admin: AsyncClient, namespace: str, attempts: int = 300
+) -> None:
+    """Until kube-controller-manager has made the namespace's default ServiceAccount."""
+    for _ in range(attempts):
+        try:
+            await admin.get(ServiceAccount, "default", namespace=namespace)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise TimeoutError("no default ServiceAccount")
 
 
 async def service_account_kubeconfig(

@@ -33,6 +33,11 @@ DRIVER = "secrets-store.csi.k8s.io"
 NODE_NAME = "node-1"
 
 
+def volume_dir(kubelet_root: Path, pod_uid: str, volume: str) -> Path:
+    """The parent kubelet makes for a pod's CSI volume; the driver mounts at its `mount`."""
+    return kubelet_root / "pods" / pod_uid / "volumes" / "kubernetes.io~csi" / volume
+
+
 @dataclass
 class PodVolume:
     pod: Pod
@@ -144,7 +149,7 @@ class Kubelet:
         assert uid is not None
         spec = next(v for v in pod.spec.volumes or [] if v.name == volume)
         assert spec.csi is not None
-        parent = self.root / "pods" / uid / "volumes" / "kubernetes.io~csi" / volume
+        parent = volume_dir(self.root, uid, volume)
         parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         os.chmod(parent, 0o750)
         (parent / "vol_data.json").write_text(

@@ -18,13 +18,16 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
+from testbed import images
 from testbed.controlplane import ISSUER, ControlPlane, write_kubeconfig
+from testbed.kubelet import volume_dir
 from testbed.ports import free_port
 
 NODE_NAME = "e2e-node"
@@ -32,6 +35,8 @@ NODE_IP = "198.51.100.10"
 # Its own issuer, so that the emulator can trust this cluster next to the driver tests' one.
 E2E_ISSUER = "https://kubernetes.e2e-node.test"
 NODE_TOKEN = "e2e-node-token-0123456789abcdef"
+# The Go peers a node runs (testbed/peers.py names).
+NODE_PEERS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 
 # What kubelet sets unless it reads these values (it would write the namespace-shared /proc/sys).
 KUBELET_SYSCTLS = {
@@ -205,6 +210,24 @@ class Node:
             f"lowerdir={target},upperdir={upper},workdir={work}",
             target=target,
         )
+
+    def start_runtime(self, extra_images: Iterable[Path] = ()) -> None:
+        """Isolates the node, makes its cgroup root and starts containerd with the sandbox and
+        busybox images (testbed/images.py) and `extra_images` imported."""
+        self.isolate()
+        self.make_cgroup_root()
+        tarballs = [*images.build(self.workdir.parent), *extra_images]
+        self.start_containerd()
+        self.import_images(tarballs)
+
+    def pod_volume(self, pod_uid: str, volume: str) -> Path:
+        """Where the driver mounts a pod's CSI volume on this node."""
+        return volume_dir(self.root, pod_uid, volume) / "mount"
+
+    def check_alive(self, *names: str) -> None:
+        """Raises, with the tail of its log, if one of these processes has exited."""
+        for name in names or ("kubelet", "containerd"):
+            self._alive(name)
 
     def isolate(self) -> None:
         """Everything host-visible the node would write, redirected into the temp dir."""
@@ -406,6 +429,23 @@ def _pids_in_cgroup(root: Path) -> list[int]:
         with contextlib.suppress(OSError, ValueError):
             pids += [int(x) for x in procs.read_text().split()]
     return pids
+
+
+def run_dir(prefix: str = "e2e-") -> Path:
+    """A temp dir for one node: short (unix socket paths < 108 bytes), named so reap_stale
+    finds it, owned by this process (owner.pid) until it exits."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    (tmp / "owner.pid").write_text(str(os.getpid()))
+    return tmp
+
+
+def new_node(tmp: Path, bins: Mapping[str, Path]) -> Node:
+    """A node (not started) in tmp/node, its control plane in tmp/cp; `bins` holds NODE_PEERS."""
+    cp = NodeControlPlane(
+        tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
+    )
+    (tmp / "node").mkdir()
+    return Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])
 
 
 def _owner_gone(d: Path) -> bool:

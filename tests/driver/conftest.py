@@ -3,7 +3,6 @@ provider as processes, and a kubelet stand-in."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import tempfile
@@ -14,10 +13,11 @@ from typing import Any
 import pytest
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.core_v1 import Namespace
 
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass, SecretProviderClassV1alpha1
+from testbed.controlplane import wait_default_service_account
 from testbed.driver import DriverProcess
 from testbed.kubelet import Kubelet
 from testbed.provider import ProviderProcess
@@ -84,13 +84,8 @@ def driver(
 @pytest.fixture(scope="session")
 async def namespace(admin_client: AsyncClient) -> str:
     await admin_client.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
-    for _ in range(300):  # kube-controller-manager creates the default ServiceAccount
-        try:
-            await admin_client.get(ServiceAccount, "default", namespace=NAMESPACE)
-            return NAMESPACE
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise TimeoutError("no default ServiceAccount")
+    await wait_default_service_account(admin_client, NAMESPACE)
+    return NAMESPACE
 
 
 @pytest.fixture(scope="session")

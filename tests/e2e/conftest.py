@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,15 +24,28 @@ import pytest
 import yaml
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
+from lightkube.resources.core_v1 import Namespace, Pod, Secret
 from lightkube.resources.storage_v1 import CSINode
 
 from csi_driver.kube import SecretProviderClass
 from testbed import images
-from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
+from testbed.controlplane import (
+    driver_token_kubeconfig,
+    prepare_cluster,
+    wait_default_service_account,
+)
 from testbed.driver import DriverProcess
 from testbed.emulator import TENANT_ID, Emulator
-from testbed.node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
+from testbed.node import (
+    E2E_ISSUER,
+    NODE_NAME,
+    NODE_PEERS,
+    Node,
+    new_node,
+    reap_stale,
+    run_dir,
+    unmount_under,
+)
 from testbed.peers import peer, require_programs
 from testbed.provider import ProviderProcess, ours
 from testbed.registrar import Registrar
@@ -89,15 +101,7 @@ class Cluster:
 
     def target(self, pod: Pod, volume: str = "secrets-store") -> Path:
         assert pod.metadata is not None and pod.metadata.uid is not None
-        return (
-            self.node.root
-            / "pods"
-            / pod.metadata.uid
-            / "volumes"
-            / "kubernetes.io~csi"
-            / volume
-            / "mount"
-        )
+        return self.node.pod_volume(pod.metadata.uid, volume)
 
 
 def _seed_world(emulator: Emulator, jwks: dict[str, Any]) -> None:
@@ -180,30 +184,19 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
     require_programs(
         "containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", who="real-node tier"
     )
-    bins = {
-        n: peer(n)
-        for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
-    }
+    bins = {n: peer(n) for n in NODE_PEERS}
     started = time.monotonic()
     for stale in reap_stale():
         print(f"\n[e2e] cleaned up after a run killed without teardown: {stale}")
-    tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))  # short: socket paths < 108 bytes
-    (tmp / "owner.pid").write_text(str(os.getpid()))
-    cp = NodeControlPlane(
-        tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
-    )
-    node = Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])
-    (tmp / "node").mkdir()
+    tmp = run_dir()
+    node = new_node(tmp, bins)
+    cp = node.cp
     registrar: Registrar | None = None
     driver: DriverProcess | None = None
     provider: ProviderProcess | None = None
     admin: AsyncClient | None = None
     try:
-        node.isolate()
-        node.make_cgroup_root()
-        tarballs = images.build(tmp)
-        node.start_containerd()
-        node.import_images(tarballs)
+        node.start_runtime()
         cp.start()
         admin = await prepare_cluster(cp)
         node.start_scheduler()
@@ -262,8 +255,7 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
 async def _wait_node_ready(node: Node, admin: AsyncClient, registrar: Registrar) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        node._alive("kubelet")
-        node._alive("containerd")
+        node.check_alive()
         try:
             csinode = await admin.get(CSINode, NODE_NAME)
             drivers = [d.name for d in (csinode.spec.drivers or [])]
@@ -279,13 +271,7 @@ async def _wait_node_ready(node: Node, admin: AsyncClient, registrar: Registrar)
 
 async def _namespace(admin: AsyncClient) -> None:
     await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
-    for _ in range(600):
-        try:
-            await admin.get(ServiceAccount, "default", namespace=NAMESPACE)
-            return
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise TimeoutError("no default ServiceAccount")
+    await wait_default_service_account(admin, NAMESPACE, attempts=600)
 
 
 async def _delete_pods(admin: AsyncClient) -> str | None:
