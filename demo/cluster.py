@@ -40,11 +40,12 @@ from testbed import images
 from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
 from testbed.driver import DriverProcess
 from testbed.emulator import Emulator
-from testbed.node import NODE_NAME, NODE_PEERS, new_node, reap_stale, run_dir, unmount_under
+from testbed.node import NODE_NAME, NODE_PEERS, new_node
 from testbed.peers import is_built, peer_path
 from testbed.ports import free_port
 from testbed.provider import ProviderProcess, ours
 from testbed.registrar import Registrar
+from testbed.rundir import reap_stale, run_dir, unmount_under
 
 HERE = Path(__file__).resolve().parent
 DRIVER_NAME = "secrets-store.csi.k8s.io"

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,10 +27,11 @@ import yaml
 from testbed import images
 from testbed.controlplane import ISSUER, ControlPlane, write_kubeconfig
 from testbed.kubelet import volume_dir
+from testbed.node_config import NODE_IP, containerd_config, kubelet_config
 from testbed.ports import free_port
+from testbed.rundir import rmdir_tree, run, unmount_under
 
 NODE_NAME = "e2e-node"
-NODE_IP = "198.51.100.10"
 # Its own issuer, so that the emulator can trust this cluster next to the driver tests' one.
 E2E_ISSUER = "https://kubernetes.e2e-node.test"
 NODE_TOKEN = "e2e-node-token-0123456789abcdef"
@@ -56,95 +56,6 @@ def _die_with_parent() -> None:
     """In the child: SIGKILL when pytest dies without a teardown (timeout, kill -9), so no
     kubelet or containerd outlives the run (the rest: reap_stale at the next run)."""
     _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
-
-
-def unmount_under(directory: Path) -> None:
-    """Unmount everything below a directory, deepest first (pod volumes, sandbox shm, ...)."""
-    prefix = str(directory) + "/"
-    points = [
-        line.split()[4]
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(prefix)
-    ]
-    for p in sorted(points, key=len, reverse=True):
-        run("umount", "-l", p, check=False)
-
-
-def _containerd_config(d: Path, sock: Path) -> str:
-    """containerd 1.6's config: everything under `d`, CRI with runc and the sandbox image."""
-    return f"""version = 2
-root = "{d / "root"}"
-state = "{d / "state"}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{d / "containerd.sock.ttrpc"}"
-[debug]
-  address = "{d / "debug.sock"}"
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d / "cni-bin"}"
-    conf_dir = "{d / "cni-conf"}"
-"""
-
-
-def _kubelet_config(cgroup_root: str, containerd_sock: Path, pod_logs: Path) -> dict[str, object]:
-    """The KubeletConfiguration of the test node (TEST-NET address, no eviction, fast status)."""
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "failCgroupV1": False,
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": cgroup_root,
-        "failSwapOn": False,
-        "address": NODE_IP,
-        "port": free_port(),
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": free_port(),
-        "authentication": {
-            "anonymous": {"enabled": True},
-            "webhook": {"enabled": False},
-        },
-        "authorization": {"mode": "AlwaysAllow"},
-        "containerRuntimeEndpoint": f"unix://{containerd_sock}",
-        "podLogsDir": str(pod_logs),
-        "resolvConf": "",
-        "evictionHard": {
-            "memory.available": "1Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-        },
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "serializeImagePulls": False,
-        "syncFrequency": "10s",
-        "fileCheckFrequency": "1h",
-        "nodeStatusUpdateFrequency": "2s",
-        "registerNode": True,
-        "staticPodPath": "",
-        "localStorageCapacityIsolation": False,
-        "shutdownGracePeriod": "0s",
-    }
 
 
 class NodeControlPlane(ControlPlane):
@@ -297,7 +208,7 @@ class Node:
     def start_containerd(self) -> None:
         d = self.containerd_dir
         d.mkdir()
-        config = _containerd_config(d, self.containerd_sock)
+        config = containerd_config(d, self.containerd_sock)
         (d / "config.toml").write_text(config)
         self._spawn("containerd", ["containerd", "--config", str(d / "config.toml")])
         deadline = time.monotonic() + 30
@@ -322,7 +233,7 @@ class Node:
             self.workdir / "kubelet.kubeconfig", self.cp.server, self.cp.ca_file, NODE_TOKEN
         )
         self.pod_logs.mkdir()
-        config = _kubelet_config(self.cgroup_root, self.containerd_sock, self.pod_logs)
+        config = kubelet_config(self.cgroup_root, self.containerd_sock, self.pod_logs)
         (self.workdir / "kubelet.yaml").write_text(yaml.safe_dump(config))
         self._spawn(
             "kubelet",
@@ -398,7 +309,7 @@ class Node:
     def _remove_cgroups(self) -> None:
         """kubelet's cgroups are kernel state outside the namespace: remove them, deepest first."""
         for top in self._cgroup_dirs():
-            _rmdir_tree(top)
+            rmdir_tree(top)
 
     def stop(self) -> None:
         errors: list[BaseException] = []
@@ -423,22 +334,6 @@ class Node:
             raise errors[0]
 
 
-def _pids_in_cgroup(root: Path) -> list[int]:
-    pids: list[int] = []
-    for procs in root.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            pids += [int(x) for x in procs.read_text().split()]
-    return pids
-
-
-def run_dir(prefix: str = "e2e-") -> Path:
-    """A temp dir for one node: short (unix socket paths < 108 bytes), named so reap_stale
-    finds it, owned by this process (owner.pid) until it exits."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    (tmp / "owner.pid").write_text(str(os.getpid()))
-    return tmp
-
-
 def new_node(tmp: Path, bins: Mapping[str, Path]) -> Node:
     """A node (not started) in tmp/node, its control plane in tmp/cp; `bins` holds NODE_PEERS."""
     cp = NodeControlPlane(
@@ -446,55 +341,3 @@ def new_node(tmp: Path, bins: Mapping[str, Path]) -> Node:
     )
     (tmp / "node").mkdir()
     return Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])
-
-
-def _owner_gone(d: Path) -> bool:
-    """The pytest (or demo) that wrote d/owner.pid is gone."""
-    try:
-        pid = int((d / "owner.pid").read_text())
-    except (OSError, ValueError):
-        return False  # being set up, or not ours
-    return not Path(f"/proc/{pid}").exists()
-
-
-def _kill_cmdlines_with(marker: bytes) -> None:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if marker in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), signal.SIGKILL)
-
-
-def _rmdir_tree(top: Path) -> None:
-    """Removes the empty directories (cgroups) below and at `top`, deepest first."""
-    if not top.is_dir():
-        return
-    dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-    for d in [*dirs, top]:
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
-def _reap(d: Path) -> None:
-    _kill_cmdlines_with(str(d).encode())
-    cgroups = [c / f"e2e-{d.name}" for c in Path("/sys/fs/cgroup").iterdir()]
-    for c in cgroups:
-        for p in _pids_in_cgroup(c):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGKILL)
-    time.sleep(0.2)
-    for c in cgroups:
-        _rmdir_tree(c)
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def reap_stale(base: Path = Path("/tmp")) -> list[Path]:
-    """Clean up after runs that died without a teardown (pytest killed): their control plane,
-    plugins, shims and containers (found by their temp dir and cgroup root), cgroups and temp
-    dir. A run is stale when the pytest that wrote its owner.pid is gone."""
-    reaped: list[Path] = []
-    for d in base.glob("e2e-*"):
-        if _owner_gone(d):
-            _reap(d)
-            reaped.append(d)
-    return reaped

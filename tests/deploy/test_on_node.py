@@ -39,16 +39,9 @@ from provider_azure import RUNTIME_NAME, __version__
 from secrets_store_api import provider_pb2, provider_pb2_grpc
 from testbed import images
 from testbed.controlplane import prepare_cluster
-from testbed.node import (
-    NODE_NAME,
-    NODE_PEERS,
-    Node,
-    NodeControlPlane,
-    new_node,
-    reap_stale,
-    run_dir,
-)
+from testbed.node import NODE_NAME, NODE_PEERS, Node, NodeControlPlane, new_node
 from testbed.peers import missing, peer
+from testbed.rundir import reap_stale, run_dir
 
 from .render import find, plain
 

@@ -36,19 +36,11 @@ from testbed.controlplane import (
 )
 from testbed.driver import DriverProcess
 from testbed.emulator import TENANT_ID, Emulator
-from testbed.node import (
-    E2E_ISSUER,
-    NODE_NAME,
-    NODE_PEERS,
-    Node,
-    new_node,
-    reap_stale,
-    run_dir,
-    unmount_under,
-)
+from testbed.node import E2E_ISSUER, NODE_NAME, NODE_PEERS, Node, new_node
 from testbed.peers import peer, require_programs
 from testbed.provider import ProviderProcess, ours
 from testbed.registrar import Registrar
+from testbed.rundir import reap_stale, run_dir, unmount_under
 
 DRIVER = "secrets-store.csi.k8s.io"
 NAMESPACE = "e2e"
