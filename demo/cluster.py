@@ -277,16 +277,7 @@ class Demo:
         self.kubectl("get", "csidriver", DRIVER_NAME)
 
         step("starting the driver on its CSI socket, with its own ServiceAccount's token")
-        plugins = self.node.root / "plugins"
-        plugins.mkdir()
-        self.driver = DriverProcess(
-            plugins,
-            kubeconfig=driver_kubeconfig,
-            provider_dirs=(providers, tmp / "no-providers"),
-            node_id=NODE_NAME,
-            name="csi-secrets-store",
-            extra=("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s"),
-        )
+        self.driver = self.node.plugin_driver(driver_kubeconfig, providers, f"{INTERVAL:g}s")
         # as run, less the harness defaults that the two flags above override
         overridden = ("--enable-secret-rotation=false", "--rotation-poll-interval=2m")
         shown = " ".join(a for a in self.driver.argv()[3:] if a not in overridden)
@@ -297,8 +288,7 @@ class Demo:
 
         step("starting kubelet 1.37 and registering the driver with it (plugins_registry)")
         self.node.start_kubelet()  # before the registrar's gRPC threads: no fork after them
-        self.registrar = Registrar(self.node.root, DRIVER_NAME, self.driver.socket, tmp / "stubs")
-        self.registrar.start()
+        self.registrar = self.node.register(self.driver)
         took = wait_for("the driver registered with kubelet", self._node_ready, 90, 0.2)
         say(f"{DRIVER_NAME} registered on node {NODE_NAME} in {took:.1f}s")
         self.kubectl("get", "csinode", NODE_NAME)

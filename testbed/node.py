@@ -26,9 +26,11 @@ import yaml
 
 from testbed import images
 from testbed.controlplane import ISSUER, ControlPlane, write_kubeconfig
-from testbed.kubelet import volume_dir
+from testbed.driver import DriverProcess
+from testbed.kubelet import DRIVER, volume_dir
 from testbed.node_config import NODE_IP, containerd_config, kubelet_config
 from testbed.ports import free_port
+from testbed.registrar import Registrar
 from testbed.rundir import rmdir_tree, run, unmount_under
 
 NODE_NAME = "e2e-node"
@@ -134,6 +136,32 @@ class Node:
     def pod_volume(self, pod_uid: str, volume: str) -> Path:
         """Where the driver mounts a pod's CSI volume on this node."""
         return volume_dir(self.root, pod_uid, volume) / "mount"
+
+    def plugin_driver(
+        self, kubeconfig: Path, providers: Path, rotation_interval: str
+    ) -> DriverProcess:
+        """Our driver as this node's CSI plugin (not started): its socket under kubelet's
+        plugins/ dir, as the DaemonSet places it, rotation on."""
+        plugins = self.root / "plugins"
+        plugins.mkdir()
+        return DriverProcess(
+            plugins,
+            kubeconfig=kubeconfig,
+            provider_dirs=(providers, self.workdir.parent / "no-providers"),
+            node_id=NODE_NAME,
+            name="csi-secrets-store",
+            extra=(
+                "--enable-secret-rotation=true",
+                f"--rotation-poll-interval={rotation_interval}",
+            ),
+        )
+
+    def register(self, driver: DriverProcess) -> Registrar:
+        """Registers the driver with kubelet (start kubelet first: no fork after the
+        registrar's gRPC threads exist)."""
+        registrar = Registrar(self.root, DRIVER, driver.socket, self.workdir.parent / "stubs")
+        registrar.start()
+        return registrar
 
     def check_alive(self, *names: str) -> None:
         """Raises, with the tail of its log, if one of these processes has exited."""

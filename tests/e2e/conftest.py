@@ -204,22 +204,11 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
         sock = providers / "azure.sock"
         provider = ours(sock, log=tmp / "provider.log")
         provider.start()
-        (node.root / "plugins").mkdir()
-        driver = DriverProcess(
-            node.root / "plugins",
-            kubeconfig=await driver_token_kubeconfig(cp, admin),
-            provider_dirs=(providers, tmp / "no-providers"),
-            node_id=NODE_NAME,
-            name="csi-secrets-store",
-            extra=(
-                "--enable-secret-rotation=true",
-                f"--rotation-poll-interval={ROTATION_INTERVAL}",
-            ),
-        )
+        kubeconfig = await driver_token_kubeconfig(cp, admin)
+        driver = node.plugin_driver(kubeconfig, providers, ROTATION_INTERVAL)
         driver.start()
         node.start_kubelet()  # before the registrar's threads: no gRPC server across fork()
-        registrar = Registrar(node.root, DRIVER, driver.socket, tmp / "stubs")
-        registrar.start()
+        registrar = node.register(driver)
         await _wait_node_ready(node, admin, registrar)
         await _namespace(admin)
         print(f"\n[e2e] node up in {time.monotonic() - started:.1f}s ({tmp})")
