@@ -98,8 +98,10 @@ def run(rounds: int, rss_mounts: int, latencies: tuple[int, ...] = (20, 0)) -> s
     rows: list[str] = []
     try:
         seed(emu)
-        mine = ours(str(state / "ours.sock"), healthz_port=18989, prometheus_port=18898).start()
-        theirs = upstream(go_binary, str(state / "go.sock")).start()
+        mine = ours(str(state / "ours.sock"), healthz_port=18989, prometheus_port=18898)
+        mine.start()
+        theirs = upstream(go_binary, str(state / "go.sock"))
+        theirs.start()
         try:
             for latency in latencies:
                 emu.set_latency(latency)

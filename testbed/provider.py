@@ -64,7 +64,7 @@ class ProviderProcess:
         argv = [sys.executable, "-m", "testbed.fake_provider", f"unix://{socket}"]
         return cls(argv, socket, log)
 
-    def start(self, wait: float = 15.0) -> ProviderProcess:
+    def start(self, wait: float = 15.0) -> None:
         """Starts it (a socket left by an earlier process is removed first) and waits until
         the socket accepts connections."""
         self.socket.unlink(missing_ok=True)
@@ -77,7 +77,6 @@ class ProviderProcess:
                 cwd=REPO,
             )
         wait_socket(self.socket, self.proc, self.log, timeout=wait)
-        return self
 
     @property
     def stub(self) -> provider_pb2_grpc.CSIDriverProviderStub:
@@ -132,7 +131,8 @@ class ProviderProcess:
         return 0
 
     def __enter__(self) -> ProviderProcess:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

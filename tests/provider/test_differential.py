@@ -110,9 +110,11 @@ def _pair(
         healthz_port=port + 989,
         prometheus_port=port + 898,
         log=tmp / "ours.log",
-    ).start()
+    )
+    a.start()
     try:
-        b = upstream(go_binary, str(tmp / "go.sock"), *flags, log=tmp / "go.log").start()
+        b = upstream(go_binary, str(tmp / "go.sock"), *flags, log=tmp / "go.log")
+        b.start()
     except BaseException:
         a.stop()
         raise
