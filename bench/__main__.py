@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from keyvault_emulator.testing import TENANT_ID, Emulator
 from keyvault_emulator.tls import ensure_pki
-from tests.peers.locate import BINARIES, VERSIONS, peers_dir
-from tests.provider.helpers import attributes, objects_yaml
-from tests.provider.procs import ProviderProcess, ours, upstream
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.mount_attributes import attributes, objects_yaml
+from testbed.peers import peer_path
+from testbed.provider import ProviderProcess, ours, upstream
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000001-0000-4000-8000-0000000000b1", "bench-secret"
@@ -89,9 +89,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def run(rounds: int, rss_mounts: int, latencies: tuple[int, ...] = (20, 0)) -> str:
-    go_binary = (
-        peers_dir() / f"azure-provider-{VERSIONS['azure-provider']}" / BINARIES["azure-provider"][1]
-    )
+    go_binary = peer_path("azure-provider")
     if not go_binary.is_file():
         sys.exit(f"upstream provider missing at {go_binary}: run `make peers`")
     state = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -100,8 +98,10 @@ def run(rounds: int, rss_mounts: int, latencies: tuple[int, ...] = (20, 0)) -> s
     rows: list[str] = []
     try:
         seed(emu)
-        mine = ours(str(state / "ours.sock"), healthz_port=18989, prometheus_port=18898).start()
-        theirs = upstream(go_binary, str(state / "go.sock")).start()
+        mine = ours(str(state / "ours.sock"), healthz_port=18989, prometheus_port=18898)
+        mine.start()
+        theirs = upstream(go_binary, str(state / "go.sock"))
+        theirs.start()
         try:
             for latency in latencies:
                 emu.set_latency(latency)

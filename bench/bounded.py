@@ -26,10 +26,10 @@ from pathlib import Path
 import grpc
 
 from bench.__main__ import trust
-from keyvault_emulator.testing import TENANT_ID, Emulator
-from tests.peers.locate import BINARIES, VERSIONS, peers_dir
-from tests.provider.helpers import attributes, objects_yaml
-from tests.provider.procs import ProviderProcess, ours, upstream
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.mount_attributes import attributes, objects_yaml
+from testbed.peers import peer_path
+from testbed.provider import ProviderProcess, ours, upstream
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000001-0000-4000-8000-0000000000b1", "bench-secret"
@@ -162,9 +162,7 @@ def healthz_rows(proc: ProviderProcess, samples: int) -> list[str]:
 
 
 def run(mounts: int, samples: int) -> str:
-    go_binary = (
-        peers_dir() / f"azure-provider-{VERSIONS['azure-provider']}" / BINARIES["azure-provider"][1]
-    )
+    go_binary = peer_path("azure-provider")
     state = Path(tempfile.mkdtemp(prefix="bench-bounded-"))
     trust(state)
     resolve_many([f"kv-r{i:05d}" for i in range(mounts)], state)

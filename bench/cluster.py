@@ -6,7 +6,6 @@ mounted under its temporary directory."""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,25 +15,25 @@ from typing import Protocol
 
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.core_v1 import Namespace
 
 from csi_driver import mounter
-from tests.kube import fixtures
-from tests.kube.controlplane import ControlPlane
-from tests.peers.locate import BINARIES, VERSIONS, peers_dir
+from testbed.controlplane import (
+    ControlPlane,
+    driver_token_kubeconfig,
+    prepare_cluster,
+    wait_default_service_account,
+)
+from testbed.peers import peer_path
 
 NAMESPACE = "bench"
 
 
 class Process(Protocol):
-    proc: object
+    @property
+    def proc(self) -> object: ...
 
     def stop(self) -> object: ...
-
-
-def peer(name: str) -> Path:
-    group, binary = BINARIES[name]
-    return peers_dir() / f"{group}-{VERSIONS[group]}" / binary
 
 
 @dataclass
@@ -56,21 +55,19 @@ async def bench_cluster() -> AsyncIterator[BenchCluster]:
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
         root = Path(tmp)
         cp = ControlPlane(
-            root / "kube", peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
+            root / "kube",
+            peer_path("etcd"),
+            peer_path("kube-apiserver"),
+            peer_path("kube-controller-manager"),
         )
         cp.start()
         admin: AsyncClient | None = None
         processes: list[Process] = []
         try:
-            admin = await fixtures.prepare_cluster(cp)
-            kubeconfig = await fixtures.driver_token_kubeconfig(cp, admin)
+            admin = await prepare_cluster(cp)
+            kubeconfig = await driver_token_kubeconfig(cp, admin)
             await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
-            for _ in range(300):  # kube-controller-manager creates it
-                try:
-                    await admin.get(ServiceAccount, "default", namespace=NAMESPACE)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
+            await wait_default_service_account(admin, NAMESPACE)
             dirs = (root / "providers", root / "providers-extra")
             for d in dirs:
                 d.mkdir()

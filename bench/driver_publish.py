@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cluster import bench_cluster
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass
-from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.kubelet import Kubelet
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet
+from testbed.provider import ProviderProcess
 
 
 def _rss_kib(pid: int) -> tuple[int, int]:
@@ -39,7 +40,7 @@ def _rss_kib(pid: int) -> tuple[int, int]:
 async def run(volumes: int, files: int) -> dict[str, object]:
     async with bench_cluster() as c:
         root, admin, dirs = c.root, c.admin, c.provider_dirs
-        provider = ProviderProcess(dirs[0] / "fake.sock", root / "provider.log")
+        provider = ProviderProcess.fake(dirs[0] / "fake.sock", root / "provider.log")
         provider.start()
         c.started(provider)
         driver = DriverProcess(root, kubeconfig=c.driver_kubeconfig, provider_dirs=dirs)

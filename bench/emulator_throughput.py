@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keyvault_emulator.testing import Emulator
+from testbed.emulator import Emulator
 
 SP = "0e000001-0000-4000-8000-0000000000e1"
 URL = "https://kv-bench.vault.azure.net/secrets/bench?api-version=7.6"

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from testbed.provider import ours
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
@@ -32,10 +34,9 @@ from lightkube.resources.core_v1 import Secret
 from bench.__main__ import trust
 from bench.cluster import BenchCluster, bench_cluster
 from csi_driver.kube import SecretProviderClass
-from keyvault_emulator.testing import DEFAULT_SEED, TENANT_ID, Emulator
-from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.controlplane import free_port
-from tests.kube.kubelet import Kubelet
+from testbed.driver import DriverProcess
+from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
+from testbed.kubelet import Kubelet
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000021-0000-4000-8000-0000000000f1", "rotation-bench-secret"
@@ -140,18 +141,7 @@ async def _measure(c: BenchCluster, emu: Emulator, pods: int, objects: int) -> d
         )
     )
     sock = dirs[0] / "azure.sock"
-    provider = ProviderProcess(
-        sock,
-        root / "provider.log",
-        [
-            sys.executable,
-            "-m",
-            "provider_azure",
-            f"--endpoint=unix://{sock}",
-            f"--healthz-port={free_port()}",
-            f"--prometheus-port={free_port()}",
-        ],
-    )
+    provider = ours(sock, log=root / "provider.log")
     provider.start()
     c.started(provider)
     flags = ("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s")

@@ -26,10 +26,10 @@ from pathlib import Path
 import grpc
 
 from bench.__main__ import SECRETS, request, seed, trust
-from keyvault_emulator.testing import Emulator
 from secrets_store_api import provider_pb2
-from tests.peers.locate import BINARIES, VERSIONS, peers_dir
-from tests.provider.procs import ProviderProcess, ours, upstream
+from testbed.emulator import Emulator
+from testbed.peers import peer_path
+from testbed.provider import ProviderProcess, ours, upstream
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -99,9 +99,7 @@ def one_start(proc: ProviderProcess) -> tuple[float, float, float]:
 
 
 def run(rounds: int, cpu_millis: int, memory_mib: int) -> str:
-    go_binary = (
-        peers_dir() / f"azure-provider-{VERSIONS['azure-provider']}" / BINARIES["azure-provider"][1]
-    )
+    go_binary = peer_path("azure-provider")
     state = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     trust(state)
     emu = Emulator.start(state, seeds=[Path("tests/emulator/seed.yaml")])

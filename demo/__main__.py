@@ -23,7 +23,8 @@ from pathlib import Path
 
 from csi_driver import mounter
 from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
-from keyvault_emulator.testing import Emulator
+from testbed.emulator import Emulator
+from testbed.provider import PROVIDER_COMMAND
 
 HERE = Path(__file__).resolve().parent
 INTERVAL = "2s"  # the demo's --rotation-poll-interval
@@ -102,7 +103,7 @@ def run(work: Path, emu: Emulator) -> None:
     step(f"starting the Azure provider on unix://{providers}/azure.sock (metrics on :8898)")
     with open(work / "provider.log", "wb") as out:
         provider = subprocess.Popen(
-            [sys.executable, "-m", "provider_azure", f"--endpoint=unix://{providers}/azure.sock"],
+            [*PROVIDER_COMMAND, f"--endpoint=unix://{providers}/azure.sock"],
             stderr=out,
         )
     driver: subprocess.Popen[bytes] | None = None

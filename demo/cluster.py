@@ -7,9 +7,9 @@ real kubelet 1.37 with containerd + runc, and our driver serving its CSI socket 
 its own ServiceAccount (never admin), registered with kubelet the way node-driver-registrar
 registers it. kubelet, not this script, calls NodePublishVolume when the Pod starts.
 
-The node is the test suite's (tests/e2e/node.py, tests/kube/): this is a developer target run
-from a checkout, so it imports them rather than keeping a second copy. The Go peers come from
-`make peers` (cached under ~/.cache/secrets-store-csi-peers).
+The node is the test suite's (testbed/node.py, testbed/controlplane.py): this is a developer
+target run from a checkout, so it imports the testbed rather than keeping a second copy. The Go
+peers come from `make peers` (cached under ~/.cache/secrets-store-csi-peers).
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
@@ -39,26 +36,16 @@ from lightkube.resources.storage_v1 import CSINode
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
 from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
-from keyvault_emulator.testing import Emulator
-
-# The test suite's node and control plane, imported by name: tests/ is outside the strictly
-# type-checked packages, and mypy would otherwise follow these imports into it.
-_harness: Any = importlib.import_module("tests.driver.harness")
-images: Any = importlib.import_module("tests.e2e.images")
-_node: Any = importlib.import_module("tests.e2e.node")
-_registrar: Any = importlib.import_module("tests.e2e.registrar")
-_controlplane: Any = importlib.import_module("tests.kube.controlplane")
-_fixtures: Any = importlib.import_module("tests.kube.fixtures")
-_locate: Any = importlib.import_module("tests.peers.locate")
-DriverProcess, ProviderProcess = _harness.DriverProcess, _harness.ProviderProcess
-NODE_NAME: str = _node.NODE_NAME
-Node, NodeControlPlane = _node.Node, _node.NodeControlPlane
-reap_stale, unmount_under = _node.reap_stale, _node.unmount_under
-Registrar = _registrar.Registrar
-free_port = _controlplane.free_port
-driver_token_kubeconfig = _fixtures.driver_token_kubeconfig
-prepare_cluster = _fixtures.prepare_cluster
-BINARIES, VERSIONS, peers_dir = _locate.BINARIES, _locate.VERSIONS, _locate.peers_dir
+from testbed import images
+from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
+from testbed.driver import DriverProcess
+from testbed.emulator import Emulator
+from testbed.node import NODE_NAME, NODE_PEERS, new_node
+from testbed.peers import is_built, peer_path
+from testbed.ports import free_port
+from testbed.provider import ProviderProcess, ours
+from testbed.registrar import Registrar
+from testbed.rundir import reap_stale, run_dir, unmount_under
 
 HERE = Path(__file__).resolve().parent
 DRIVER_NAME = "secrets-store.csi.k8s.io"
@@ -166,9 +153,8 @@ def say(text: str) -> None:
 
 
 def peer(binary: str) -> Path:
-    group, name = BINARIES[binary]
-    path: Path = Path(peers_dir()) / f"{group}-{VERSIONS[group]}" / name
-    if not (path.is_file() and os.access(path, os.X_OK)):
+    path = peer_path(binary)
+    if not is_built(path):
         raise DemoFailed(f"peer {binary} missing at {path}: run `make peers` first")
     return path
 
@@ -217,17 +203,12 @@ class Demo:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.emulator: Emulator | None = None
-        self.provider: Any = None  # tests.driver.harness.ProviderProcess
-        self.cp = NodeControlPlane(
-            tmp / "cp", peer("etcd"), peer("kube-apiserver"), peer("kube-controller-manager")
-        )
-        (tmp / "node").mkdir()
-        self.node = Node(
-            tmp / "node", self.cp, kubelet_bin=peer("kubelet"), scheduler_bin=peer("kube-scheduler")
-        )
+        self.provider: ProviderProcess | None = None
+        self.node = new_node(tmp, {n: peer(n) for n in NODE_PEERS})
+        self.cp = self.node.cp
         self.kubectl_bin = peer("kubectl")
-        self.driver: Any = None  # tests.driver.harness.DriverProcess
-        self.registrar: Any = None  # tests.e2e.registrar.Registrar
+        self.driver: DriverProcess | None = None
+        self.registrar: Registrar | None = None
         self.client: Client | None = None
         self.tail: LogTail | None = None
         self.pod_uid = ""
@@ -261,15 +242,7 @@ class Demo:
 
     @property
     def target(self) -> Path:
-        return Path(
-            self.node.root,
-            "pods",
-            self.pod_uid,
-            "volumes",
-            "kubernetes.io~csi",
-            "secrets-store01-inline",
-            "mount",
-        )
+        return self.node.pod_volume(self.pod_uid, "secrets-store01-inline")
 
     # -- the story -------------------------------------------------------------------------
 
@@ -284,28 +257,13 @@ class Demo:
         sock = providers / "azure.sock"
         self.provider_metrics = free_port()
         step(f"starting the Azure provider on unix://{sock}")
-        self.provider = ProviderProcess(
-            sock,
-            tmp / "provider.log",
-            [
-                sys.executable,
-                "-m",
-                "provider_azure",
-                f"--endpoint=unix://{sock}",
-                f"--healthz-port={free_port()}",
-                f"--prometheus-port={self.provider_metrics}",
-            ],
-        )
+        self.provider = ours(sock, prometheus_port=self.provider_metrics, log=tmp / "provider.log")
         self.provider.start()
 
         step(
             "isolating the node (overlays on /var and /run, node IP on lo) and starting containerd"
         )
-        self.node.isolate()
-        self.node.make_cgroup_root()
-        tarballs = images.build(tmp)
-        self.node.start_containerd()
-        self.node.import_images(tarballs)
+        self.node.start_runtime()
         say(f"images imported: {images.PAUSE} (sandbox), {images.BUSYBOX_IMAGE}")
 
         step("starting etcd and kube-apiserver (--authorization-mode=Node,RBAC)")
@@ -319,16 +277,7 @@ class Demo:
         self.kubectl("get", "csidriver", DRIVER_NAME)
 
         step("starting the driver on its CSI socket, with its own ServiceAccount's token")
-        plugins = self.node.root / "plugins"
-        plugins.mkdir()
-        self.driver = DriverProcess(
-            plugins,
-            kubeconfig=driver_kubeconfig,
-            provider_dirs=(providers, tmp / "no-providers"),
-            node_id=NODE_NAME,
-            name="csi-secrets-store",
-            extra=("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s"),
-        )
+        self.driver = self.node.plugin_driver(driver_kubeconfig, providers, f"{INTERVAL:g}s")
         # as run, less the harness defaults that the two flags above override
         overridden = ("--enable-secret-rotation=false", "--rotation-poll-interval=2m")
         shown = " ".join(a for a in self.driver.argv()[3:] if a not in overridden)
@@ -339,8 +288,7 @@ class Demo:
 
         step("starting kubelet 1.37 and registering the driver with it (plugins_registry)")
         self.node.start_kubelet()  # before the registrar's gRPC threads: no fork after them
-        self.registrar = Registrar(self.node.root, DRIVER_NAME, self.driver.socket, tmp / "stubs")
-        self.registrar.start()
+        self.registrar = self.node.register(self.driver)
         took = wait_for("the driver registered with kubelet", self._node_ready, 90, 0.2)
         say(f"{DRIVER_NAME} registered on node {NODE_NAME} in {took:.1f}s")
         self.kubectl("get", "csinode", NODE_NAME)
@@ -362,8 +310,7 @@ class Demo:
             await admin.close()
 
     def _node_ready(self) -> bool:
-        self.node._alive("kubelet")
-        self.node._alive("containerd")
+        self.node.check_alive()
         assert self.registrar is not None and self.client is not None
         if self.registrar.errors:
             raise DemoFailed(f"plugin registration failed: {self.registrar.errors}")
@@ -420,7 +367,7 @@ class Demo:
         def running() -> bool:
             assert self.client is not None
             pod = self.client.get(Pod, POD, namespace=NAMESPACE)
-            self.node._alive("kubelet")
+            self.node.check_alive("kubelet")
             return pod.status is not None and pod.status.phase == "Running"
 
         try:
@@ -469,7 +416,8 @@ class Demo:
 
     def rotate(self) -> None:
         assert self.emulator is not None and self.client is not None and self.tail is not None
-        assert self.driver is not None
+        driver = self.driver
+        assert driver is not None
         step("changing secret 'username' in the emulator (a new version)")
         self.emulator.set_secret("kv-demo", "username", "admin-v2")
         changed = time.monotonic()
@@ -498,7 +446,7 @@ class Demo:
         )
         wait_for(
             "the driver's rotation log line",
-            lambda: "files rewritten" in self.driver.log.read_text(errors="replace"),
+            lambda: "files rewritten" in driver.log.read_text(errors="replace"),
             5,
         )
         self.tail.show()
@@ -657,10 +605,7 @@ def main() -> None:
         raise SystemExit("run it through `make demo-cluster` (root, inside tests/netns-run)")
     for stale in reap_stale():
         print(f"cleaned up after an earlier run killed without teardown: {stale}")
-    # short (unix socket paths < 108 bytes), and named so that reap_stale finds it if this
-    # process is ever killed without its teardown
-    tmp = Path(tempfile.mkdtemp(prefix="e2e-demo-", dir="/tmp"))
-    (tmp / "owner.pid").write_text(str(os.getpid()))
+    tmp = run_dir("e2e-demo-")
     failure: str | None = None
     demo: Demo | None = None
     with sigterm_unwinds():

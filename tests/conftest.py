@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from keyvault_emulator.testing import DEFAULT_SEED, Emulator
 from keyvault_emulator.tls import ensure_pki
+from testbed.emulator import DEFAULT_SEED, Emulator
 
 NETNS_HINT = (
     "the Key Vault emulator tests must run inside the private namespace: "

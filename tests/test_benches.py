@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.peers.locate import peer
+from testbed.peers import peer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """`make demo-cluster` stays true: the second demo runs to the end on a real single-node
-Kubernetes (tests/e2e/node.py) and tells the whole story.
+Kubernetes (testbed/node.py) and tells the whole story.
 
 It runs the target's command in a namespace of its own (tests/netns-run), as `make demo-cluster`
 does. The demo exits non-zero when the pod does not run, the file or the synced Secret does not
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.locate import peer, require_programs
+from testbed.peers import peer, require_programs
 
 pytestmark = pytest.mark.peers
 ROOT = Path(__file__).resolve().parent.parent

@@ -41,7 +41,6 @@ from csi_driver import metrics as driver_metrics
 from csi_driver.node import FILE_PERMISSION, build_mount_request, go_json
 from csi_driver.secret_sync import SyncError, build_data, parse_secret_objects
 from csi_driver.standalone import load_spc
-from keyvault_emulator.testing import TENANT_ID, WI_APP_CLIENT_ID, Emulator, workload_token
 from provider_azure import clouds
 from provider_azure.auth import ClientCache
 from provider_azure.errors import Kind, ProviderError
@@ -51,9 +50,9 @@ from provider_azure.metrics import Metrics as ProviderMetrics
 from provider_azure.parameters import IdentityMode, MountParameters, parse_mount
 from provider_azure.provider import Provider
 from provider_azure.server import MOUNT_PREFIX
-from tests.kube.controlplane import ControlPlane
-from tests.kube.fixtures import prepare_cluster
-from tests.peers.locate import peer
+from testbed.controlplane import ControlPlane, prepare_cluster
+from testbed.emulator import TENANT_ID, WI_APP_CLIENT_ID, Emulator, workload_token
+from testbed.peers import peer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`verify=<str>` is deprecated:DeprecationWarning")
 

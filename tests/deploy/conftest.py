@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.controlplane import ControlPlane
+from testbed.controlplane import ControlPlane
+from testbed.peers import peer
 from tests.kube.fixtures import admin_client, control_plane
-from tests.peers.locate import peer
 
 __all__ = ["admin_client", "control_plane"]
 

@@ -13,8 +13,8 @@ import httpx2 as httpx
 import pytest
 import yaml
 
-from tests.kube.controlplane import ControlPlane
-from tests.peers.locate import peer
+from testbed.controlplane import ControlPlane
+from testbed.peers import peer
 
 from .conftest import Kubectl
 from .render import (

@@ -13,7 +13,7 @@ images `make images` builds.
 Differences from the manifests, all for this node: hostNetwork (no CNI network here,
 docs/e2e.md), the API server on loopback (no Service network), the kubelet root in a temp dir,
 and, for the driver, no sidecars (their upstream images are not reachable here: a stand-in
-registers the socket from the node, tests/e2e/registrar.py) and so no liveness probe.
+registers the socket from the node, testbed/registrar.py) and so no liveness probe.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,10 +37,11 @@ from lightkube.resources.core_v1 import Pod
 
 from provider_azure import RUNTIME_NAME, __version__
 from secrets_store_api import provider_pb2, provider_pb2_grpc
-from tests.e2e import images
-from tests.e2e.node import NODE_NAME, Node, NodeControlPlane, reap_stale
-from tests.kube.fixtures import prepare_cluster
-from tests.peers.locate import missing, peer
+from testbed import images
+from testbed.controlplane import prepare_cluster
+from testbed.node import NODE_NAME, NODE_PEERS, Node, NodeControlPlane, new_node
+from testbed.peers import missing, peer
+from testbed.rundir import reap_stale, run_dir
 
 from .render import find, plain
 
@@ -85,27 +85,16 @@ async def world() -> AsyncIterator[World]:
             missing(f"{program} is missing: run `make deb`")
     if os.environ.get("NETNS_RUN_INSIDE") != "1":
         pytest.fail("run inside tests/netns-run", pytrace=False)
-    bins = {
-        n: peer(n)
-        for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
-    }
+    bins = {n: peer(n) for n in NODE_PEERS}
     reap_stale()
-    tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))  # e2e-: reap_stale finds it
-    (tmp / "owner.pid").write_text(str(os.getpid()))
+    tmp = run_dir()
     provider_tar = export_image(PROVIDER_IMAGE, tmp / "provider.tar")
     driver_tar = export_image(DRIVER_IMAGE, tmp / "driver.tar")
-    cp = NodeControlPlane(
-        tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
-    )
-    (tmp / "node").mkdir()
-    node = Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])
+    node = new_node(tmp, bins)
+    cp = node.cp
     admin: AsyncClient | None = None
     try:
-        node.isolate()
-        node.make_cgroup_root()
-        tarballs = [*images.build(tmp), provider_tar, driver_tar]
-        node.start_containerd()
-        node.import_images(tarballs)
+        node.start_runtime([provider_tar, driver_tar])
         cp.start()
         admin = await prepare_cluster(cp)
         node.start_scheduler()
@@ -129,8 +118,7 @@ async def world() -> AsyncIterator[World]:
 async def _wait_node_ready(node: Node, admin: AsyncClient) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        node._alive("kubelet")
-        node._alive("containerd")
+        node.check_alive()
         # Registered is enough: the node never turns Ready without a CNI network, and
         # hostNetwork pods run regardless.
         with contextlib.suppress(Exception):
@@ -220,7 +208,7 @@ async def test_provider_daemonset_runs_as_written(world: World) -> None:
     ready: Pod | None = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and ready is None:
-        world.node._alive("kubelet")
+        world.node.check_alive("kubelet")
         async for pod in admin.list(Pod, namespace="kube-system", labels=SELECTOR):
             st = pod.status
             if st and any(c.type == "Ready" and c.status == "True" for c in st.conditions or []):
@@ -262,7 +250,7 @@ def driver_docs(kubelet_root: Path, apiserver: str) -> list[dict[str, Any]]:
     """daemonset/secrets-store-csi-driver.yaml for this node: its kubelet root, the node's
     network (no CNI), the API server on loopback (no Service network either), and only the
     driver container: the registrar and livenessprobe images are not reachable here, so a
-    stand-in registers the socket from the node (tests/e2e/registrar.py) and the driver's
+    stand-in registers the socket from the node (testbed/registrar.py) and the driver's
     liveness probe, which the livenessprobe sidecar answers, is left out."""
     docs = _replace_paths(
         plain("secrets-store-csi-driver.yaml"), "/var/lib/kubelet", str(kubelet_root)
@@ -288,8 +276,8 @@ async def test_driver_daemonset_mounts_a_pod_volume(world: World) -> None:
     a pod's inline volume through it, the tmpfs it mounts inside its container reaches the
     node and the app container, and unpublish removes it."""
     from csi_driver.kube import SecretProviderClass, SecretProviderClassPodStatus
-    from tests.driver.harness import ProviderProcess
-    from tests.e2e.registrar import Registrar
+    from testbed.provider import ProviderProcess
+    from testbed.registrar import Registrar
 
     admin, node = world.admin, world.node
     for doc in driver_docs(node.root, world.cp.server):
@@ -298,12 +286,12 @@ async def test_driver_daemonset_mounts_a_pod_volume(world: World) -> None:
     deadline = time.monotonic() + 90
     while not csi_sock.exists():
         assert time.monotonic() < deadline, f"no driver socket:\n{node.log('kubelet')[-3000:]}"
-        node._alive("kubelet")
+        node.check_alive("kubelet")
         await asyncio.sleep(0.3)
     registrar = Registrar(node.root, DRIVER_NAME, csi_sock, world.tmp / "stubs")
     registrar.start()
     await asyncio.to_thread(SOCKET_DIR.mkdir, parents=True, exist_ok=True)
-    fake = ProviderProcess(SOCKET_DIR / "fake.sock", world.tmp / "fake-provider.log")
+    fake = ProviderProcess.fake(SOCKET_DIR / "fake.sock", world.tmp / "fake-provider.log")
     fake.start()
     try:
         await asyncio.to_thread(registrar.registered.wait, 60)
@@ -370,7 +358,7 @@ async def test_driver_daemonset_mounts_a_pod_volume(world: World) -> None:
             running = pod.status is not None and pod.status.phase == "Running"
             await asyncio.sleep(0.3)
         assert running, f"app pod not Running: {pod.status}\n{node.log('kubelet')[-3000:]}"
-        target = node.root / "pods" / uid / "volumes" / "kubernetes.io~csi" / "s" / "mount"
+        target = node.pod_volume(uid, "s")
         # mounted inside the driver's container, visible on the node (Bidirectional)
         assert await asyncio.to_thread(_is_tmpfs_mount, target)
         assert (target / "hello.txt").read_text() == "mounted by the DaemonSet"

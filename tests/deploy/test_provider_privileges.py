@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,7 +17,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.kube.controlplane import free_port
+from testbed.ports import free_port
+from testbed.provider import PROVIDER_COMMAND
 
 from .render import container, find, plain
 
@@ -72,9 +72,7 @@ def test_root_without_capabilities_serves_the_socket(host_dir: Path, tmp_path: P
         "--ambient-caps=-all",
         "--bounding-set=-all",
         "--no-new-privs",
-        sys.executable,
-        "-m",
-        "provider_azure",
+        *PROVIDER_COMMAND,
         *manifest_args(f"unix://{sock}", healthz, metrics),
     ]
     with open(log, "wb") as out:

@@ -3,7 +3,6 @@ provider as processes, and a kubelet stand-in."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import tempfile
@@ -14,14 +13,15 @@ from typing import Any
 import pytest
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.core_v1 import Namespace
 
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass, SecretProviderClassV1alpha1
+from testbed.controlplane import wait_default_service_account
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet
+from testbed.provider import ProviderProcess
 from tests.kube.fixtures import admin_client, control_plane, driver_kubeconfig
-from tests.kube.kubelet import Kubelet
-
-from .harness import DriverProcess, ProviderProcess
 
 __all__ = ["admin_client", "control_plane", "driver_kubeconfig"]
 
@@ -61,7 +61,7 @@ def provider_dirs(root: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def fake_provider(root: Path, provider_dirs: tuple[Path, Path]) -> Iterator[ProviderProcess]:
     """The fake provider in the *additional* directory: checks the lookup order too."""
-    p = ProviderProcess(provider_dirs[1] / "fake.sock", root / "fake-provider.log")
+    p = ProviderProcess.fake(provider_dirs[1] / "fake.sock", root / "fake-provider.log")
     p.start()
     yield p
     p.stop()
@@ -84,13 +84,8 @@ def driver(
 @pytest.fixture(scope="session")
 async def namespace(admin_client: AsyncClient) -> str:
     await admin_client.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
-    for _ in range(300):  # kube-controller-manager creates the default ServiceAccount
-        try:
-            await admin_client.get(ServiceAccount, "default", namespace=NAMESPACE)
-            return NAMESPACE
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise TimeoutError("no default ServiceAccount")
+    await wait_default_service_account(admin_client, NAMESPACE)
+    return NAMESPACE
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +21,13 @@ from lightkube.resources.core_v1 import Secret
 
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
-from keyvault_emulator.testing import TENANT_ID, Emulator
-from tests.kube.controlplane import ISSUER, ControlPlane, free_port
-from tests.kube.kubelet import Kubelet
+from testbed.controlplane import ISSUER, ControlPlane
+from testbed.driver import DriverProcess
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.kubelet import Kubelet
+from testbed.provider import ours
 
 from .conftest import SpcFactory, unique
-from .harness import DriverProcess, ProviderProcess
 
 VAULT = "kv-driver-e2e"
 WI_CLIENT = "0d000001-0000-4000-8000-0000000000d1"
@@ -93,15 +93,7 @@ def azure_driver(root: Path, driver_kubeconfig: Path, azure_world: None) -> Iter
     for d in dirs:
         d.mkdir(exist_ok=True)
     sock = dirs[0] / "azure.sock"
-    argv = [
-        sys.executable,
-        "-m",
-        "provider_azure",
-        f"--endpoint=unix://{sock}",
-        f"--healthz-port={free_port()}",
-        f"--prometheus-port={free_port()}",
-    ]
-    provider = ProviderProcess(sock, root / "azure-provider.log", argv)
+    provider = ours(sock, log=root / "azure-provider.log")
     provider.start()
     driver = DriverProcess(
         root, kubeconfig=driver_kubeconfig, provider_dirs=dirs, name="azure-driver"

@@ -16,10 +16,11 @@ from lightkube import ApiError, AsyncClient
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
 from secrets_store_api import csi_pb2
-from tests.kube.kubelet import Kubelet, PodVolume
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet, PodVolume
+from testbed.provider import ProviderProcess
 
 from .conftest import SpcFactory, unique
-from .harness import DriverProcess, ProviderProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 UNKNOWN = grpc.StatusCode.UNKNOWN
@@ -305,7 +306,7 @@ async def test_provider_killed_mid_publish(
     root: Path,
     admin_client: AsyncClient,
 ) -> None:
-    doomed = ProviderProcess(provider_dirs[0] / "doomed.sock", root / "doomed.log")
+    doomed = ProviderProcess.fake(provider_dirs[0] / "doomed.sock", root / "doomed.log")
     doomed.start()
     try:
         spc = await make_spc({"fake.mode": "hang"}, provider="doomed")

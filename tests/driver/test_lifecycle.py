@@ -9,10 +9,10 @@ from pathlib import Path
 from lightkube import AsyncClient
 
 from csi_driver import mounter
-from tests.kube.kubelet import Kubelet
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet
 
 from .conftest import SpcFactory, unique
-from .harness import DriverProcess
 
 
 async def test_restart_finds_existing_mounts(

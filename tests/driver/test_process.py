@@ -14,10 +14,11 @@ from pathlib import Path
 from lightkube import AsyncClient
 
 from csi_driver import mounter
-from tests.kube.kubelet import Kubelet
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet
+from testbed.provider import ProviderProcess
 
 from .conftest import SpcFactory, unique
-from .harness import DriverProcess, ProviderProcess
 
 
 async def test_sigterm_lets_an_inflight_publish_finish(

@@ -11,10 +11,10 @@ from lightkube import AsyncClient
 
 from csi_driver import mounter
 from csi_driver.kube import NODE_LABEL, SecretProviderClassPodStatus
-from tests.kube.kubelet import Kubelet
+from testbed.driver import DriverProcess
+from testbed.kubelet import Kubelet
 
 from .conftest import SpcFactory, unique
-from .harness import DriverProcess
 
 
 async def test_publish_read_unpublish(

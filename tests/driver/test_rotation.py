@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,12 +26,13 @@ from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 
 from csi_driver.kube import SecretProviderClass, SecretProviderClassPodStatus
 from csi_driver.rotation import FORCE_ANNOTATION
-from keyvault_emulator.testing import TENANT_ID, Emulator
-from tests.kube.controlplane import ISSUER, ControlPlane, free_port, manifests
-from tests.kube.kubelet import Kubelet, PodVolume
+from testbed.controlplane import ISSUER, ControlPlane, manifests
+from testbed.driver import DriverProcess
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.kubelet import Kubelet, PodVolume
+from testbed.provider import ProviderProcess, ours
 
 from .conftest import SpcFactory, unique
-from .harness import DriverProcess, ProviderProcess
 
 VAULT = "kv-rotation"
 WI_CLIENT = "0d000011-0000-4000-8000-0000000000e1"
@@ -127,15 +127,7 @@ def provider(root: Path, world: Emulator) -> Iterator[ProviderProcess]:
     d.mkdir(exist_ok=True)
     (root / "rotation-providers-extra").mkdir(exist_ok=True)
     sock = d / "azure.sock"
-    argv = [
-        sys.executable,
-        "-m",
-        "provider_azure",
-        f"--endpoint=unix://{sock}",
-        f"--healthz-port={free_port()}",
-        f"--prometheus-port={free_port()}",
-    ]
-    p = ProviderProcess(sock, root / "rotation-provider.log", argv)
+    p = ours(sock, log=root / "rotation-provider.log")
     p.start()
     yield p
     p.stop()

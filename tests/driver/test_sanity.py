@@ -7,9 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.peers.locate import peer
-
-from .harness import DriverProcess
+from testbed.driver import DriverProcess
+from testbed.peers import peer
 
 # Skipped specs, with why. Everything else csi-sanity runs must pass.
 SKIPS = {

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from csi_driver import mounter, standalone
-from keyvault_emulator.testing import TENANT_ID, Emulator
-from tests.kube.controlplane import REPO, free_port
-
-from .harness import ProviderProcess
+from testbed import REPO
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.ports import free_port
+from testbed.provider import ours
 
 VAULT = "kv-standalone"
 SP_CLIENT, SP_SECRET = "0d000003-0000-4000-8000-0000000000e1", "standalone-sp-secret"
@@ -108,15 +108,7 @@ def provider_dir(root: Path, vault: Emulator) -> Iterator[Path]:
     d = root / "standalone-providers"
     d.mkdir(exist_ok=True)
     sock = d / "azure.sock"
-    argv = [
-        sys.executable,
-        "-m",
-        "provider_azure",
-        f"--endpoint=unix://{sock}",
-        f"--healthz-port={free_port()}",
-        f"--prometheus-port={free_port()}",
-    ]
-    p = ProviderProcess(sock, root / "standalone-provider.log", argv)
+    p = ours(sock, log=root / "standalone-provider.log")
     p.start()
     yield d
     p.stop()

@@ -35,10 +35,10 @@ from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
 from csi_driver.kube import NODE_LABEL, SecretProviderClass, SecretProviderClassPodStatus
-from tests.kube.kubelet import DRIVER, NODE_NAME, Kubelet, PodVolume
+from testbed.driver import DriverProcess
+from testbed.kubelet import DRIVER, NODE_NAME, Kubelet, PodVolume
 
 from .conftest import unique
-from .harness import DriverProcess
 
 MANAGED = "secrets-store.csi.k8s.io/managed"
 
@@ -732,7 +732,7 @@ async def nosync_kubelet(
     from lightkube.resources.core_v1 import ServiceAccount, ServiceAccountToken
     from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 
-    from tests.kube.controlplane import ISSUER, write_kubeconfig
+    from testbed.controlplane import ISSUER, write_kubeconfig
 
     sa = "csi-driver-nosync"
     await admin_client.create(ServiceAccount(metadata=ObjectMeta(name=sa, namespace="kube-system")))

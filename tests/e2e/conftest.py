@@ -1,6 +1,6 @@
-"""The real-node tier: one single-node cluster for the session (tests/e2e/node.py), our
+"""The real-node tier: one single-node cluster for the session (testbed/node.py), our
 driver and provider as the node's plugins (host processes in the namespace, registered with
-kubelet through tests/e2e/registrar.py), the Key Vault emulator trusting this cluster's
+kubelet through testbed/registrar.py), the Key Vault emulator trusting this cluster's
 service-account issuer. Pods are real: containerd + runc run them, kubelet mounts our volumes.
 """
 
@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,19 +24,23 @@ import pytest
 import yaml
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
+from lightkube.resources.core_v1 import Namespace, Pod, Secret
 from lightkube.resources.storage_v1 import CSINode
 
 from csi_driver.kube import SecretProviderClass
-from keyvault_emulator.testing import TENANT_ID, Emulator
-from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.controlplane import free_port
-from tests.kube.fixtures import driver_token_kubeconfig, prepare_cluster
-from tests.peers.locate import peer, require_programs
-
-from . import images
-from .node import E2E_ISSUER, NODE_NAME, Node, NodeControlPlane, reap_stale, unmount_under
-from .registrar import Registrar
+from testbed import images
+from testbed.controlplane import (
+    driver_token_kubeconfig,
+    prepare_cluster,
+    wait_default_service_account,
+)
+from testbed.driver import DriverProcess
+from testbed.emulator import TENANT_ID, Emulator
+from testbed.node import E2E_ISSUER, NODE_NAME, NODE_PEERS, Node, new_node
+from testbed.peers import peer, require_programs
+from testbed.provider import ProviderProcess, ours
+from testbed.registrar import Registrar
+from testbed.rundir import reap_stale, run_dir, unmount_under
 
 DRIVER = "secrets-store.csi.k8s.io"
 NAMESPACE = "e2e"
@@ -91,15 +93,7 @@ class Cluster:
 
     def target(self, pod: Pod, volume: str = "secrets-store") -> Path:
         assert pod.metadata is not None and pod.metadata.uid is not None
-        return (
-            self.node.root
-            / "pods"
-            / pod.metadata.uid
-            / "volumes"
-            / "kubernetes.io~csi"
-            / volume
-            / "mount"
-        )
+        return self.node.pod_volume(pod.metadata.uid, volume)
 
 
 def _seed_world(emulator: Emulator, jwks: dict[str, Any]) -> None:
@@ -182,30 +176,19 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
     require_programs(
         "containerd", "containerd-shim-runc-v2", "runc", "ctr", "busybox", who="real-node tier"
     )
-    bins = {
-        n: peer(n)
-        for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
-    }
+    bins = {n: peer(n) for n in NODE_PEERS}
     started = time.monotonic()
     for stale in reap_stale():
         print(f"\n[e2e] cleaned up after a run killed without teardown: {stale}")
-    tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))  # short: socket paths < 108 bytes
-    (tmp / "owner.pid").write_text(str(os.getpid()))
-    cp = NodeControlPlane(
-        tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
-    )
-    node = Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])
-    (tmp / "node").mkdir()
+    tmp = run_dir()
+    node = new_node(tmp, bins)
+    cp = node.cp
     registrar: Registrar | None = None
     driver: DriverProcess | None = None
     provider: ProviderProcess | None = None
     admin: AsyncClient | None = None
     try:
-        node.isolate()
-        node.make_cgroup_root()
-        tarballs = images.build(tmp)
-        node.start_containerd()
-        node.import_images(tarballs)
+        node.start_runtime()
         cp.start()
         admin = await prepare_cluster(cp)
         node.start_scheduler()
@@ -219,35 +202,13 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
         providers = tmp / "providers"
         providers.mkdir()
         sock = providers / "azure.sock"
-        provider = ProviderProcess(
-            sock,
-            tmp / "provider.log",
-            [
-                sys.executable,
-                "-m",
-                "provider_azure",
-                f"--endpoint=unix://{sock}",
-                f"--healthz-port={free_port()}",
-                f"--prometheus-port={free_port()}",
-            ],
-        )
+        provider = ours(sock, log=tmp / "provider.log")
         provider.start()
-        (node.root / "plugins").mkdir()
-        driver = DriverProcess(
-            node.root / "plugins",
-            kubeconfig=await driver_token_kubeconfig(cp, admin),
-            provider_dirs=(providers, tmp / "no-providers"),
-            node_id=NODE_NAME,
-            name="csi-secrets-store",
-            extra=(
-                "--enable-secret-rotation=true",
-                f"--rotation-poll-interval={ROTATION_INTERVAL}",
-            ),
-        )
+        kubeconfig = await driver_token_kubeconfig(cp, admin)
+        driver = node.plugin_driver(kubeconfig, providers, ROTATION_INTERVAL)
         driver.start()
         node.start_kubelet()  # before the registrar's threads: no gRPC server across fork()
-        registrar = Registrar(node.root, DRIVER, driver.socket, tmp / "stubs")
-        registrar.start()
+        registrar = node.register(driver)
         await _wait_node_ready(node, admin, registrar)
         await _namespace(admin)
         print(f"\n[e2e] node up in {time.monotonic() - started:.1f}s ({tmp})")
@@ -275,8 +236,7 @@ async def cluster(emulator: Emulator, vault_resolves: None) -> AsyncIterator[Clu
 async def _wait_node_ready(node: Node, admin: AsyncClient, registrar: Registrar) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        node._alive("kubelet")
-        node._alive("containerd")
+        node.check_alive()
         try:
             csinode = await admin.get(CSINode, NODE_NAME)
             drivers = [d.name for d in (csinode.spec.drivers or [])]
@@ -292,13 +252,7 @@ async def _wait_node_ready(node: Node, admin: AsyncClient, registrar: Registrar)
 
 async def _namespace(admin: AsyncClient) -> None:
     await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
-    for _ in range(600):
-        try:
-            await admin.get(ServiceAccount, "default", namespace=NAMESPACE)
-            return
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise TimeoutError("no default ServiceAccount")
+    await wait_default_service_account(admin, NAMESPACE, attempts=600)
 
 
 async def _delete_pods(admin: AsyncClient) -> str | None:

@@ -14,7 +14,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Pod, Secret, ServiceAccount
 
-from keyvault_emulator.testing import TENANT_ID
+from testbed.emulator import TENANT_ID
 
 from .conftest import (
     NAMESPACE,

@@ -9,7 +9,7 @@ import time
 from lightkube.resources.core_v1 import Pod
 
 from csi_driver.kube import SecretProviderClassPodStatus
-from keyvault_emulator.testing import MI_USER_CLIENT_ID, TENANT_ID
+from testbed.emulator import MI_USER_CLIENT_ID, TENANT_ID
 
 from .conftest import (
     NAMESPACE,

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from lightkube import ApiError
 from lightkube.resources.core_v1 import Pod, Secret
 
-from keyvault_emulator.testing import TENANT_ID
+from testbed.emulator import TENANT_ID
 
 from .conftest import (
     NAMESPACE,

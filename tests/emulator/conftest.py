@@ -10,8 +10,8 @@ from azure.keyvault.certificates import CertificateClient
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.secrets import SecretClient
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
+from testbed import emulator as t
+from testbed.emulator import Emulator
 
 KV_TEST = t.vault_url("kv-test")
 

@@ -12,10 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
-
-from .kvhttp import Raw
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import Raw
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MISSING_VERSION = "ffffffffffffffffffffffffffffffff"

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import Raw
 
 from .conftest import KV_TEST
-from .kvhttp import Raw
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PEM_CT = "application/x-pem-file"

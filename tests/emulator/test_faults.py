@@ -11,11 +11,11 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.identity import ClientSecretCredential
 from azure.keyvault.secrets import SecretClient
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator, EmulatorError
+from testbed import emulator as t
+from testbed.emulator import Emulator, EmulatorError
+from testbed.kvhttp import Raw, validate
 
 from .conftest import KV_TEST
-from .kvhttp import Raw, validate
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
-
-from .kvhttp import Raw, validate
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import Raw, validate
 
 KINDS = ["secrets", "keys", "certificates", "deletedsecrets", "deletedkeys", "deletedcertificates"]
 TAILS = [

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 import requests
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
 from keyvault_emulator.tls import ensure_pki
-
-from .kvhttp import Raw
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import Raw
 
 PRIVATE_KEYS = ("ca-key.pem", "server-key.pem", "entra-signing-key.pem")
 

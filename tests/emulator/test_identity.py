@@ -26,11 +26,11 @@ from azure.keyvault.secrets.aio import SecretClient as AioSecretClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import validate
 
 from .conftest import KV_TEST
-from .kvhttp import validate
 
 LOGIN = "https://login.microsoftonline.com"
 TOKEN_URL = f"{LOGIN}/{t.TENANT_ID}/oauth2/v2.0/token"

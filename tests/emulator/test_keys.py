@@ -18,11 +18,11 @@ from azure.keyvault.keys.crypto import (
 )
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import Raw
 
 from .conftest import KV_TEST
-from .kvhttp import Raw
 
 
 def unique(prefix: str) -> str:

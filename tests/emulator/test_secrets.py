@@ -13,11 +13,11 @@ from azure.identity.aio import ClientSecretCredential as AioClientSecretCredenti
 from azure.keyvault.secrets import SecretClient
 from azure.keyvault.secrets.aio import SecretClient as AioSecretClient
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator
+from testbed import emulator as t
+from testbed.emulator import Emulator
+from testbed.kvhttp import Raw
 
 from .conftest import KV_TEST
-from .kvhttp import Raw
 
 
 def unique(prefix: str) -> str:

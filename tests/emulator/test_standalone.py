@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from keyvault_emulator import testing as t
-from keyvault_emulator.testing import Emulator, EmulatorError
-
-from .kvhttp import validate
+from testbed import emulator as t
+from testbed.emulator import Emulator, EmulatorError
+from testbed.kvhttp import validate
 
 PORT = 8443
 BASE = f"https://kv-test.vault.azure.net:{PORT}"

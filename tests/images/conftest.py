@@ -3,7 +3,7 @@ buildah: `buildah from` + `buildah run --isolation chroot`, which shares the tes
 network, so a daemon inside an image reaches the emulator as the host processes do.
 
 Under CI=true a missing image (or buildah) fails the test; elsewhere it skips, as
-tests/peers/locate.py does for the Go peers.
+testbed/peers.py does for the Go peers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers.locate import missing
+from testbed.peers import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = ROOT / "daemonset" / "images"

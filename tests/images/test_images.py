@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.locate import missing
+from testbed.peers import missing
 
 from .conftest import ENV, IMAGES, IMAGES_DIR, ROOT, VERSION, Image
 

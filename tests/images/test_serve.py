@@ -18,11 +18,11 @@ import grpc
 import pytest
 import yaml
 
-from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET, TENANT_ID, Emulator
 from secrets_store_api import csi_pb2, csi_pb2_grpc
-from tests.kube.controlplane import free_port
-from tests.provider.helpers import attributes, objects_yaml
-from tests.provider.procs import ProviderProcess
+from testbed.emulator import SP_READER_ID, SP_READER_SECRET, TENANT_ID, Emulator
+from testbed.mount_attributes import attributes, objects_yaml
+from testbed.ports import free_port
+from testbed.provider import ProviderProcess
 
 from .conftest import ENV, VERSION, Container, Image
 
@@ -59,7 +59,7 @@ def _provider(
         volumes=(f"{sock_dir}:/provider", _trust_volume()),
         env={"SSL_CERT_FILE": TRUST, "REQUESTS_CA_BUNDLE": TRUST},
     )
-    proc = ProviderProcess(argv, str(sock_dir / "azure.sock"), env=ENV, log_path=str(log))
+    proc = ProviderProcess(argv, str(sock_dir / "azure.sock"), env=ENV, log=log)
     try:
         proc.start(wait=30)
     except (RuntimeError, TimeoutError) as e:

@@ -68,10 +68,11 @@ from csi_driver.kube import (
     SecretProviderClass,
     SecretProviderClassPodStatus,
 )
-from tests.driver.harness import DriverProcess, ProviderProcess
-from tests.kube.controlplane import ControlPlane, manifests
-from tests.kube.fixtures import admin_client, control_plane, service_account_kubeconfig
-from tests.kube.kubelet import DRIVER, Kubelet, PodVolume, rpc_error
+from testbed.controlplane import ControlPlane, manifests, service_account_kubeconfig
+from testbed.driver import DriverProcess
+from testbed.kubelet import DRIVER, Kubelet, PodVolume, rpc_error
+from testbed.provider import ProviderProcess
+from tests.kube.fixtures import admin_client, control_plane
 
 __all__ = ["admin_client", "control_plane"]
 
@@ -699,7 +700,7 @@ def provider_dirs(root: Path) -> Iterator[tuple[Path, Path]]:
     first, second = root / "providers", root / "providers-extra"
     first.mkdir()
     second.mkdir()
-    p = ProviderProcess(second / "fake.sock", root / "fake-provider.log")
+    p = ProviderProcess.fake(second / "fake.sock", root / "fake-provider.log")
     p.start()
     yield first, second
     p.stop()

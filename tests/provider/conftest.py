@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from keyvault_emulator.testing import TENANT_ID, Emulator
+from testbed.emulator import TENANT_ID, Emulator
 
 from .pki import Chain, make_chain
 

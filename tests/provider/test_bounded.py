@@ -26,9 +26,9 @@ from provider_azure.parameters import PARSED_OBJECTS, parse_mount, parse_objects
 from provider_azure.provider import Provider
 from provider_azure.server import ProviderServicer
 from secrets_store_api import provider_pb2, provider_pb2_grpc
+from testbed.mount_attributes import SP_SECRETS, attributes, objects_yaml
 
 from .conftest import ProviderWorld
-from .helpers import SP_SECRETS, attributes, objects_yaml
 
 SECRET_OBJECT = {"objectName": "s", "objectType": "secret"}
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from testbed.provider import PROVIDER_COMMAND
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "provider_azure", *args],
+        [*PROVIDER_COMMAND, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keyvault_emulator.testing import workload_token
-from tests.peers.locate import peer
+from testbed.emulator import workload_token
+from testbed.mount_attributes import attributes, objects_yaml
+from testbed.peers import peer
+from testbed.provider import ProviderProcess, files_of, ours, upstream, versions_of
 
 from .conftest import MI_USER, WI_APP, ProviderWorld
-from .helpers import attributes, objects_yaml
-from .procs import ProviderProcess, files_of, ours, upstream, versions_of
 
 pytestmark = pytest.mark.peers
 
@@ -109,10 +109,12 @@ def _pair(
         *flags,
         healthz_port=port + 989,
         prometheus_port=port + 898,
-        log_path=str(tmp / "ours.log"),
-    ).start()
+        log=tmp / "ours.log",
+    )
+    a.start()
     try:
-        b = upstream(go_binary, str(tmp / "go.sock"), *flags, log_path=str(tmp / "go.log")).start()
+        b = upstream(go_binary, str(tmp / "go.sock"), *flags, log=tmp / "go.log")
+        b.start()
     except BaseException:
         a.stop()
         raise
@@ -266,7 +268,7 @@ def test_deliberate_difference_latest(pair, world: ProviderWorld) -> None:  # ty
 def test_same_files_in_a_custom_cloud(pair, world: ProviderWorld, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET
+    from testbed.emulator import SP_READER_ID, SP_READER_SECRET
 
     env = tmp_path / "azurestackcloud.json"
     env.write_text(

@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec as ec_mod
 
-from keyvault_emulator.testing import workload_token
 from provider_azure import clouds
 from provider_azure.auth import ClientCache
 from provider_azure.errors import Kind, ProviderError
@@ -21,9 +20,10 @@ from provider_azure.fetch import ContentOptions, MountResult
 from provider_azure.keyvault import ClientOptions
 from provider_azure.metrics import Metrics
 from provider_azure.provider import Provider
+from testbed.emulator import workload_token
+from testbed.mount_attributes import attributes, objects_yaml
 
 from .conftest import MI_USER, SP_DENIED_ID, SP_DENIED_SECRET, WI_APP, ProviderWorld, V
-from .helpers import attributes, objects_yaml
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +398,7 @@ async def test_vault_that_does_not_answer_times_out(world: ProviderWorld) -> Non
 async def test_custom_cloud_from_environment_file(
     provider: Provider, world: ProviderWorld, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    from keyvault_emulator.testing import SP_READER_ID, SP_READER_SECRET
+    from testbed.emulator import SP_READER_ID, SP_READER_SECRET
 
     env = tmp_path / "azurestackcloud.json"
     env.write_text(

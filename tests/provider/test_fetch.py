@@ -13,8 +13,8 @@ from provider_azure.errors import Kind, ProviderError
 from provider_azure.fetch import ContentOptions, Fetcher
 from provider_azure.keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
 from provider_azure.parameters import parse_mount
+from testbed.mount_attributes import SP_SECRETS, attributes, objects_yaml
 
-from .helpers import SP_SECRETS, attributes, objects_yaml
 from .pki import make_chain
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)

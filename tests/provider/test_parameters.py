@@ -15,8 +15,7 @@ from provider_azure.parameters import (
     parse_mount,
     parse_objects,
 )
-
-from .helpers import SP_SECRETS, attributes, objects_yaml
+from testbed.mount_attributes import SP_SECRETS, attributes, objects_yaml
 
 SECRET = SP_SECRETS["clientsecret"]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keyvault_emulator.testing import workload_token
+from testbed.emulator import workload_token
+from testbed.mount_attributes import attributes, objects_yaml
+from testbed.provider import ours
 
 from .conftest import SP_SECRET, WI_APP, ProviderWorld
-from .helpers import attributes, objects_yaml
-from .procs import ours
 
 
 def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld) -> None:
@@ -28,7 +28,7 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
         "-v=5",
         healthz_port=28989,
         prometheus_port=28898,
-        log_path=str(log),
+        log=log,
     )
     proc.start()
     try:

@@ -16,8 +16,7 @@ from provider_azure.metrics import Metrics
 from provider_azure.provider import Provider
 from provider_azure.server import ProviderServicer, check_health, health_handler
 from secrets_store_api import provider_pb2, provider_pb2_grpc
-
-from .helpers import SP_SECRETS, attributes
+from testbed.mount_attributes import SP_SECRETS, attributes
 
 
 class ScriptedProvider(Provider):

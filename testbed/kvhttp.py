@@ -1,18 +1,19 @@
-"""Raw HTTP to the emulator (requests), and response validation against our JSON schemas."""
+"""Raw HTTP to the emulator (requests), and response validation against the JSON schemas in
+tests/emulator/schemas (written from the Key Vault REST reference)."""
 
 from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import requests
 
-from keyvault_emulator.testing import Emulator
+from testbed import REPO
+from testbed.emulator import Emulator
 
-SCHEMAS = Path(__file__).parent / "schemas"
+SCHEMAS = REPO / "tests" / "emulator" / "schemas"
 
 
 @cache

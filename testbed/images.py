@@ -58,7 +58,7 @@ def docker_save(path: Path, tag: str, layer: bytes, entrypoint: list[str]) -> Pa
         "os": "linux",
         "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-        "history": [{"created_by": "tests/e2e/images.py"}],
+        "history": [{"created_by": "testbed/images.py"}],
     }
     config_raw = json.dumps(config).encode()
     config_name = hashlib.sha256(config_raw).hexdigest() + ".json"

@@ -1,6 +1,8 @@
-"""Find the Go-built peers that `make peers` puts in the cache outside the repo.
+"""Find the Go-built peers that `make peers` (tests/peers/build-peers.sh) puts in the cache
+outside the repo.
 
-In CI (CI=true) a missing peer is a failure, never a skip: a skip would hide it.
+In CI (CI=true) a missing peer is a failure, never a skip: a skip would hide it. pytest is
+imported only then, so the demos and benchmarks can locate peers without it.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ import os
 import shutil
 from pathlib import Path
 from typing import NoReturn
-
-import pytest
 
 VERSIONS = {
     "kubernetes": os.environ.get("K8S_VERSION", "v1.37.2"),
@@ -37,11 +37,20 @@ def peers_dir() -> Path:
     return Path(os.environ.get("PEERS_DIR", default / "secrets-store-csi-peers"))
 
 
+def peer_path(binary: str) -> Path:
+    """Where `make peers` puts a peer binary (it may not be built)."""
+    group, name = BINARIES[binary]
+    return peers_dir() / f"{group}-{VERSIONS[group]}" / name
+
+
+def is_built(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
 def peer(binary: str) -> Path:
     """Path of a peer binary; fails under CI=true, skips elsewhere, when it is not built."""
-    group, name = BINARIES[binary]
-    path = peers_dir() / f"{group}-{VERSIONS[group]}" / name
-    if path.is_file() and os.access(path, os.X_OK):
+    path = peer_path(binary)
+    if is_built(path):
         return path
     missing(f"test peer {binary} missing at {path}: run `make peers`")
 
@@ -49,6 +58,8 @@ def peer(binary: str) -> Path:
 def missing(message: str) -> NoReturn:
     """Something a test needs is absent: a failure under CI=true (a skip would hide it),
     a skip elsewhere."""
+    import pytest
+
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)

@@ -1,15 +1,16 @@
 """etcd + kube-apiserver (+ kube-controller-manager) on loopback, for tests.
 
 RBAC on, a static admin token, a service-account signing key (TokenRequest works), the
-project's CRDs, CSIDriver and RBAC from daemonset/ applied. Start takes ~5 s.
+project's CRDs, CSIDriver and RBAC from daemonset/ applied (prepare_cluster), kubeconfigs
+carrying a ServiceAccount's own token. Start takes ~5 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,16 +20,21 @@ import httpx2 as httpx
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from lightkube import AsyncClient, KubeConfig, codecs
+from lightkube.generic_resource import create_global_resource
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ServiceAccount, ServiceAccountToken
 
-REPO = Path(__file__).resolve().parents[2]
+from testbed import REPO
+from testbed.ports import free_port
+
 DAEMONSET = REPO / "daemonset"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+CRD = create_global_resource(
+    "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions"
+)
+DRIVER_SA = ("kube-system", "secrets-store-csi-driver")
 
 
 def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> Path:
@@ -45,6 +51,10 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> Path
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+def _program(p: subprocess.Popen[bytes]) -> str:
+    return str(p.args[0]) if isinstance(p.args, list) else str(p.args)
 
 
 @dataclass
@@ -71,7 +81,7 @@ class ControlPlane:
         while time.monotonic() < deadline:
             for p in self.procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"{what}: a control-plane process exited ({p.args[0]})")
+                    raise RuntimeError(f"{what}: a control-plane process exited ({_program(p)})")
             try:
                 r = httpx.get(url, timeout=2, **kw)  # type: ignore[arg-type]
                 if r.status_code == 200:
@@ -83,39 +93,10 @@ class ControlPlane:
         raise TimeoutError(f"{what} not ready: {last}")
 
     def start(self) -> None:
-        w = self.workdir
-        w.mkdir(parents=True, exist_ok=True)
-        etcd_client, etcd_peer = free_port(), free_port()
-        self._spawn(
-            "etcd",
-            [
-                str(self.etcd_bin),
-                f"--data-dir={w / 'etcd'}",
-                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
-                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
-                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
-                "--log-level=warn",
-                "--unsafe-no-fsync",
-            ],
-        )
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        sa_key = w / "sa.key"
-        sa_key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-        sa_pub = w / "sa.pub"
-        sa_pub.write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        tokens = w / "tokens.csv"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        etcd_client = self._start_etcd()
+        sa_key, sa_pub = self._signing_key()
+        tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{self.admin_token},admin,admin-uid,"system:masters"\n')
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
@@ -129,7 +110,7 @@ class ControlPlane:
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={port}",
                 "--endpoint-reconciler-type=none",
-                f"--cert-dir={w / 'certs'}",
+                f"--cert-dir={self.workdir / 'certs'}",
                 "--authorization-mode=Node,RBAC",
                 f"--token-auth-file={tokens}",
                 f"--service-account-key-file={sa_pub}",
@@ -142,7 +123,51 @@ class ControlPlane:
                 "--allow-privileged=true",
             ],
         )
-        self.ca_file = w / "certs" / "apiserver.crt"
+        self._wait_apiserver()
+        self.admin_kubeconfig = write_kubeconfig(
+            self.workdir / "admin.kubeconfig", self.server, self.ca_file, self.admin_token
+        )
+
+    def _start_etcd(self) -> int:
+        """Starts etcd; returns its client port."""
+        etcd_client, etcd_peer = free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                str(self.etcd_bin),
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--log-level=warn",
+                "--unsafe-no-fsync",
+            ],
+        )
+        return etcd_client
+
+    def _signing_key(self) -> tuple[Path, Path]:
+        """The service-account signing key pair (private, public), as PEM files."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        sa_key = self.workdir / "sa.key"
+        sa_key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        sa_pub = self.workdir / "sa.pub"
+        sa_pub.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return sa_key, sa_pub
+
+    def _wait_apiserver(self) -> None:
+        self.ca_file = self.workdir / "certs" / "apiserver.crt"
         deadline = time.monotonic() + 30
         while not self.ca_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -151,9 +176,6 @@ class ControlPlane:
             "kube-apiserver",
             headers={"Authorization": f"Bearer {self.admin_token}"},
             verify=str(self.ca_file),
-        )
-        self.admin_kubeconfig = write_kubeconfig(
-            w / "admin.kubeconfig", self.server, self.ca_file, self.admin_token
         )
 
     def start_controller_manager(self) -> None:
@@ -202,3 +224,67 @@ def manifests(*names: str) -> list[dict[str, object]]:
 
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+async def _apply_all(client: AsyncClient, docs: list[dict[str, object]]) -> None:
+    for doc in docs:
+        obj = codecs.from_dict(doc)
+        await client.apply(obj, field_manager="tests", force=True)
+
+
+async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
+    """Apply daemonset/ (CRDs first, until Established), start kube-controller-manager;
+    returns an admin client."""
+    client = AsyncClient(config=KubeConfig.from_file(cp.admin_kubeconfig), field_manager="tests")
+    await _apply_all(
+        client,
+        manifests("crd-secretproviderclasses.yaml", "crd-secretproviderclasspodstatuses.yaml"),
+    )
+    for name in (
+        "secretproviderclasses.secrets-store.csi.x-k8s.io",
+        "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+    ):
+        for _ in range(200):
+            crd = await client.get(CRD, name)
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                break
+            await asyncio.sleep(0.05)
+    await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml"))
+    cp.start_controller_manager()
+    return client
+
+
+async def wait_default_service_account(
+    admin: AsyncClient, namespace: str, attempts: int = 300
+) -> None:
+    """Until kube-controller-manager has made the namespace's default ServiceAccount."""
+    for _ in range(attempts):
+        try:
+            await admin.get(ServiceAccount, "default", namespace=namespace)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise TimeoutError("no default ServiceAccount")
+
+
+async def service_account_kubeconfig(
+    cp: ControlPlane, admin: AsyncClient, namespace: str, name: str, path: Path
+) -> Path:
+    """Kubeconfig with a token of any ServiceAccount (least-privilege tests bind their own)."""
+    tr = await admin.create(
+        ServiceAccountToken(
+            metadata=ObjectMeta(),
+            spec=TokenRequestSpec(audiences=[ISSUER], expirationSeconds=86400),
+        ),
+        name=name,
+        namespace=namespace,
+    )
+    assert tr.status is not None and tr.status.token is not None
+    return write_kubeconfig(path, cp.server, cp.ca_file, tr.status.token)
+
+
+async def driver_token_kubeconfig(cp: ControlPlane, admin: AsyncClient) -> Path:
+    """Kubeconfig with a token of the driver's own ServiceAccount (daemonset/rbac.yaml)."""
+    ns, name = DRIVER_SA
+    return await service_account_kubeconfig(cp, admin, ns, name, cp.workdir / "driver.kubeconfig")

@@ -3,7 +3,7 @@
 `<kubelet root>/plugins_registry/<driver>-reg.sock`, pointing kubelet at the driver's socket.
 
 The upstream registrar is not on the Go module proxy here; the API is two calls. Stubs are
-generated from pluginregistration.proto at test time (grpc_tools), into a temp dir.
+generated from testbed/pluginregistration.proto at test time (grpc_tools), into a temp dir.
 """
 
 from __future__ import annotations

@@ -19,18 +19,26 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
-from tests.kube.controlplane import ISSUER, ControlPlane, free_port, write_kubeconfig
+from testbed import images
+from testbed.controlplane import ISSUER, ControlPlane, write_kubeconfig
+from testbed.driver import DriverProcess
+from testbed.kubelet import DRIVER, volume_dir
+from testbed.node_config import NODE_IP, containerd_config, kubelet_config
+from testbed.ports import free_port
+from testbed.registrar import Registrar
+from testbed.rundir import rmdir_tree, run, unmount_under
 
 NODE_NAME = "e2e-node"
-NODE_IP = "198.51.100.10"
 # Its own issuer, so that the emulator can trust this cluster next to the driver tests' one.
 E2E_ISSUER = "https://kubernetes.e2e-node.test"
 NODE_TOKEN = "e2e-node-token-0123456789abcdef"
+# The Go peers a node runs (testbed/peers.py names).
+NODE_PEERS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 
 # What kubelet sets unless it reads these values (it would write the namespace-shared /proc/sys).
 KUBELET_SYSCTLS = {
@@ -50,22 +58,6 @@ def _die_with_parent() -> None:
     """In the child: SIGKILL when pytest dies without a teardown (timeout, kill -9), so no
     kubelet or containerd outlives the run (the rest: reap_stale at the next run)."""
     _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
-
-
-def unmount_under(directory: Path) -> None:
-    """Unmount everything below a directory, deepest first (pod volumes, sandbox shm, ...)."""
-    prefix = str(directory) + "/"
-    points = [
-        line.split()[4]
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(prefix)
-    ]
-    for p in sorted(points, key=len, reverse=True):
-        run("umount", "-l", p, check=False)
 
 
 class NodeControlPlane(ControlPlane):
@@ -131,6 +123,50 @@ class Node:
             f"lowerdir={target},upperdir={upper},workdir={work}",
             target=target,
         )
+
+    def start_runtime(self, extra_images: Iterable[Path] = ()) -> None:
+        """Isolates the node, makes its cgroup root and starts containerd with the sandbox and
+        busybox images (testbed/images.py) and `extra_images` imported."""
+        self.isolate()
+        self.make_cgroup_root()
+        tarballs = [*images.build(self.workdir.parent), *extra_images]
+        self.start_containerd()
+        self.import_images(tarballs)
+
+    def pod_volume(self, pod_uid: str, volume: str) -> Path:
+        """Where the driver mounts a pod's CSI volume on this node."""
+        return volume_dir(self.root, pod_uid, volume) / "mount"
+
+    def plugin_driver(
+        self, kubeconfig: Path, providers: Path, rotation_interval: str
+    ) -> DriverProcess:
+        """Our driver as this node's CSI plugin (not started): its socket under kubelet's
+        plugins/ dir, as the DaemonSet places it, rotation on."""
+        plugins = self.root / "plugins"
+        plugins.mkdir()
+        return DriverProcess(
+            plugins,
+            kubeconfig=kubeconfig,
+            provider_dirs=(providers, self.workdir.parent / "no-providers"),
+            node_id=NODE_NAME,
+            name="csi-secrets-store",
+            extra=(
+                "--enable-secret-rotation=true",
+                f"--rotation-poll-interval={rotation_interval}",
+            ),
+        )
+
+    def register(self, driver: DriverProcess) -> Registrar:
+        """Registers the driver with kubelet (start kubelet first: no fork after the
+        registrar's gRPC threads exist)."""
+        registrar = Registrar(self.root, DRIVER, driver.socket, self.workdir.parent / "stubs")
+        registrar.start()
+        return registrar
+
+    def check_alive(self, *names: str) -> None:
+        """Raises, with the tail of its log, if one of these processes has exited."""
+        for name in names or ("kubelet", "containerd"):
+            self._alive(name)
 
     def isolate(self) -> None:
         """Everything host-visible the node would write, redirected into the temp dir."""
@@ -200,35 +236,7 @@ class Node:
     def start_containerd(self) -> None:
         d = self.containerd_dir
         d.mkdir()
-        config = f"""version = 2
-root = "{d / "root"}"
-state = "{d / "state"}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{self.containerd_sock}"
-[ttrpc]
-  address = "{d / "containerd.sock.ttrpc"}"
-[debug]
-  address = "{d / "debug.sock"}"
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d / "cni-bin"}"
-    conf_dir = "{d / "cni-conf"}"
-"""
+        config = containerd_config(d, self.containerd_sock)
         (d / "config.toml").write_text(config)
         self._spawn("containerd", ["containerd", "--config", str(d / "config.toml")])
         deadline = time.monotonic() + 30
@@ -253,42 +261,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             self.workdir / "kubelet.kubeconfig", self.cp.server, self.cp.ca_file, NODE_TOKEN
         )
         self.pod_logs.mkdir()
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "failCgroupV1": False,
-            "cgroupDriver": "cgroupfs",
-            "cgroupRoot": self.cgroup_root,
-            "failSwapOn": False,
-            "address": NODE_IP,
-            "port": free_port(),
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": free_port(),
-            "authentication": {
-                "anonymous": {"enabled": True},
-                "webhook": {"enabled": False},
-            },
-            "authorization": {"mode": "AlwaysAllow"},
-            "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
-            "podLogsDir": str(self.pod_logs),
-            "resolvConf": "",
-            "evictionHard": {
-                "memory.available": "1Mi",
-                "nodefs.available": "1%",
-                "imagefs.available": "1%",
-            },
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
-            "serializeImagePulls": False,
-            "syncFrequency": "10s",
-            "fileCheckFrequency": "1h",
-            "nodeStatusUpdateFrequency": "2s",
-            "registerNode": True,
-            "staticPodPath": "",
-            "localStorageCapacityIsolation": False,
-            "shutdownGracePeriod": "0s",
-        }
+        config = kubelet_config(self.cgroup_root, self.containerd_sock, self.pod_logs)
         (self.workdir / "kubelet.yaml").write_text(yaml.safe_dump(config))
         self._spawn(
             "kubelet",
@@ -364,12 +337,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _remove_cgroups(self) -> None:
         """kubelet's cgroups are kernel state outside the namespace: remove them, deepest first."""
         for top in self._cgroup_dirs():
-            if not top.is_dir():
-                continue
-            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            for d in [*dirs, top]:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+            rmdir_tree(top)
 
     def stop(self) -> None:
         errors: list[BaseException] = []
@@ -394,48 +362,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             raise errors[0]
 
 
-def _pids_in_cgroup(root: Path) -> list[int]:
-    pids: list[int] = []
-    for procs in root.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            pids += [int(x) for x in procs.read_text().split()]
-    return pids
-
-
-def reap_stale(base: Path = Path("/tmp")) -> list[Path]:
-    """Clean up after runs that died without a teardown (pytest killed): their control plane,
-    plugins, shims and containers (found by their temp dir and cgroup root), cgroups and temp
-    dir. A run is stale when the pytest that wrote its owner.pid is gone."""
-    reaped: list[Path] = []
-    for d in base.glob("e2e-*"):
-        owner = d / "owner.pid"
-        try:
-            pid = int(owner.read_text())
-        except (OSError, ValueError):
-            continue  # being set up, or not ours
-        if Path(f"/proc/{pid}").exists():
-            continue
-        marker = str(d).encode()
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if marker in (proc / "cmdline").read_bytes():
-                        os.kill(int(proc.name), signal.SIGKILL)
-        cgroups = [c / f"e2e-{d.name}" for c in Path("/sys/fs/cgroup").iterdir()]
-        for c in cgroups:
-            for p in _pids_in_cgroup(c):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-        time.sleep(0.2)
-        for c in cgroups:
-            if c.is_dir():
-                for sub in sorted(
-                    (p for p in c.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
-                ):
-                    with contextlib.suppress(OSError):
-                        sub.rmdir()
-                with contextlib.suppress(OSError):
-                    c.rmdir()
-        shutil.rmtree(d, ignore_errors=True)
-        reaped.append(d)
-    return reaped
+def new_node(tmp: Path, bins: Mapping[str, Path]) -> Node:
+    """A node (not started) in tmp/node, its control plane in tmp/cp; `bins` holds NODE_PEERS."""
+    cp = NodeControlPlane(
+        tmp / "cp", bins["etcd"], bins["kube-apiserver"], bins["kube-controller-manager"]
+    )
+    (tmp / "node").mkdir()
+    return Node(tmp / "node", cp, kubelet_bin=bins["kubelet"], scheduler_bin=bins["kube-scheduler"])

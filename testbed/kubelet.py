@@ -4,6 +4,7 @@ what kubelet 1.37 sends, on a kubelet-shaped target path."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -23,13 +24,18 @@ from lightkube.models.core_v1 import (
     VolumeMount,
 )
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Pod, ServiceAccountToken
+from lightkube.resources.core_v1 import Pod, Secret, ServiceAccountToken
 from lightkube.resources.storage_v1 import CSIDriver
 
 from secrets_store_api import csi_pb2, csi_pb2_grpc
 
 DRIVER = "secrets-store.csi.k8s.io"
 NODE_NAME = "node-1"
+
+
+def volume_dir(kubelet_root: Path, pod_uid: str, volume: str) -> Path:
+    """The parent kubelet makes for a pod's CSI volume; the driver mounts at its `mount`."""
+    return kubelet_root / "pods" / pod_uid / "volumes" / "kubernetes.io~csi" / volume
 
 
 @dataclass
@@ -129,10 +135,11 @@ class Kubelet:
                 name=pod.spec.serviceAccountName or "default",
                 namespace=pod.metadata.namespace,
             )
-            assert tr.status is not None
+            status = tr.status
+            assert status is not None and status.token and status.expirationTimestamp
             out[req.audience] = {
-                "token": tr.status.token,
-                "expirationTimestamp": tr.status.expirationTimestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "token": status.token,
+                "expirationTimestamp": status.expirationTimestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
         return json.dumps(out, separators=(",", ":")) if out else ""
 
@@ -142,7 +149,7 @@ class Kubelet:
         assert uid is not None
         spec = next(v for v in pod.spec.volumes or [] if v.name == volume)
         assert spec.csi is not None
-        parent = self.root / "pods" / uid / "volumes" / "kubernetes.io~csi" / volume
+        parent = volume_dir(self.root, uid, volume)
         parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         os.chmod(parent, 0o750)
         (parent / "vol_data.json").write_text(
@@ -160,18 +167,7 @@ class Kubelet:
                 "csi.storage.k8s.io/ephemeral": "true",
             }
         )
-        secrets: dict[str, str] = {}
-        if spec.csi.nodePublishSecretRef is not None:
-            from lightkube.resources.core_v1 import Secret
-
-            secret = await self.client.get(
-                Secret, spec.csi.nodePublishSecretRef.name, namespace=pod.metadata.namespace
-            )
-            import base64
-
-            secrets.update(
-                {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-            )
+        secrets = await self._publish_secrets(pod, spec.csi)
         driver = await self.client.get(CSIDriver, DRIVER)
         assert driver.spec is not None
         tokens = await self._tokens(pod)
@@ -190,6 +186,15 @@ class Kubelet:
             secrets=secrets,
             readonly=bool(spec.csi.readOnly),
         )
+
+    async def _publish_secrets(self, pod: Pod, csi: CSIVolumeSource) -> dict[str, str]:
+        """The nodePublishSecretRef Secret's data, decoded, as kubelet passes it."""
+        ref = csi.nodePublishSecretRef
+        if ref is None:
+            return {}
+        assert pod.metadata is not None and ref.name is not None
+        secret = await self.client.get(Secret, ref.name, namespace=pod.metadata.namespace)
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     def publish_request(self, v: PodVolume) -> csi_pb2.NodePublishVolumeRequest:
         return csi_pb2.NodePublishVolumeRequest(

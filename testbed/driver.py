@@ -1,37 +1,23 @@
-"""Runs the driver (and the fake provider) as real processes, the way a node runs them."""
+"""Runs the driver as a real process, the way a node runs it."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 
-from tests.kube.controlplane import REPO, free_port
-
-
-def _wait_socket(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(str(path))
-                    return
-                except OSError:
-                    pass  # a stale socket from an earlier process: not ours yet
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        time.sleep(0.02)
-    raise TimeoutError(f"{path} did not appear: {log.read_text()[-2000:]}")
+from testbed import REPO
+from testbed.ports import free_port
+from testbed.process import terminate, wait_socket
 
 
 class DriverProcess:
+    """The driver on `<root>/<name>/csi.sock`, its log `<root>/<name>.log`, its metrics on a
+    free loopback port; kubeconfig only from --kubeconfig (never the environment's)."""
+
     def __init__(
         self,
         root: Path,
@@ -79,16 +65,11 @@ class DriverProcess:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
             )
-        _wait_socket(self.socket, self.proc, self.log)
+        wait_socket(self.socket, self.proc, self.log)
 
     def stop(self) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+        rc = terminate(self.proc, 15)
         self.proc = None
         return rc
 
@@ -106,42 +87,3 @@ class DriverProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-class ProviderProcess:
-    def __init__(self, socket: Path, log: Path, argv: list[str] | None = None) -> None:
-        self.socket = socket
-        self.log = log
-        self.argv = argv or [
-            sys.executable,
-            "-m",
-            "tests.driver.fake_provider",
-            f"unix://{socket}",
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        _wait_socket(self.socket, self.proc, self.log)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None

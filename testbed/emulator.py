@@ -1,6 +1,6 @@
-"""Start and drive an emulator from tests and benchmarks (plain Python, no pytest needed).
+"""Start and drive an emulator from tests, benchmarks and demos (plain Python, no pytest needed).
 
-    emu = Emulator.start(state_dir, seeds=["tests/emulator/seed.yaml"])
+    emu = Emulator.start(state_dir, seeds=[DEFAULT_SEED])
     os.environ["SSL_CERT_FILE"] = str(emu.ca_path)
     ...
     emu.stop()
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -26,6 +25,9 @@ from typing import Any
 
 import jwt
 import yaml
+
+from testbed import REPO
+from testbed.process import terminate
 
 # --- the default test seed (tests/emulator/seed.yaml) ---------------------------------------
 TENANT_ID = "6b1f3c5e-7a2d-4e8f-9c0b-1d2e3f4a5b6c"
@@ -52,7 +54,6 @@ WI_SUBJECT = "system:serviceaccount:default:workload"
 WI_AUDIENCE = "api://AzureADTokenExchange"
 WI_KEY_ID = "wi-test-key"
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SEED = REPO / "tests" / "emulator" / "seed.yaml"
 WI_ISSUER_KEY = REPO / "tests" / "emulator" / "fixtures" / "wi-issuer-key.pem"
 
@@ -146,19 +147,28 @@ class Emulator:
         proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=str(REPO))
         log.close()
         emu = cls(proc, state, port, log_path)
+        emu._wait_healthy(timeout)
+        return emu
+
+    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise EmulatorError(f"emulator exited with {proc.returncode}: {emu.log_tail()}")
+            if self.proc.poll() is not None:
+                raise EmulatorError(
+                    f"emulator exited with {self.proc.returncode}: {self.log_tail()}"
+                )
             try:
                 # the pid tells our emulator from another one already on the port
-                if emu.ca_path.exists() and emu._call("GET", "/health").get("pid") == proc.pid:
-                    return emu
+                if (
+                    self.ca_path.exists()
+                    and self._call("GET", "/health").get("pid") == self.proc.pid
+                ):
+                    return
             except (OSError, urllib.error.URLError, ssl.SSLError, EmulatorError):
                 pass
             if time.monotonic() > deadline:
-                emu.stop()
-                raise EmulatorError(f"emulator not healthy after {timeout}s: {emu.log_tail()}")
+                self.stop()
+                raise EmulatorError(f"emulator not healthy after {timeout}s: {self.log_tail()}")
             time.sleep(0.05)
 
     def log_tail(self, lines: int = 20) -> str:
@@ -253,13 +263,7 @@ class Emulator:
         return str(self._call("POST", "/token", body)["access_token"])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
 
     def __enter__(self) -> Emulator:
         return self
