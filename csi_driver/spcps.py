@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lightkube import ApiError, AsyncClient
 
@@ -76,6 +76,29 @@ async def create_or_update(client: AsyncClient | None, record: PodStatusRecord) 
         await client.replace(SecretProviderClassPodStatus.from_dict(data))
     except Exception as e:
         raise KubeError(api_error_text(e)) from None
+
+
+class StatusWriter(Protocol):
+    """Where a mount's record goes after a publish or a rotation; raises KubeError."""
+
+    async def write(self, record: PodStatusRecord) -> None: ...
+
+
+class ApiStatus:
+    """The SPCPS object on the API server."""
+
+    def __init__(self, client: AsyncClient | None) -> None:
+        self.client = client
+
+    async def write(self, record: PodStatusRecord) -> None:
+        await create_or_update(self.client, record)
+
+
+class NoStatus:
+    """Without an API server (standalone mode): the record lives in the mount table only."""
+
+    async def write(self, record: PodStatusRecord) -> None:
+        return None
 
 
 async def list_for_node(client: AsyncClient, node_id: str) -> list[PodStatusRecord]:

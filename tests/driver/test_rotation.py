@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 
 from csi_driver.kube import SecretProviderClass, SecretProviderClassPodStatus
-from csi_driver.rotation import FORCE_ANNOTATION
+from csi_driver.plans import FORCE_ANNOTATION
 from keyvault_emulator.testing import TENANT_ID, Emulator
 from tests.kube.controlplane import ISSUER, ControlPlane, free_port, manifests
 from tests.kube.kubelet import Kubelet, PodVolume
