@@ -97,6 +97,7 @@ class Batch:
 
     plans: list[Plan] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
+    complete: bool = True  # False: the source could not look (no API, pod list failed)
 
 
 class PlanSource(Protocol):
@@ -136,12 +137,13 @@ class KubePlans:
     async def plans(self, due: Sequence[PodStatusRecord]) -> Batch:
         if self.client is None:
             log.warning("rotation: no Kubernetes API configured; skipping")
-            return Batch()
+            return Batch(complete=False)
         try:
             pods = await self._pods(self.client)
         except KubeError as e:
             log.warning("rotation: could not list pods on node %s: %s", self.node_id, e)
-            return Batch(failed=[Failed(r, RotationError(str(e), POD_LIST_FAILED)) for r in due])
+            failed = [Failed(r, RotationError(str(e), POD_LIST_FAILED)) for r in due]
+            return Batch(failed=failed, complete=False)
         batch = Batch()
         secret_cache: dict[tuple[str, str], dict[str, str] | RotationError] = {}
         for record in due:

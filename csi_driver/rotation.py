@@ -138,16 +138,17 @@ class Reconciler:
         batch = await self.plans.plans(due)
         for f in batch.failed:
             self._failed(f.record, "", f.error, f.pod_uid)
+        if not batch.complete:
+            return
         groups = self._group(batch.plans, now)
-        if not groups:
-            return
-        try:
-            await self.plans.prepare()
-        except RotationError as e:
-            for plans in groups.values():
-                for p in plans:
-                    self._failed(p.record, p.provider, e, p.pod_uid)
-            return
+        if groups:
+            try:
+                await self.plans.prepare()
+            except RotationError as e:
+                for plans in groups.values():
+                    for p in plans:
+                        self._failed(p.record, p.provider, e, p.pod_uid)
+                return
         calls = self.provider_calls
         await asyncio.gather(*(self._reconcile_group(plans) for plans in groups.values()))
         log.info(
