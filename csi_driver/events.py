@@ -58,12 +58,16 @@ class EventRecorder:
         *,
         dedupe: bool = False,
         failure_level: int = logging.WARNING,
+        log_as: str = "",
     ) -> None:
         self.client = client
         self.component = component
         self.host = host
         self.dedupe = dedupe
         self.failure_level = failure_level
+        # a short failure line "<log_as>: could not record event on NS/POD: …" (rotation's)
+        # instead of the full one naming the event (sync's); operators grep for both
+        self.log_as = log_as
         self._seen: set[tuple[str, str, str]] = set()
         self._warnings: dict[str, int] = {}  # pod uid → Warning events asked for
 
@@ -84,8 +88,19 @@ class EventRecorder:
                 cast(Event, Event.from_dict(self._body(pod, kind, reason, message)))
             )
         except Exception as e:
+            level = logging.ERROR if is_forbidden(e) else self.failure_level
+            if self.log_as:
+                log.log(
+                    level,
+                    "%s: could not record event on %s/%s: %s",
+                    self.log_as,
+                    pod.namespace,
+                    pod.name,
+                    api_error_text(e),
+                )
+                return
             log.log(
-                logging.ERROR if is_forbidden(e) else self.failure_level,
+                level,
                 "failed to record event on pod %s/%s (%s %s: %s): %s",
                 pod.namespace,
                 pod.name,

@@ -95,7 +95,11 @@ class Driver:
         events: EventSink = NoEvents()
         if self.client is not None:
             events = EventRecorder(
-                self.client, ROTATION_COMPONENT, config.node_id, failure_level=logging.INFO
+                self.client,
+                ROTATION_COMPONENT,
+                config.node_id,
+                failure_level=logging.INFO,
+                log_as="rotation",
             )
         return Reconciler(
             mounts=self.mounts,

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from lightkube import ApiError, AsyncClient
 
 from .errors import KubeError
-from .kube import NODE_LABEL, SecretProviderClassPodStatus, api_error_text
+from .kube import NODE_LABEL, SecretProviderClassPodStatus, api_error_text, to_dict
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ async def create_or_update(client: AsyncClient | None, record: PodStatusRecord) 
         existing = await client.get(
             SecretProviderClassPodStatus, record.name, namespace=record.namespace
         )
-        data = existing.to_dict()  # type: ignore[no-untyped-call]
+        data = to_dict(existing)
         meta = data.setdefault("metadata", {})
         labels = meta.get("labels") or {}
         labels[NODE_LABEL] = record.node_id
@@ -107,7 +107,7 @@ async def list_for_node(client: AsyncClient, node_id: str) -> list[PodStatusReco
     async for obj in client.list(
         SecretProviderClassPodStatus, namespace="*", labels={NODE_LABEL: node_id}
     ):
-        data = obj.to_dict()  # type: ignore[no-untyped-call]
+        data = to_dict(obj)
         meta = data.get("metadata", {})
         status = data.get("status") or {}
         owners = meta.get("ownerReferences") or [{}]
