@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from prometheus_client import disable_created_metrics
 
 from . import __version__
-from .config import parse_args
-from .goflags import FlagError
+from .config import FlagError, parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,6 +142,54 @@ def cleanup_provider_files(target_dir: str, payload: Mapping[str, FileProjection
             os.unlink(entry)
 
 
+def replace(target_dir: str, payload: Mapping[str, FileProjection]) -> bool:
+    """What publish and rotation do: clear what a provider wrote itself, then write."""
+    cleanup_provider_files(target_dir, payload)
+    return write(target_dir, payload)
+
+
+def _write_files(ts_dir: str, payload: Mapping[str, FileProjection]) -> None:
+    """Each file created 0600 (never readable before its mode is set), then its own mode."""
+    for path, projection in payload.items():
+        full = os.path.join(ts_dir, path)
+        os.makedirs(os.path.dirname(full), mode=0o755, exist_ok=True)
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(projection.data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fchmod(fd, projection.mode)
+        finally:
+            os.close(fd)
+
+
+def _swap_in(target_dir: str, payload: Mapping[str, FileProjection]) -> None:
+    """A new timestamped directory with the payload, its user-visible links, then `..data`
+    renamed onto it (atomic); on any failure the new directory is removed."""
+    prefix = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime())
+    ts_dir = tempfile.mkdtemp(prefix=prefix, dir=target_dir)
+    try:
+        os.chmod(ts_dir, 0o755)
+        _write_files(ts_dir, payload)
+        for top in sorted({_top(p) for p in payload}):
+            link = os.path.join(target_dir, top)
+            if not os.path.islink(link):
+                os.symlink(os.path.join(DATA_DIR, top), link)
+        new_data = os.path.join(target_dir, NEW_DATA_DIR)
+        if os.path.islink(new_data):
+            os.unlink(new_data)
+        os.symlink(os.path.basename(ts_dir), new_data)
+        try:
+            os.rename(new_data, os.path.join(target_dir, DATA_DIR))
+        except OSError:
+            os.unlink(new_data)
+            raise
+    except BaseException:
+        shutil.rmtree(ts_dir, ignore_errors=True)
+        raise
+
+
 def write(target_dir: str, payload: Mapping[str, FileProjection]) -> bool:
     """Atomically replace the target's payload; returns False when nothing needed writing."""
     validate_payload(payload)
@@ -160,38 +208,7 @@ def write(target_dir: str, payload: Mapping[str, FileProjection]) -> bool:
         if not to_remove and not _should_write(payload, old_ts_path):
             return False
 
-    prefix = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime())
-    ts_dir = tempfile.mkdtemp(prefix=prefix, dir=target_dir)
-    try:
-        os.chmod(ts_dir, 0o755)
-        for path, projection in payload.items():
-            full = os.path.join(ts_dir, path)
-            os.makedirs(os.path.dirname(full), mode=0o755, exist_ok=True)
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                view = memoryview(projection.data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fchmod(fd, projection.mode)
-            finally:
-                os.close(fd)
-        for top in sorted({_top(p) for p in payload}):
-            link = os.path.join(target_dir, top)
-            if not os.path.islink(link):
-                os.symlink(os.path.join(DATA_DIR, top), link)
-        new_data = os.path.join(target_dir, NEW_DATA_DIR)
-        if os.path.islink(new_data):
-            os.unlink(new_data)
-        os.symlink(os.path.basename(ts_dir), new_data)
-        try:
-            os.rename(new_data, data_path)
-        except OSError:
-            os.unlink(new_data)
-            raise
-    except BaseException:
-        shutil.rmtree(ts_dir, ignore_errors=True)
-        raise
+    _swap_in(target_dir, payload)
     for path in to_remove:
         if "/" not in path:
             link = os.path.join(target_dir, path)

@@ -1,13 +1,30 @@
-"""The driver's settings, parsed once from upstream's flags into a frozen dataclass."""
+"""The driver's settings, parsed once from upstream's flags into a frozen dataclass.
+
+The flags both modes take (the daemon here, standalone mode in standalone.py) are one table,
+SHARED_FLAGS; parsing is Go's flag syntax (secrets_store_api.goflags).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from secrets_store_api.goflags import Flag, FlagError, FlagSet
 
 from . import DRIVER_NAME
-from .goflags import FlagError, FlagSet
+
+__all__ = [
+    "SHARED_FLAGS",
+    "Config",
+    "Flag",
+    "FlagError",
+    "flagset",
+    "parse_args",
+    "parse_size",
+    "tmpfs_size",
+]
 
 # klog and controller-runtime flags upstream's binary also accepts; parsed and ignored.
 _IGNORED_STRING_FLAGS = (
@@ -28,6 +45,56 @@ _IGNORED_BOOL_FLAGS = (
     "one_output",
     "enable-pprof",
 )
+DEFAULT_MAX_RECV = 4 * 1024 * 1024
+MIN_TMPFS = 16 << 20
+
+SHARED_FLAGS: tuple[Flag, ...] = (
+    Flag("provider-volume", "/var/run/secrets-store-csi-providers", "Volume path for provider"),
+    Flag(
+        "additional-provider-volume-paths",
+        "/etc/kubernetes/secrets-store-csi-providers",
+        "Comma separated list of additional paths to communicate with providers",
+    ),
+    Flag("metrics-addr", ":8095", "The address the metric endpoint binds to"),
+    Flag("enable-secret-rotation", False, "Enable secret rotation feature [alpha]", "bool"),
+    Flag("rotation-poll-interval", 120.0, "Secret rotation poll interval duration", "duration"),
+    Flag(
+        "max-call-recv-msg-size",
+        DEFAULT_MAX_RECV,
+        "maximum size in bytes of gRPC response from plugins",
+        "int",
+    ),
+    Flag(
+        "tmpfs-size",
+        "",
+        "size cap of each volume's tmpfs (bytes, or with Ki/Mi/Gi suffix); default: the larger "
+        "of 16Mi and twice --max-call-recv-msg-size plus 1Mi (old and new payload during a "
+        "swap) [this driver only]",
+    ),
+    Flag(
+        "provider-timeout",
+        60.0,
+        "deadline of one provider Mount call, retries included [this driver only]",
+        "duration",
+    ),
+    Flag("log-format-json", False, "set log formatter to json", "bool"),
+    Flag("v", 0, "number for the log level verbosity", "int"),
+    Flag("version", False, "Print the version and exit", "bool"),
+)
+
+
+def flagset(program: str, extra: Iterable[Flag], defaults: Mapping[str, Any]) -> FlagSet:
+    """SHARED_FLAGS (with this mode's `defaults`) and the mode's own flags."""
+    shared = (
+        replace(f, default=defaults[f.name]) if f.name in defaults else f for f in SHARED_FLAGS
+    )
+    return FlagSet(program, (*shared, *extra))
+
+
+def provider_paths(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where provider sockets are looked for, in upstream's order."""
+    extra = values["additional-provider-volume-paths"]
+    return (values["provider-volume"], *(p for p in extra.split(",") if p))
 
 
 @dataclass(frozen=True)
@@ -57,57 +124,23 @@ class Config:
         return (self.provider_volume, *self.additional_provider_volume_paths)
 
 
-def _flagset() -> FlagSet:
-    fs = FlagSet("secrets-store-csi-driver")
-    fs.add("endpoint", "unix://tmp/csi.sock", "CSI endpoint")
-    fs.add("drivername", DRIVER_NAME, "name of the driver")
-    fs.add("nodeid", "", "node id")
-    fs.add("log-format-json", False, "set log formatter to json", "bool")
-    fs.add("provider-volume", "/var/run/secrets-store-csi-providers", "Volume path for provider")
-    fs.add(
-        "additional-provider-volume-paths",
-        "/etc/kubernetes/secrets-store-csi-providers",
-        "Comma separated list of additional paths to communicate with providers",
-    )
-    fs.add("metrics-addr", ":8095", "The address the metric endpoint binds to")
-    fs.add("enable-secret-rotation", False, "Enable secret rotation feature [alpha]", "bool")
-    fs.add("rotation-poll-interval", 120.0, "Secret rotation poll interval duration", "duration")
-    fs.add(
-        "max-call-recv-msg-size",
-        4 * 1024 * 1024,
-        "maximum size in bytes of gRPC response from plugins",
-        "int",
-    )
-    fs.add("version", False, "Print the version and exit", "bool")
-    fs.add("provider-health-check", False, "Enable health check for configured providers", "bool")
-    fs.add("provider-health-check-interval", 120.0, "Provider healthcheck interval", "duration")
-    fs.add("kubeconfig", "", "Paths to a kubeconfig. Only required if out-of-cluster.")
-    fs.add("v", 0, "number for the log level verbosity", "int")
-    fs.add(
-        "tmpfs-size",
-        "",
-        "size cap of each volume's tmpfs (bytes, or with Ki/Mi/Gi suffix); default: the larger "
-        "of 16Mi and twice --max-call-recv-msg-size plus 1Mi (old and new payload during a "
-        "swap) [this driver only]",
-    )
-    fs.add(
-        "provider-timeout",
-        60.0,
-        "deadline of one provider Mount call, retries included [this driver only]",
-        "duration",
-    )
-    fs.add(
+_DAEMON_FLAGS = (
+    Flag("endpoint", "unix://tmp/csi.sock", "CSI endpoint"),
+    Flag("drivername", DRIVER_NAME, "name of the driver"),
+    Flag("nodeid", "", "node id"),
+    Flag("provider-health-check", False, "Enable health check for configured providers", "bool"),
+    Flag("provider-health-check-interval", 120.0, "Provider healthcheck interval", "duration"),
+    Flag("kubeconfig", "", "Paths to a kubeconfig. Only required if out-of-cluster."),
+    Flag(
         "rotation-share-provider-calls",
         True,
         "one provider call per tick for mounts sharing SPC, namespace, service account and "
         "nodePublishSecretRef [this driver only]",
         "bool",
-    )
-    for name in _IGNORED_STRING_FLAGS:
-        fs.add(name, "", "accepted for compatibility; ignored")
-    for name in _IGNORED_BOOL_FLAGS:
-        fs.add(name, False, "accepted for compatibility; ignored", "bool")
-    return fs
+    ),
+    *(Flag(n, "", "accepted for compatibility; ignored") for n in _IGNORED_STRING_FLAGS),
+    *(Flag(n, False, "accepted for compatibility; ignored", "bool") for n in _IGNORED_BOOL_FLAGS),
+)
 
 
 _SIZE = re.compile(r"^(\d+)(Ki|Mi|Gi|k|m|g|K|M|G)?$")
@@ -122,18 +155,26 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _FACTORS[m.group(2)]
 
 
+def tmpfs_size(flag_value: str, max_call_recv_msg_size: int) -> int:
+    """A volume's tmpfs cap, the same in both modes: --tmpfs-size, else room for the old and
+    the new payload during a swap (twice the largest provider response, plus 1 MiB)."""
+    if flag_value:
+        return parse_size(flag_value)
+    return max(MIN_TMPFS, 2 * max_call_recv_msg_size + (1 << 20))
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """Parse argv (without the program name) as upstream's binary does; raises FlagError."""
-    values, rest = _flagset().parse(argv)
+    values, rest = flagset("secrets-store-csi-driver", _DAEMON_FLAGS, {}).parse(argv)
     if rest:
         raise FlagError(f"unexpected arguments: {' '.join(rest)}")
-    extra = values["additional-provider-volume-paths"]
+    paths = provider_paths(values)
     return Config(
         endpoint=values["endpoint"],
         driver_name=values["drivername"],
         node_id=values["nodeid"],
-        provider_volume=values["provider-volume"],
-        additional_provider_volume_paths=tuple(p for p in extra.split(",") if p),
+        provider_volume=paths[0],
+        additional_provider_volume_paths=paths[1:],
         metrics_addr=values["metrics-addr"],
         enable_secret_rotation=values["enable-secret-rotation"],
         rotation_poll_interval=values["rotation-poll-interval"],
@@ -143,11 +184,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         log_format_json=values["log-format-json"],
         verbosity=values["v"],
         kubeconfig=values["kubeconfig"],
-        tmpfs_size=(
-            parse_size(values["tmpfs-size"])
-            if values["tmpfs-size"]
-            else max(16 << 20, 2 * values["max-call-recv-msg-size"] + (1 << 20))
-        ),
+        tmpfs_size=tmpfs_size(values["tmpfs-size"], values["max-call-recv-msg-size"]),
         provider_timeout=values["provider-timeout"],
         version=values["version"],
         rotation_share_provider_calls=values["rotation-share-provider-calls"],

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAccessReviewSpec
+from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 
-from .errors import KubeError
+from .errors import SPC_NOT_FOUND, KubeError, LabelledError, spc_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,19 @@ class SpcSource(Protocol):
     in standalone mode, a manifest file (csi_driver.standalone.FileSpcSource)."""
 
     async def get(self, namespace: str, name: str) -> SecretProviderClassSpec: ...
+
+
+E = TypeVar("E", bound=LabelledError)
+
+
+async def get_spc(
+    spcs: SpcSource, namespace: str, name: str, error: type[E]
+) -> SecretProviderClassSpec:
+    """The SPC of a mount; a failed read raised as `error` (SecretProviderClassNotFound)."""
+    try:
+        return await spcs.get(namespace, name)
+    except KubeError as e:
+        raise error(spc_unavailable(namespace, name, e), SPC_NOT_FOUND) from None
 
 
 def make_client(kubeconfig: str) -> AsyncClient | None:
@@ -150,9 +165,71 @@ def api_error_text(e: BaseException, role: str | None = None) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
-def _spc_from(obj: Any) -> dict[str, Any]:
+async def missing_verbs(client: AsyncClient, resource: str, verbs: Sequence[str]) -> list[str]:
+    """The verbs on `resource` the driver's own RBAC lacks (one self-review per verb; a review
+    that cannot be made counts as allowed: the real call will say)."""
+
+    async def allowed(verb: str) -> bool:
+        review = SelfSubjectAccessReview(
+            spec=SelfSubjectAccessReviewSpec(
+                resourceAttributes=ResourceAttributes(verb=verb, resource=resource)
+            )
+        )
+        try:
+            result = await client.create(review)
+        except Exception as e:
+            log.warning("cannot review the driver's RBAC: %s", api_error_text(e))
+            return True
+        return bool(result.status is not None and result.status.allowed)
+
+    answers = await asyncio.gather(*(allowed(v) for v in verbs))
+    return [v for v, ok in zip(verbs, answers, strict=True) if not ok]
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A lightkube object (model or generic resource) as the API server's JSON."""
     data: dict[str, Any] = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
     return data
+
+
+async def watch_forever(
+    client: AsyncClient,
+    resource: Any,
+    handle: Callable[[str, dict[str, Any]], None],
+    *,
+    what: str,
+    on_start: Callable[[], None] | None = None,
+    on_error: Callable[[BaseException, str], None] | None = None,
+    blip_level: int = logging.WARNING,
+    **selectors: Any,
+) -> None:
+    """Watch `resource` across namespaces forever, re-watching with backoff (0.5 s doubling to
+    30 s, reset by the next event). `on_start` runs before every (re)watch, `on_error` with
+    the error and its text. A Forbidden is an operator's error to fix, not a blip: logged as
+    an error; other interruptions at `blip_level`."""
+    delay = 0.5
+    while True:
+        try:
+            if on_start is not None:
+                on_start()
+            async for event, obj in client.watch(resource, namespace="*", **selectors):
+                handle(event, to_dict(obj))
+                delay = 0.5
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            text = api_error_text(e)
+            if on_error is not None:
+                on_error(e, text)
+            log.log(
+                logging.ERROR if is_forbidden(e) else blip_level,
+                "%s watch interrupted (%s); retrying in %.1fs",
+                what,
+                text,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 class SpcCache:
@@ -181,34 +258,28 @@ class SpcCache:
 
     async def _run(self) -> None:
         assert self._client is not None
-        delay = 0.5
-        while True:
-            try:
-                self._items.clear()
-                async for event, obj in self._client.watch(SecretProviderClass, namespace="*"):
-                    data = _spc_from(obj)
-                    meta = data.get("metadata", {})
-                    key = (meta.get("namespace", ""), meta.get("name", ""))
-                    if event == "DELETED":
-                        self._items.pop(key, None)
-                    else:
-                        self._items[key] = data
-                    self.synced = True
-                    delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.synced = False
-                # Forbidden is an operator's error to fix, not a blip: said as an error (the
-                # publishes still work through GETs, without the cache)
-                log.log(
-                    logging.ERROR if is_forbidden(e) else logging.INFO,
-                    "secretproviderclass watch interrupted (%s); retrying in %.1fs",
-                    api_error_text(e),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        # a Forbidden watch leaves publishes working through GETs, without the cache
+        await watch_forever(
+            self._client,
+            SecretProviderClass,
+            self._on_event,
+            what="secretproviderclass",
+            on_start=self._items.clear,
+            on_error=self._on_error,
+            blip_level=logging.INFO,
+        )
+
+    def _on_event(self, event: str, data: dict[str, Any]) -> None:
+        meta = data.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event == "DELETED":
+            self._items.pop(key, None)
+        else:
+            self._items[key] = data
+        self.synced = True
+
+    def _on_error(self, e: BaseException, text: str) -> None:
+        self.synced = False
 
     async def get(self, namespace: str, name: str) -> SecretProviderClassSpec:
         data = self._items.get((namespace, name))
@@ -240,4 +311,4 @@ class SpcCache:
                 raise KubeError(api_error_text(e2)) from None
         except Exception as e:
             raise KubeError(api_error_text(e)) from None
-        return _spc_from(obj)
+        return to_dict(obj)

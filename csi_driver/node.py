@@ -1,23 +1,20 @@
 """NodePublishVolume / NodeUnpublishVolume, in upstream's order with upstream's messages.
 
 Plain Python: takes a PublishRequest, raises errors.DriverError subclasses; servicers.py maps
-those to gRPC codes. Operations on one target path are serialized (a concurrent one is
-refused, as the CSI spec asks); different target paths run in parallel.
+those to gRPC codes. Operations on one target path are serialized through the mount table's
+lock (a concurrent one is refused, as the CSI spec asks); different target paths run in
+parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import posixpath
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 from lightkube import AsyncClient
 
@@ -26,66 +23,41 @@ from .errors import (
     FAILED_TO_ENSURE_MOUNT_POINT,
     FAILED_TO_MOUNT,
     FILE_WRITE_ERROR,
-    SPC_NOT_FOUND,
     DriverError,
     InvalidRequest,
     KubeError,
-    OperationPending,
     ProviderError,
     PublishFailed,
     TargetPathError,
 )
-from .kube import SpcSource, api_error_text, is_forbidden
+from .kube import SecretProviderClassSpec, SpcSource, api_error_text, get_spc, is_forbidden
 from .metrics import Metrics
-from .provider_client import ProviderClients
-from .spcps import PodStatusRecord, create_or_update, list_for_node
+from .mounts import MountTable
+from .provider_client import MountResult, ProviderClients
+from .spcps import PodStatusRecord, StatusWriter, list_for_node
+from .volumes import (
+    FILE_PERMISSION,
+    POD_NAME,
+    POD_NAMESPACE,
+    POD_UID,
+    SPC_FIELD,
+    PublishRequest,
+    build_mount_request,
+    go_json,
+)
 
 log = logging.getLogger(__name__)
 
-POD_NAME = "csi.storage.k8s.io/pod.name"
-POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
-POD_UID = "csi.storage.k8s.io/pod.uid"
-POD_SA_NAME = "csi.storage.k8s.io/serviceAccount.name"
-SA_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens"
-SPC_FIELD = "secretProviderClass"
-FILE_PERMISSION = 0o644
 
-
-@dataclass(frozen=True)
-class PublishRequest:
-    volume_id: str
-    target_path: str
-    has_capability: bool
-    readonly: bool
-    volume_context: Mapping[str, str]
-    secrets: Mapping[str, str] = field(repr=False)
-
-
-def _key(target: str) -> str:
-    """Target paths compare after lexical normalisation (no filesystem access)."""
-    return posixpath.normpath(target)
-
-
-def go_json(value: Any) -> str:
-    """json.Marshal's output: sorted keys, no spaces, HTML-safe escapes, `null` for no map."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
-        text = text.replace(char, escape)
-    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def build_mount_request(
-    spc_parameters: Mapping[str, str],
-    volume_context: Mapping[str, str],
-    secrets: Mapping[str, str],
-) -> tuple[str, str]:
-    """The provider's attributes and secrets JSON; publish and rotation both build them here."""
-    parameters = dict(spc_parameters)
-    parameters.update(volume_context)
-    tokens = secrets.get(SA_TOKENS) or volume_context.get(SA_TOKENS, "")
-    if tokens:
-        parameters[SA_TOKENS] = tokens
-    return go_json(parameters), go_json(dict(secrets) if secrets else None)
+def _check_arguments(req: PublishRequest) -> None:
+    if not req.has_capability:
+        raise InvalidRequest("Volume capability missing in request")
+    if not req.volume_id:
+        raise InvalidRequest("Volume ID missing in request")
+    if not req.target_path:
+        raise InvalidRequest("Target path missing in request")
+    if not req.volume_context:
+        raise InvalidRequest("Volume attributes missing in request")
 
 
 class NodeService:
@@ -98,72 +70,51 @@ class NodeService:
         client: AsyncClient | None,
         metrics: Metrics,
         tmpfs_size: int,
-        rotation_enabled: bool = False,
+        status: StatusWriter,
+        mounts: MountTable | None = None,
         use_tmpfs: bool = True,
-        record_status: bool = True,
+        on_published: Callable[[PodStatusRecord], Awaitable[None]] | None = None,
+        on_republish: Callable[[PublishRequest], Awaitable[None]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.providers = providers
         self.spcs = spcs
-        self.client = client
+        self.client = client  # only to find this node's mounts again on start
         self.metrics = metrics
         self.tmpfs_size = tmpfs_size
+        self.status = status
         # False only in standalone mode without root: files go into the (private) directory.
         self.use_tmpfs = use_tmpfs
-        # False only in standalone mode: no API server, so no SecretProviderClassPodStatus.
-        self.record_status = record_status
-        self.rotation_enabled = rotation_enabled
-        self._busy: set[str] = set()
-        # target path → what was mounted there; rebuilt from SPCPS on start.
-        self.mounts: dict[str, PodStatusRecord] = {}
-        # Called on a publish of an already-mounted target (the rotation issue plugs in here).
-        self.on_republish: Callable[[PublishRequest], Awaitable[None]] | None = None
-        # Called after a first publish succeeded (secret sync: the Secret before the containers).
-        self.on_published: Callable[[PodStatusRecord], Awaitable[None]] | None = None
-
-    @contextmanager
-    def _exclusive(self, target: str) -> Iterator[None]:
-        key = _key(target)
-        if key in self._busy:
-            raise OperationPending(f"an operation on target path {target} is already in progress")
-        self._busy.add(key)
-        try:
-            yield
-        finally:
-            self._busy.discard(key)
+        self.mounts = MountTable() if mounts is None else mounts
+        # A first publish succeeded (secret sync: the Secret before the containers start).
+        self.on_published = on_published
+        # A publish of an already-mounted target (kubelet's requiresRepublish; rotation).
+        self.on_republish = on_republish
 
     # ---- publish ---------------------------------------------------------------------------
 
     async def publish(self, req: PublishRequest) -> None:
+        # the metric's provider label: the volume context's until the SPC says
         provider = req.volume_context.get("providerName", "") if req.volume_context else ""
-        state = {"provider": provider, "error_type": FAILED_TO_MOUNT}
         try:
-            await self._publish(req, state)
+            _check_arguments(req)
+            target = req.target_path
+            with self.mounts.lock(target):
+                if await asyncio.to_thread(self._ensure_mount_point, target):
+                    log.info("target path is already mounted: %s", target)
+                    if self.on_republish is not None:
+                        await self.on_republish(req)
+                else:
+                    spc = await self._spc(req)
+                    provider = spc.provider
+                    await self._first_publish(req, spc)
         except DriverError as e:
-            self.metrics.publish_error(state["provider"], e.error_type)
+            self.metrics.publish_error(provider, e.error_type)
             raise
         except Exception as e:
-            self.metrics.publish_error(state["provider"], FAILED_TO_MOUNT)
+            self.metrics.publish_error(provider, FAILED_TO_MOUNT)
             raise PublishFailed(f"{type(e).__name__}: {e}") from e
-        self.metrics.publish_ok(state["provider"])
-
-    async def _publish(self, req: PublishRequest, state: dict[str, str]) -> None:
-        if not req.has_capability:
-            raise InvalidRequest("Volume capability missing in request")
-        if not req.volume_id:
-            raise InvalidRequest("Volume ID missing in request")
-        if not req.target_path:
-            raise InvalidRequest("Target path missing in request")
-        if not req.volume_context:
-            raise InvalidRequest("Volume attributes missing in request")
-        target = req.target_path
-        with self._exclusive(target):
-            if await asyncio.to_thread(self._ensure_mount_point, target):
-                log.info("target path is already mounted: %s", target)
-                if self.on_republish is not None:
-                    await self.on_republish(req)
-                return
-            await self._first_publish(req, state)
+        self.metrics.publish_ok(provider)
 
     def _ensure_mount_point(self, target: str) -> bool:
         """True if target is already a mount; creates it (0750) when missing, as kubelet expects."""
@@ -182,14 +133,7 @@ class NodeService:
                         FAILED_TO_ENSURE_MOUNT_POINT,
                     )
                 raise FileNotFoundError(target)
-            if not mounter.is_mount_point(target):
-                return False
-            try:
-                os.listdir(target)
-                return True
-            except OSError:  # a dead mount: unmount and publish afresh
-                mounter.unmount(target)
-                return False
+            return self._live_mount(target)
         except FileNotFoundError:
             try:
                 os.makedirs(target, mode=0o750, exist_ok=True)
@@ -204,97 +148,113 @@ class NodeService:
                 FAILED_TO_ENSURE_MOUNT_POINT,
             ) from None
 
-    async def _first_publish(self, req: PublishRequest, state: dict[str, str]) -> None:
-        attrib = dict(req.volume_context)
-        target = req.target_path
-        pod_name = attrib.get(POD_NAME, "")
-        pod_ns = attrib.get(POD_NAMESPACE, "")
-        pod_uid = attrib.get(POD_UID, "")
-        spc_name = attrib.get(SPC_FIELD, "")
+    @staticmethod
+    def _live_mount(target: str) -> bool:
+        if not mounter.is_mount_point(target):
+            return False
+        try:
+            os.listdir(target)
+            return True
+        except OSError:  # a dead mount: unmount and publish afresh
+            mounter.unmount(target)
+            return False
+
+    async def _spc(self, req: PublishRequest) -> SecretProviderClassSpec:
+        """The volume's SPC, with a provider (upstream's order: before the other checks)."""
+        attrib = req.volume_context
+        pod_ns, spc_name = attrib.get(POD_NAMESPACE, ""), attrib.get(SPC_FIELD, "")
         if not spc_name:
             raise PublishFailed("secretProviderClass is not set")
-        try:
-            spc = await self.spcs.get(pod_ns, spc_name)
-        except KubeError as e:
-            raise PublishFailed(
-                f"failed to get secretproviderclass {pod_ns}/{spc_name}, error: {e}", SPC_NOT_FOUND
-            ) from None
+        spc = await get_spc(self.spcs, pod_ns, spc_name, PublishFailed)
         if not spc.provider:
             raise PublishFailed(f"provider not set in {pod_ns}/{spc_name}")
-        state["provider"] = spc.provider
+        return spc
+
+    async def _first_publish(self, req: PublishRequest, spc: SecretProviderClassSpec) -> None:
+        attrib = req.volume_context
+        target = req.target_path
+        pod_ns = attrib.get(POD_NAMESPACE, "")
         if not spc.parameters:
-            raise PublishFailed(f"parameters not set in {pod_ns}/{spc_name}")
+            raise PublishFailed(f"parameters not set in {pod_ns}/{spc.name}")
         if not req.readonly:
             raise InvalidRequest("Readonly is not true in request")
-
-        attributes, secrets = build_mount_request(spc.parameters, attrib, req.secrets)
-        permission = go_json(FILE_PERMISSION)
-
         started = time.monotonic()
-        try:
-            if self.use_tmpfs:
+        if self.use_tmpfs:
+            try:
                 await asyncio.to_thread(mounter.mount_tmpfs, target, self.tmpfs_size)
-        except OSError as e:
-            raise PublishFailed(f"failed to mount tmpfs at {target}: {e.strerror}") from None
-        try:
-            try:
-                result = await self.providers.mount(
-                    spc.provider, attributes, secrets, target, permission
-                )
-                try:
-                    if result.files:
-                        await asyncio.to_thread(self._write, target, result.files)
-                except (OSError, atomic_writer.PayloadError) as e:
-                    raise ProviderError(str(e), FILE_WRITE_ERROR) from None
-            except ProviderError as e:
-                state["error_type"] = e.error_type
-                raise PublishFailed(
-                    f"failed to mount secrets store objects for pod {pod_ns}/{pod_name}, "
-                    f"err: {e.message}",
-                    e.error_type,
-                ) from None
-            record = PodStatusRecord(
-                pod_name=pod_name,
-                namespace=pod_ns,
-                pod_uid=pod_uid,
-                spc_name=spc_name,
-                target_path=target,
-                node_id=self.node_id,
-                mounted=True,
-                objects=result.object_versions,
-            )
-            try:
-                if self.record_status:
-                    await create_or_update(self.client, record)
-            except KubeError as e:
-                raise PublishFailed(
-                    "failed to create secret provider class pod status for pod "
-                    f"{pod_ns}/{pod_name}, err: {e}"
-                ) from None
-        except BaseException:
-            if not self.use_tmpfs:
-                raise  # nothing was mounted; a failed write removed its own directory
-            try:
-                await asyncio.to_thread(mounter.unmount, target)
-                log.info("unmounted target path %s as node publish volume failed", target)
             except OSError as e:
-                log.error("failed to unmount target path %s: %s", target, e.strerror)
+                raise PublishFailed(f"failed to mount tmpfs at {target}: {e.strerror}") from None
+        try:
+            record = await self._fill(req, spc)
+        except BaseException:
+            await self._roll_back(target)
             raise
-        self.mounts[_key(target)] = record
+        self.mounts.add(record)
         if self.on_published is not None:
             await self.on_published(record)
         log.info(
             "node publish volume complete: target=%s pod=%s/%s time=%.3fs",
             target,
             pod_ns,
-            pod_name,
+            attrib.get(POD_NAME, ""),
             time.monotonic() - started,
         )
 
-    @staticmethod
-    def _write(target: str, files: Mapping[str, atomic_writer.FileProjection]) -> None:
-        atomic_writer.cleanup_provider_files(target, files)
-        atomic_writer.write(target, files)
+    async def _fill(self, req: PublishRequest, spc: SecretProviderClassSpec) -> PodStatusRecord:
+        """The provider's files into the mounted target, then the SPCPS."""
+        attrib = req.volume_context
+        pod_ns, pod_name = attrib.get(POD_NAMESPACE, ""), attrib.get(POD_NAME, "")
+        try:
+            result = await self._mount_and_write(req, spc)
+        except ProviderError as e:
+            raise PublishFailed(
+                f"failed to mount secrets store objects for pod {pod_ns}/{pod_name}, "
+                f"err: {e.message}",
+                e.error_type,
+            ) from None
+        record = PodStatusRecord(
+            pod_name=pod_name,
+            namespace=pod_ns,
+            pod_uid=attrib.get(POD_UID, ""),
+            spc_name=spc.name,
+            target_path=req.target_path,
+            node_id=self.node_id,
+            mounted=True,
+            objects=result.object_versions,
+        )
+        try:
+            await self.status.write(record)
+        except KubeError as e:
+            raise PublishFailed(
+                "failed to create secret provider class pod status for pod "
+                f"{pod_ns}/{pod_name}, err: {e}"
+            ) from None
+        return record
+
+    async def _mount_and_write(
+        self, req: PublishRequest, spc: SecretProviderClassSpec
+    ) -> MountResult:
+        attributes, secrets = build_mount_request(spc.parameters, req.volume_context, req.secrets)
+        target = req.target_path
+        result = await self.providers.mount(
+            spc.provider, attributes, secrets, target, go_json(FILE_PERMISSION)
+        )
+        try:
+            if result.files:
+                await asyncio.to_thread(atomic_writer.replace, target, result.files)
+        except (OSError, atomic_writer.PayloadError) as e:
+            raise ProviderError(str(e), FILE_WRITE_ERROR) from None
+        return result
+
+    async def _roll_back(self, target: str) -> None:
+        """A first publish failed: nothing stays mounted."""
+        if not self.use_tmpfs:
+            return  # nothing was mounted; a failed write removed its own directory
+        try:
+            await asyncio.to_thread(mounter.unmount, target)
+            log.info("unmounted target path %s as node publish volume failed", target)
+        except OSError as e:
+            log.error("failed to unmount target path %s: %s", target, e.strerror)
 
     # ---- unpublish -------------------------------------------------------------------------
 
@@ -304,9 +264,9 @@ class NodeService:
                 raise InvalidRequest("Volume ID missing in request")
             if not target_path:
                 raise InvalidRequest("Target path missing in request")
-            with self._exclusive(target_path):
+            with self.mounts.lock(target_path):
                 await asyncio.to_thread(self._cleanup, target_path)
-                self.mounts.pop(_key(target_path), None)
+                self.mounts.remove(target_path)
         except DriverError:
             self.metrics.unpublish_error()
             raise
@@ -328,17 +288,7 @@ class NodeService:
             mounted = mounter.is_mount_point(target)
         except OSError:
             mounted = True  # e.g. a dead mount: try to unmount below
-        try:
-            entries = os.listdir(target)
-        except OSError:
-            entries = []
-        for entry in entries:
-            path = os.path.join(target, entry)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with suppress(FileNotFoundError):
-                    os.unlink(path)
+        _remove_entries(target)
         if mounted:
             try:
                 mounter.unmount(target)
@@ -377,7 +327,22 @@ class NodeService:
             except OSError:
                 mounted = False
             if mounted:
-                self.mounts[_key(target)] = record
+                self.mounts.add(record)
                 found += 1
         log.info("recovered %d existing mounts on node %s", found, self.node_id)
         return found
+
+
+def _remove_entries(target: str) -> None:
+    """Everything inside target (payload dirs, `..data`, the user-visible links)."""
+    try:
+        entries = os.listdir(target)
+    except OSError:
+        entries = []
+    for entry in entries:
+        path = os.path.join(target, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(path)

@@ -16,12 +16,17 @@ from secrets_store_api import csi_pb2_grpc
 
 from . import __version__, metrics
 from .config import Config
+from .events import EventRecorder, EventSink, NoEvents
 from .kube import SpcCache, make_client
+from .mounts import MountTable
 from .node import NodeService
+from .plans import KubePlans
 from .provider_client import ProviderClients
+from .rotation import COMPONENT as ROTATION_COMPONENT
 from .rotation import Reconciler
 from .secret_sync import SecretSync
 from .servicers import IdentityServicer, NodeServicer
+from .spcps import ApiStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,15 @@ class Driver:
             config.provider_paths, config.max_call_recv_msg_size, config.provider_timeout
         )
         self.metrics = metrics.Metrics()
+        self.mounts = MountTable()
+        self.status = ApiStatus(self.client)
+        # no API server configured: nothing to sync (publishes report the missing SPC)
+        self.sync = (
+            SecretSync(self.client, config.node_id, self.metrics, self.mounts)
+            if self.client is not None
+            else None
+        )
+        self.rotation = self._reconciler() if config.enable_secret_rotation else None
         self.node = NodeService(
             node_id=config.node_id,
             providers=self.providers,
@@ -66,25 +80,39 @@ class Driver:
             client=self.client,
             metrics=self.metrics,
             tmpfs_size=config.tmpfs_size,
-            rotation_enabled=config.enable_secret_rotation,
+            status=self.status,
+            mounts=self.mounts,
+            on_published=self.sync.sync_now if self.sync is not None else None,
+            on_republish=self.rotation.republish if self.rotation is not None else None,
         )
         self.server: aio.Server | None = None
         self._metrics_server: Any = None
         self._socket_path = ""
         self._health_task: asyncio.Task[None] | None = None
-        self.sync = SecretSync(self.client, config.node_id, self.metrics, self.node.mounts)
-        self.node.on_published = self.sync.sync_now
-        self.rotation: Reconciler | None = None
-        if config.enable_secret_rotation:
-            self.rotation = Reconciler(
-                self.node,
+
+    def _reconciler(self) -> Reconciler:
+        config = self.config
+        events: EventSink = NoEvents()
+        if self.client is not None:
+            events = EventRecorder(
                 self.client,
-                interval=config.rotation_poll_interval,
-                share=config.rotation_share_provider_calls,
-                driver_name=config.driver_name,
+                ROTATION_COMPONENT,
+                config.node_id,
+                failure_level=logging.INFO,
+                log_as="rotation",
             )
-            self.node.on_republish = self.rotation.republish
-            self.rotation.on_rotated = self.sync.sync_now
+        return Reconciler(
+            mounts=self.mounts,
+            providers=self.providers,
+            spcs=self.spcs,
+            metrics=self.metrics,
+            plans=KubePlans(self.client, self.spcs, config.node_id, config.driver_name),
+            events=events,
+            status=self.status,
+            on_rotated=self.sync.sync_now if self.sync is not None else None,
+            interval=config.rotation_poll_interval,
+            share=config.rotation_share_provider_calls,
+        )
 
     async def start(self) -> None:
         scheme, address = parse_endpoint(self.config.endpoint)
@@ -122,7 +150,8 @@ class Driver:
         )
         self.spcs.start()
         await self.node.recover()
-        self.sync.start()
+        if self.sync is not None:
+            self.sync.start()
         if self.rotation is not None:
             self.rotation.start()
         if self.config.provider_health_check:
@@ -151,7 +180,8 @@ class Driver:
         if self.server is not None:
             await self.server.stop(grace)
         await self.spcs.stop()
-        await self.sync.stop()
+        if self.sync is not None:
+            await self.sync.stop()
         await self.providers.close()
         if self.client is not None:
             with contextlib.suppress(Exception):

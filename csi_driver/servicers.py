@@ -13,7 +13,8 @@ from grpc import aio
 from secrets_store_api import csi_pb2, csi_pb2_grpc
 
 from .errors import DriverError, InvalidRequest, OperationPending, TargetPathError
-from .node import NodeService, PublishRequest
+from .node import NodeService
+from .volumes import PublishRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

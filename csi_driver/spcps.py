@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lightkube import ApiError, AsyncClient
 
 from .errors import KubeError
-from .kube import NODE_LABEL, SecretProviderClassPodStatus, api_error_text
+from .kube import NODE_LABEL, SecretProviderClassPodStatus, api_error_text, to_dict
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ async def create_or_update(client: AsyncClient | None, record: PodStatusRecord) 
         existing = await client.get(
             SecretProviderClassPodStatus, record.name, namespace=record.namespace
         )
-        data = existing.to_dict()  # type: ignore[no-untyped-call]
+        data = to_dict(existing)
         meta = data.setdefault("metadata", {})
         labels = meta.get("labels") or {}
         labels[NODE_LABEL] = record.node_id
@@ -78,13 +78,36 @@ async def create_or_update(client: AsyncClient | None, record: PodStatusRecord) 
         raise KubeError(api_error_text(e)) from None
 
 
+class StatusWriter(Protocol):
+    """Where a mount's record goes after a publish or a rotation; raises KubeError."""
+
+    async def write(self, record: PodStatusRecord) -> None: ...
+
+
+class ApiStatus:
+    """The SPCPS object on the API server."""
+
+    def __init__(self, client: AsyncClient | None) -> None:
+        self.client = client
+
+    async def write(self, record: PodStatusRecord) -> None:
+        await create_or_update(self.client, record)
+
+
+class NoStatus:
+    """Without an API server (standalone mode): the record lives in the mount table only."""
+
+    async def write(self, record: PodStatusRecord) -> None:
+        return None
+
+
 async def list_for_node(client: AsyncClient, node_id: str) -> list[PodStatusRecord]:
     """This node's SPCPS objects (restart recovery)."""
     records = []
     async for obj in client.list(
         SecretProviderClassPodStatus, namespace="*", labels={NODE_LABEL: node_id}
     ):
-        data = obj.to_dict()  # type: ignore[no-untyped-call]
+        data = to_dict(obj)
         meta = data.get("metadata", {})
         status = data.get("status") or {}
         owners = meta.get("ownerReferences") or [{}]

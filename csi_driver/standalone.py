@@ -5,15 +5,14 @@
 apply to a cluster, and does what kubelet's NodePublishVolume asks of the driver, through the
 same NodeService.publish: tmpfs at the target (a private 0700 directory when not root), the
 provider's Mount over its socket, the atomic write. The rotation Reconciler then keeps the files
-fresh; its plans come from the file instead of a pod (Reconciler.plan_source), so edits to the
-SPC or the secrets file are picked up on the next tick. SIGTERM/SIGINT unpublish: nothing stays
+fresh; its plans come from the files instead of a pod (FilePlans), so edits to the SPC or the
+secrets file are picked up on the next tick. SIGTERM/SIGINT unpublish: nothing stays
 mounted and the target is left empty.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -27,34 +26,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from prometheus_client import CollectorRegistry
 
 from . import __version__, metrics
-from .errors import DriverError, KubeError, ProviderError
-from .goflags import FlagError, FlagSet
-from .kube import GROUP, SecretProviderClassSpec
-from .node import (
-    POD_NAME,
-    POD_NAMESPACE,
-    POD_SA_NAME,
-    POD_UID,
-    SPC_FIELD,
-    NodeService,
-    PublishRequest,
+from .config import DEFAULT_MAX_RECV, Flag, FlagError, flagset, provider_paths, tmpfs_size
+from .errors import SECRET_REF_NOT_FOUND, DriverError, ProviderError, RotationError
+from .events import NoEvents
+from .kube import get_spc
+from .manifests import (
+    SECRET_ENV,
+    FileSpcSource,
+    StandaloneError,
+    check_target,
+    load_secrets,
 )
+from .node import NodeService
+from .plans import Batch, Failed, Plan, plain_request
 from .provider_client import ProviderClients
-from .rotation import SECRET_REF_NOT_FOUND, SPC_NOT_FOUND, Plan, Reconciler, RotationError
-from .spcps import PodStatusRecord
+from .rotation import Reconciler
+from .spcps import NoStatus, PodStatusRecord
+from .volumes import SPC_FIELD, PublishRequest, pod_context
 
 log = logging.getLogger(__name__)
-
-SECRET_ENV = "SECRETS_STORE_NODE_PUBLISH_SECRET"
-API_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1alpha1")
-
-
-class StandaloneError(Exception):
-    """Bad input (SPC file, secrets, target, provider socket): one clear line, exit code 1."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +59,9 @@ class StandaloneConfig:
     enable_secret_rotation: bool = True
     rotation_poll_interval: float = 120.0
     metrics_addr: str = ""
-    max_call_recv_msg_size: int = 4 * 1024 * 1024
+    max_call_recv_msg_size: int = DEFAULT_MAX_RECV
     provider_timeout: float = 60.0
-    tmpfs_size: int = 16 << 20
+    tmpfs_size: int = tmpfs_size("", DEFAULT_MAX_RECV)
     pod_name: str = ""
     pod_namespace: str = ""
     service_account: str = "default"
@@ -76,148 +69,46 @@ class StandaloneConfig:
     verbosity: int = 0
 
 
-# ---- input ---------------------------------------------------------------------------------
+class FilePlans:
+    """Rotation plans of the one volume: SPC and secrets re-read from their files each tick."""
 
+    def __init__(
+        self, spcs: FileSpcSource, secrets_file: str, context: Mapping[str, str], sa: str
+    ) -> None:
+        self.spcs = spcs
+        self.secrets_file = secrets_file
+        self.context = dict(context)
+        self.service_account = sa
 
-def load_spc(path: str) -> SecretProviderClassSpec:
-    """The SecretProviderClass in a manifest file, checked as the API server and a publish
-    would check it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise StandaloneError(f"SecretProviderClass file {path}: not found") from None
-    except OSError as e:
-        raise StandaloneError(f"SecretProviderClass file {path}: {e.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        raise StandaloneError(f"SecretProviderClass file {path}: not valid YAML: {e}") from None
-    if not docs:
-        raise StandaloneError(f"SecretProviderClass file {path}: empty")
-    spcs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "SecretProviderClass"]
-    if not spcs:
-        kinds = ", ".join(
-            repr(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs
-        )
-        raise StandaloneError(
-            f"SecretProviderClass file {path}: no object of kind SecretProviderClass "
-            f"(found {kinds})"
-        )
-    if len(spcs) > 1:
-        raise StandaloneError(
-            f"SecretProviderClass file {path}: {len(spcs)} SecretProviderClasses; give one per file"
-        )
-    doc = spcs[0]
-    if doc.get("apiVersion") not in API_VERSIONS:
-        raise StandaloneError(
-            f"SecretProviderClass file {path}: apiVersion {doc.get('apiVersion')!r}, "
-            f"want {API_VERSIONS[0]}"
-        )
-    meta = doc.get("metadata") or {}
-    name = str(meta.get("name") or "") if isinstance(meta, dict) else ""
-    if not name:
-        raise StandaloneError(f"SecretProviderClass file {path}: metadata.name is not set")
-    namespace = str(meta.get("namespace") or "default")
-    spec = doc.get("spec") or {}
-    if not isinstance(spec, dict):
-        raise StandaloneError(f"SecretProviderClass file {path}: spec is not a mapping")
-    provider = spec.get("provider")
-    if not provider:
-        raise StandaloneError(f"provider not set in {namespace}/{name} ({path})")
-    params = spec.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise StandaloneError(f"SecretProviderClass file {path}: spec.parameters is not a mapping")
-    if not params:
-        raise StandaloneError(f"parameters not set in {namespace}/{name} ({path})")
-    for key, value in params.items():
-        if not isinstance(value, str):
-            raise StandaloneError(
-                f"SecretProviderClass file {path}: spec.parameters.{key} must be a string "
-                f"(quote it), got {type(value).__name__}"
-            )
-    return SecretProviderClassSpec(
-        namespace=namespace,
-        name=name,
-        provider=str(provider),
-        parameters={str(k): v for k, v in params.items()},
-    )
-
-
-def load_secrets(path: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """nodePublishSecretRef data: a YAML/JSON map of strings, or a Kubernetes Secret manifest
-    (`data` base64, `stringData` plain); else JSON in $SECRETS_STORE_NODE_PUBLISH_SECRET."""
-    env = os.environ if env is None else env
-    if not path:
-        text = env.get(SECRET_ENV, "")
-        if not text:
-            return {}
-        where = f"${SECRET_ENV}"
-    else:
-        where = f"secrets file {path}"
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise StandaloneError(f"{where}: {e.strerror}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise StandaloneError(f"{where}: not valid YAML or JSON") from None  # no secret in it
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise StandaloneError(f"{where}: want a map of names to strings")
-    if doc.get("kind") == "Secret":
-        out: dict[str, str] = {}
-        for k, v in (doc.get("data") or {}).items():
+    async def plans(self, due: Sequence[PodStatusRecord]) -> Batch:
+        batch = Batch()
+        for record in due:
             try:
-                out[str(k)] = base64.b64decode(str(v), validate=True).decode("utf-8", "replace")
-            except ValueError:
-                raise StandaloneError(f"{where}: data.{k} is not base64") from None
-        out.update({str(k): str(v) for k, v in (doc.get("stringData") or {}).items()})
-        return out
-    for k, v in doc.items():
-        if not isinstance(v, str):
-            raise StandaloneError(f"{where}: value of {k!r} must be a string")
-    return {str(k): v for k, v in doc.items()}
+                batch.plans.append(await self._plan(record))
+            except RotationError as e:
+                batch.failed.append(Failed(record, e))
+        return batch
 
+    async def prepare(self) -> None:
+        return None
 
-class FileSpcSource:
-    """SpcSource over a manifest file, re-read on every get (rotation picks up edits)."""
+    async def request(self, plan: Plan) -> tuple[str, str]:
+        return plain_request(plan)
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.spec = load_spc(path)
-
-    async def get(self, namespace: str, name: str) -> SecretProviderClassSpec:
+    async def _plan(self, record: PodStatusRecord) -> Plan:
+        spc = await get_spc(self.spcs, record.namespace, record.spc_name, RotationError)
         try:
-            spec = await asyncio.to_thread(load_spc, self.path)
+            secrets = await asyncio.to_thread(load_secrets, self.secrets_file)
         except StandaloneError as e:
-            raise KubeError(str(e)) from None
-        if (spec.namespace, spec.name) != (namespace, name):
-            raise KubeError(
-                f"{self.path} now holds {spec.namespace}/{spec.name}, not {namespace}/{name}"
-            )
-        self.spec = spec
-        return spec
-
-
-def check_target(target: str) -> None:
-    if os.path.islink(target):
-        raise StandaloneError(f"target path {target} is a symlink; give the directory itself")
-    if not os.path.exists(target):
-        raise StandaloneError(f"target path {target} does not exist; create the directory first")
-    if not os.path.isdir(target):
-        raise StandaloneError(f"target path {target} is not a directory")
-    from . import mounter
-
-    if mounter.is_mount_point(target):
-        raise StandaloneError(f"target path {target} is already a mount point; unmount it first")
-    if os.listdir(target):
-        raise StandaloneError(
-            f"target path {target} is not empty; standalone mode owns the directory's "
-            "contents and removes them on exit"
+            raise RotationError(str(e), SECRET_REF_NOT_FOUND) from None
+        return Plan(
+            record=record,
+            provider=spc.provider,
+            spc_parameters=spc.parameters,
+            volume_context=dict(self.context),
+            secrets=secrets,
+            service_account=self.service_account,
+            secret_ref=self.secrets_file,
         )
 
 
@@ -243,19 +134,19 @@ class Standalone:
             client=None,
             metrics=self.metrics,
             tmpfs_size=config.tmpfs_size,
-            rotation_enabled=config.enable_secret_rotation,
+            status=NoStatus(),
             use_tmpfs=self.use_tmpfs,
-            record_status=False,
         )
         spc = self.spcs.spec
         self.volume_id = f"standalone-{spc.namespace}-{spc.name}"
         self.volume_context = {
             SPC_FIELD: spc.name,
-            POD_NAME: config.pod_name or socket.gethostname(),
-            POD_NAMESPACE: config.pod_namespace or spc.namespace,
-            POD_UID: str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{self.target}")),
-            POD_SA_NAME: config.service_account,
-            "csi.storage.k8s.io/ephemeral": "true",
+            **pod_context(
+                config.pod_name or socket.gethostname(),
+                config.pod_namespace or spc.namespace,
+                str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{self.target}")),
+                config.service_account,
+            ),
         }
         self.rotation: Reconciler | None = None
         self._metrics_server: Any = None
@@ -271,26 +162,6 @@ class Standalone:
                 f"{e.message}: no {provider}.sock in {dirs} (is the provider running? "
                 "--provider-volume / --additional-provider-volume-paths)"
             ) from None
-
-    async def _plan(self, record: PodStatusRecord) -> Plan:
-        """The rotation plan of the one volume: SPC and secrets re-read from their files."""
-        try:
-            spc = await self.spcs.get(record.namespace, record.spc_name)
-        except KubeError as e:
-            raise RotationError(str(e), SPC_NOT_FOUND) from None
-        try:
-            self.secrets = await asyncio.to_thread(load_secrets, self.config.secrets_file)
-        except StandaloneError as e:
-            raise RotationError(str(e), SECRET_REF_NOT_FOUND) from None
-        return Plan(
-            record=record,
-            provider=spc.provider,
-            spc_parameters=spc.parameters,
-            volume_context=dict(self.volume_context),
-            secrets=dict(self.secrets),
-            service_account=self.config.service_account,
-            secret_ref=self.config.secrets_file,
-        )
 
     async def publish(self) -> None:
         self._check_provider()
@@ -334,10 +205,21 @@ class Standalone:
             log.info("standalone: rotation disabled")
             return
         self.rotation = Reconciler(
-            self.node, None, interval=self.config.rotation_poll_interval, share=False
+            mounts=self.node.mounts,
+            providers=self.providers,
+            spcs=self.spcs,
+            metrics=self.metrics,
+            plans=FilePlans(
+                self.spcs,
+                self.config.secrets_file,
+                self.volume_context,
+                self.config.service_account,
+            ),
+            events=NoEvents(),
+            status=NoStatus(),
+            interval=self.config.rotation_poll_interval,
+            share=False,
         )
-        self.rotation.plan_source = self._plan
-        self.rotation.record_status = False
         self.rotation.start()
         log.info(
             "standalone: rotation every %.1fs (--rotation-poll-interval)",
@@ -400,42 +282,28 @@ async def run(config: StandaloneConfig) -> int:
 # ---- flags ---------------------------------------------------------------------------------
 
 
-def _flagset() -> FlagSet:
-    fs = FlagSet("secrets-store-csi-driver standalone")
-    fs.add("spc", "", "SecretProviderClass manifest file (YAML, as applied to a cluster)")
-    fs.add("target-path", "", "directory to mount into (must exist and be empty)")
-    fs.add(
+_STANDALONE_FLAGS = (
+    Flag("spc", "", "SecretProviderClass manifest file (YAML, as applied to a cluster)"),
+    Flag("target-path", "", "directory to mount into (must exist and be empty)"),
+    Flag(
         "node-publish-secret-file",
         "",
         "nodePublishSecretRef data: YAML/JSON map or a Secret manifest "
         f"(else JSON in ${SECRET_ENV})",
-    )
-    fs.add("provider-volume", "/var/run/secrets-store-csi-providers", "Volume path for provider")
-    fs.add(
-        "additional-provider-volume-paths",
-        "/etc/kubernetes/secrets-store-csi-providers",
-        "Comma separated list of additional paths to communicate with providers",
-    )
-    fs.add("enable-secret-rotation", True, "Enable secret rotation feature", "bool")
-    fs.add("rotation-poll-interval", 120.0, "Secret rotation poll interval duration", "duration")
-    fs.add("metrics-addr", "", "The address the metric endpoint binds to (off when empty)")
-    fs.add("max-call-recv-msg-size", 4 * 1024 * 1024, "maximum size of a provider response", "int")
-    fs.add("provider-timeout", 60.0, "deadline of one provider Mount call", "duration")
-    fs.add("tmpfs-size", "", "size cap of the tmpfs (bytes, or Ki/Mi/Gi); default 16Mi")
-    fs.add("pod-name", "", "pod name sent to the provider (default: the host name)")
-    fs.add("pod-namespace", "", "pod namespace sent to the provider (default: the SPC's)")
-    fs.add("service-account", "default", "service account name sent to the provider")
-    fs.add("log-format-json", False, "set log formatter to json", "bool")
-    fs.add("v", 0, "number for the log level verbosity", "int")
-    fs.add("version", False, "Print the version and exit", "bool")
-    return fs
+    ),
+    Flag("pod-name", "", "pod name sent to the provider (default: the host name)"),
+    Flag("pod-namespace", "", "pod namespace sent to the provider (default: the SPC's)"),
+    Flag("service-account", "default", "service account name sent to the provider"),
+)
+# Standalone's own defaults for shared flags: rotation on, no metrics port unless asked.
+_STANDALONE_DEFAULTS = {"enable-secret-rotation": True, "metrics-addr": ""}
 
 
 def parse_args(argv: Sequence[str]) -> StandaloneConfig | None:
     """None for --version; raises FlagError on bad flags."""
-    from .config import parse_size
-
-    values, rest = _flagset().parse(argv)
+    values, rest = flagset(
+        "secrets-store-csi-driver standalone", _STANDALONE_FLAGS, _STANDALONE_DEFAULTS
+    ).parse(argv)
     if rest:
         raise FlagError(f"unexpected arguments: {' '.join(rest)}")
     if values["version"]:
@@ -445,18 +313,17 @@ def parse_args(argv: Sequence[str]) -> StandaloneConfig | None:
             raise FlagError(f"-{required} is required")
     if values["rotation-poll-interval"] <= 0:
         raise FlagError("-rotation-poll-interval must be positive")
-    extra = values["additional-provider-volume-paths"]
     return StandaloneConfig(
         spc_file=values["spc"],
         target_path=values["target-path"],
         secrets_file=values["node-publish-secret-file"],
-        provider_paths=(values["provider-volume"], *(p for p in extra.split(",") if p)),
+        provider_paths=provider_paths(values),
         enable_secret_rotation=values["enable-secret-rotation"],
         rotation_poll_interval=values["rotation-poll-interval"],
         metrics_addr=values["metrics-addr"],
         max_call_recv_msg_size=values["max-call-recv-msg-size"],
         provider_timeout=values["provider-timeout"],
-        tmpfs_size=parse_size(values["tmpfs-size"]) if values["tmpfs-size"] else 16 << 20,
+        tmpfs_size=tmpfs_size(values["tmpfs-size"], values["max-call-recv-msg-size"]),
         pod_name=values["pod-name"],
         pod_namespace=values["pod-namespace"],
         service_account=values["service-account"],

@@ -1,8 +1,5 @@
-"""Go `flag` package syntax, so upstream's manifests and scripts work unchanged.
-
-`-name` and `--name` are the same; values as `-name=value` or `-name value`; booleans as the
-bare flag or `=true/false` (strconv.ParseBool); durations as Go durations (`5s`, `1m30s`).
-"""
+"""The provider's flag table in Go `flag` syntax; parsing is secrets_store_api.goflags'
+(the one parser both daemons use), so upstream's manifests and scripts work unchanged."""
 
 from __future__ import annotations
 
@@ -10,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from secrets_store_api.goflags import FlagError, parse_bool, parse_duration
+from secrets_store_api.goflags import Flag as GoFlag
+from secrets_store_api.goflags import FlagError, FlagSet, HelpRequested, parse_duration
 
 __all__ = ["Flag", "FlagError", "parse", "parse_duration", "usage"]
 
@@ -23,58 +21,26 @@ class Flag:
     usage: str
     duration: bool = False
 
+    def go(self) -> GoFlag:
+        kinds = {bool: "bool", int: "int", str: "string"}
+        kind = "duration" if self.duration else kinds[self.kind]
+        return GoFlag(self.name, self.default, self.usage, kind)
+
+
+def _flagset(flags: list[Flag], program: str) -> FlagSet:
+    return FlagSet(program, (f.go() for f in flags))
+
 
 def parse(flags: list[Flag], argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Values by flag name (dashes kept) and the remaining positional arguments."""
-    by_name = {f.name: f for f in flags}
-    values: dict[str, Any] = {f.name: f.default for f in flags}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            return values, argv[i + 1 :]
-        if not arg.startswith("-") or arg == "-":
-            return values, argv[i:]
-        body = arg[2:] if arg.startswith("--") else arg[1:]
-        if not body or body.startswith("-") or body.startswith("="):
-            raise FlagError(f"bad flag syntax: {arg}")
-        name, eq, value = body.partition("=")
-        if name in ("h", "help"):
-            raise FlagError("help requested")
-        flag = by_name.get(name)
-        if flag is None:
-            raise FlagError(f"flag provided but not defined: -{name}")
-        if flag.kind is bool:
-            try:
-                values[name] = parse_bool(value) if eq else True
-            except FlagError:
-                raise FlagError(f'invalid boolean value "{value}" for -{name}') from None
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(argv):
-                raise FlagError(f"flag needs an argument: -{name}")
-            value = argv[i + 1]
-            i += 1
-        i += 1
-        try:
-            if flag.duration:
-                values[name] = parse_duration(value)
-            elif flag.kind is int:
-                values[name] = int(value, 0)
-            else:
-                values[name] = value
-        except ValueError:
-            raise FlagError(f'invalid value "{value}" for flag -{name}') from None
-    return values, []
+    try:
+        return _flagset(flags, "secrets-store-provider-azure").parse(argv)
+    except HelpRequested:
+        raise FlagError("help requested") from None
 
 
 def usage(flags: list[Flag], program: str) -> str:
-    lines = [f"Usage of {program}:"]
-    for f in flags:
-        kind = "" if f.kind is bool else (" duration" if f.duration else f" {f.kind.__name__}")
-        lines.append(f"  -{f.name}{kind}\n    \t{f.usage} (default {f.default!r})")
-    return "\n".join(lines)
+    return _flagset(flags, program).usage()
 
 
 def die(message: str) -> None:

@@ -38,9 +38,9 @@ from prometheus_client import CollectorRegistry
 
 from csi_driver import atomic_writer
 from csi_driver import metrics as driver_metrics
-from csi_driver.node import FILE_PERMISSION, build_mount_request, go_json
-from csi_driver.secret_sync import SyncError, build_data, parse_secret_objects
-from csi_driver.standalone import load_spc
+from csi_driver.manifests import load_spc
+from csi_driver.secret_objects import SyncError, build_data, parse_secret_objects
+from csi_driver.volumes import FILE_PERMISSION, build_mount_request, go_json
 from provider_azure import clouds
 from provider_azure.auth import ClientCache
 from provider_azure.errors import Kind, ProviderError
@@ -523,13 +523,24 @@ def _check(rows: dict[str, tuple[str, tuple[str, ...]]], registry: CollectorRegi
 
 
 def test_driver_metrics_table_matches_registry() -> None:
-    from types import SimpleNamespace
-
+    from csi_driver.events import NoEvents
+    from csi_driver.mounts import MountTable
+    from csi_driver.plans import KubePlans
     from csi_driver.rotation import Reconciler
+    from csi_driver.spcps import NoStatus
 
     registry = CollectorRegistry()
     metrics = driver_metrics.Metrics(registry)
-    Reconciler(SimpleNamespace(metrics=metrics), None, interval=60)  # type: ignore[arg-type]
+    Reconciler(  # registers the rotation metrics beside the driver's
+        mounts=MountTable(),
+        providers=None,  # type: ignore[arg-type]
+        spcs=None,  # type: ignore[arg-type]
+        metrics=metrics,
+        plans=KubePlans(None, None, "n"),  # type: ignore[arg-type]
+        events=NoEvents(),
+        status=NoStatus(),
+        interval=60,
+    )
     _check(_doc_table("driver"), registry)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from csi_driver.config import Config
+from csi_driver.config import FlagError as DriverFlagError
 from csi_driver.config import parse_args as parse_driver_args
-from csi_driver.goflags import FlagError as DriverFlagError
 from provider_azure import flags as provider_flags
 from provider_azure.__main__ import FLAGS as PROVIDER_FLAGS
 

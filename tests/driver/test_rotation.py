@@ -25,7 +25,7 @@ from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 
 from csi_driver.kube import SecretProviderClass, SecretProviderClassPodStatus
-from csi_driver.rotation import FORCE_ANNOTATION
+from csi_driver.plans import FORCE_ANNOTATION
 from testbed.controlplane import ISSUER, ControlPlane, manifests
 from testbed.driver import DriverProcess
 from testbed.emulator import TENANT_ID, Emulator

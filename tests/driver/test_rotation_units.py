@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from csi_driver.events import EventRecorder, EventSink, NoEvents
 from csi_driver.metrics import Metrics
-from csi_driver.rotation import Plan, Reconciler, Schedule, volume_name_from_target
-from csi_driver.spcps import PodStatusRecord
+from csi_driver.mounts import MountTable
+from csi_driver.plans import Batch, KubePlans, Plan
+from csi_driver.rotation import COMPONENT, Reconciler
+from csi_driver.schedule import Schedule
+from csi_driver.spcps import ApiStatus, NoStatus, PodStatusRecord, StatusWriter
+from csi_driver.volumes import parse_target
 
 TARGET = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/secrets-store/mount"
 
@@ -65,8 +70,43 @@ def test_forget_drops_unmounted_volumes() -> None:
 
 
 def test_volume_name_from_target() -> None:
-    assert volume_name_from_target(TARGET) == "secrets-store"
-    assert volume_name_from_target("/x") == ""
+    assert parse_target(TARGET).volume == "secrets-store"
+    assert parse_target("/x").volume == ""
+
+
+class _NoPlans:
+    async def plans(self, due: Any) -> Batch:
+        return Batch()
+
+    async def prepare(self) -> None:
+        return None
+
+    async def request(self, plan: Plan) -> tuple[str, str]:
+        raise AssertionError("no plans, no requests")
+
+
+def reconciler(
+    *,
+    interval: float,
+    mounts: MountTable | None = None,
+    providers: Any = None,
+    events: EventSink | None = None,
+    status: StatusWriter | None = None,
+    metrics: Metrics | None = None,
+    **kw: Any,
+) -> Reconciler:
+    """A Reconciler over fakes: no Kubernetes, no provider unless given."""
+    return Reconciler(
+        mounts=MountTable() if mounts is None else mounts,
+        providers=providers,
+        spcs=_Spcs(),
+        metrics=Metrics(CollectorRegistry()) if metrics is None else metrics,
+        plans=_NoPlans(),
+        events=NoEvents() if events is None else events,
+        status=NoStatus() if status is None else status,
+        interval=interval,
+        **kw,
+    )
 
 
 def _plan(**kw: Any) -> Plan:
@@ -130,8 +170,7 @@ async def test_run_ticks_on_the_interval_and_wakes_for_retries() -> None:
         if len(sleeps) > 6:
             raise asyncio.CancelledError
 
-    node = SimpleNamespace(metrics=Metrics(CollectorRegistry()), mounts={}, node_id="n")
-    r = Reconciler(node, None, interval=10, clock=lambda: now[0], sleep=sleep, rng=lambda: 0.5)  # type: ignore[arg-type]
+    r = reconciler(interval=10, clock=lambda: now[0], sleep=sleep, rng=lambda: 0.5)
     calls: list[tuple[float, bool]] = []
 
     async def tick(full: bool = True) -> None:
@@ -200,22 +239,25 @@ async def test_republish_refreshes_once_an_interval_and_keeps_content_on_failure
     tmp_path: Any,
 ) -> None:
     from csi_driver import atomic_writer
-    from csi_driver.node import PublishRequest
+    from csi_driver.volumes import PublishRequest
 
     target = str(tmp_path / "pods" / "u1" / "volumes" / "kubernetes.io~csi" / "v" / "mount")
     os.makedirs(target)
     atomic_writer.write(target, {"s": atomic_writer.FileProjection(b"v0", 0o644)})
     record = PodStatusRecord("p", "ns", "u1", "spc", target, "n", True, {"secret/s": "v0"})
     providers, client = _Providers(), _Client()
-    node = SimpleNamespace(
-        metrics=Metrics(CollectorRegistry()),
-        mounts={target: record},
-        node_id="n",
-        providers=providers,
-        spcs=_Spcs(),
-    )
+    mounts = MountTable()
+    mounts.add(record)
     now = [0.0]
-    r = Reconciler(node, client, interval=60, clock=lambda: now[0], rng=lambda: 0.5)  # type: ignore[arg-type]
+    r = reconciler(
+        interval=60,
+        mounts=mounts,
+        providers=providers,
+        events=EventRecorder(client, COMPONENT, "n"),  # type: ignore[arg-type]
+        status=ApiStatus(client),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        rng=lambda: 0.5,
+    )
     req = PublishRequest("vol", target, True, True, {"csi.storage.k8s.io/pod.name": "p"}, {})
     await r.republish(req)  # first sight: starts the clock
     now[0] = 59
@@ -225,7 +267,7 @@ async def test_republish_refreshes_once_an_interval_and_keeps_content_on_failure
     await r.republish(req)
     assert providers.calls == [{"secret/s": "v0"}]  # current versions passed
     assert _read(target) == "v1"
-    assert node.mounts[target].objects == {"secret/s": "v1"}
+    assert (mounts.get(target) or record).objects == {"secret/s": "v1"}
     providers.version, providers.fail = "v2", True
     now[0] = 120
     await r.republish(req)
@@ -260,7 +302,6 @@ def _pod(**kw: Any) -> Any:
     ],
 )
 def test_pods_gone_terminating_or_elsewhere_are_skipped(pod: Any, live: bool) -> None:
-    node = SimpleNamespace(metrics=Metrics(CollectorRegistry()), mounts={}, node_id="n")
-    r = Reconciler(node, None, interval=1)  # type: ignore[arg-type]
+    plans = KubePlans(None, _Spcs(), "n")  # type: ignore[arg-type]
     record = PodStatusRecord("p", "ns", "u1", "spc", TARGET, "n", True, {})
-    assert r._live(pod, record) is live
+    assert plans.live(pod, record) is live

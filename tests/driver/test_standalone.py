@@ -198,6 +198,27 @@ def test_mount_rotate_and_sigterm(vault: Emulator, provider_dir: Path, work: Pat
     assert "nothing left mounted" in log.read_text()
 
 
+def test_each_file_keeps_its_own_mode(vault: Emulator, provider_dir: Path, work: Path) -> None:
+    """Guard (issue 19): per-object filePermission reaches the files, not only 0644; through
+    the real provider and a rotation (a rewrite keeps each mode)."""
+    objects = OBJECTS.replace("objectAlias: foo1", "objectAlias: foo1\n    filePermission: '0400'")
+    objects = objects.replace("objectType: key", "objectType: key\n    filePermission: '0440'")
+    manifest = spc_manifest()
+    manifest["spec"]["parameters"]["objects"] = objects  # type: ignore[index]
+    (work / "spc.yaml").write_text(yaml.safe_dump(manifest))
+    proc, log = _start(work, provider_dir, "--rotation-poll-interval=200ms")
+    target = work / "target"
+    want = {"foo1": 0o400, "signing-key": 0o440, "web-cert": 0o644}
+    try:
+        _wait(lambda: (target / "foo1").exists(), 20, "foo1 mounted", log)
+        _wait(lambda: "rotation tick" in log.read_text(), 10, "a rotation tick", log)
+        assert {n: stat.S_IMODE((target / n).stat().st_mode) for n in want} == want
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+    assert rc == 0, log.read_text()[-3000:]
+
+
 def test_sigint_during_rotation_leaves_nothing(
     vault: Emulator, provider_dir: Path, work: Path
 ) -> None:

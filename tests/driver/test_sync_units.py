@@ -11,18 +11,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from lightkube.resources.core_v1 import Pod
 
 from csi_driver import tls_split
-from csi_driver.secret_sync import (
+from csi_driver.secret_objects import (
+    DataItem,
     SecretObject,
     SyncError,
     build_data,
-    merge_owners,
     owners_for,
     parse_secret_objects,
     read_mounted,
-    volume_of,
 )
+from csi_driver.secret_writer import merge_owners
+from csi_driver.volumes import parse_target
 
 from .test_sync import chain, pem, pkcs8
 
@@ -97,6 +99,12 @@ def test_parse_duplicates_sync_none_of_them() -> None:
     ]
 
 
+def volume_of(target: str) -> tuple[str, str] | None:
+    """What sync reads from a target path: (pod uid, volume) of a kubelet-shaped one."""
+    parsed = parse_target(target)
+    return (parsed.pod_uid, parsed.volume) if parsed.kubelet_shaped else None
+
+
 def test_volume_of() -> None:
     base = "/var/lib/kubelet/pods/uid-1/volumes/kubernetes.io~csi/vol/mount"
     assert volume_of(base) == ("uid-1", "vol")
@@ -128,8 +136,6 @@ def test_read_mounted_stays_inside(tmp_path: Path) -> None:
 def test_build_data_size_limit(tmp_path: Path) -> None:
     (tmp_path / "half").write_bytes(b"x" * (1 << 19))
     obj = SecretObject(0, "s", "Opaque", {}, {}, ())
-    from csi_driver.secret_sync import DataItem
-
     ok = SecretObject(0, "s", "Opaque", {}, {}, (DataItem("half", "a"), DataItem("half", "b")))
     assert sum(map(len, build_data(ok, str(tmp_path)).values())) == 1 << 20  # exactly 1 MiB
     (tmp_path / "more").write_bytes(b"x")
@@ -177,9 +183,13 @@ def test_tls_encrypted_key_refused() -> None:
         tls_split.tls_value(enc + pem(chain(key)).encode(), "tls.key")
 
 
+def _pod(meta: dict[str, object]) -> Pod:
+    return Pod.from_dict({"metadata": meta})
+
+
 def test_owners() -> None:
     spcps = {"metadata": {"name": "p-ns-s", "uid": "u-spcps"}}
-    bare = {"metadata": {}}
+    bare = _pod({})
     assert owners_for(bare, spcps) == [
         {
             "apiVersion": "secrets-store.csi.x-k8s.io/v1",
@@ -190,8 +200,8 @@ def test_owners() -> None:
     ]
     rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u-rs"}
     other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u-c"}
-    pod = {"metadata": {"ownerReferences": [other, {**rs, "controller": True}]}}
+    pod = _pod({"ownerReferences": [other, {**rs, "controller": True}]})
     assert owners_for(pod, spcps) == [rs]
-    assert owners_for({"metadata": {"ownerReferences": [other]}}, spcps) == [other]
+    assert owners_for(_pod({"ownerReferences": [other]}), spcps) == [other]
     existing = [{**other, "blockOwnerDeletion": True}]
     assert merge_owners(existing, [rs, other]) == [existing[0], rs]

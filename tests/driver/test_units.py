@@ -11,11 +11,11 @@ import pytest
 from csi_driver import atomic_writer
 from csi_driver.atomic_writer import FileProjection, PayloadError
 from csi_driver.config import parse_args
-from csi_driver.goflags import FlagError, parse_duration
-from csi_driver.node import go_json
 from csi_driver.provider_client import check_response
 from csi_driver.server import parse_endpoint
+from csi_driver.volumes import go_json
 from secrets_store_api import provider_pb2
+from secrets_store_api.goflags import FlagError, parse_duration
 
 
 def test_upstream_manifest_flags_parse() -> None:
