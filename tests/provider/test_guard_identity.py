@@ -13,8 +13,7 @@ from provider_azure.errors import Kind, ProviderError
 from provider_azure.fetch import ContentOptions, Fetcher
 from provider_azure.keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
 from provider_azure.parameters import MountParameters, parse_mount
-
-from .helpers import attributes, objects_yaml
+from testbed.mount_attributes import attributes, objects_yaml
 
 
 class IdentityVault:
