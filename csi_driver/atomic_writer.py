@@ -170,7 +170,7 @@ def _swap_in(target_dir: str, payload: Mapping[str, FileProjection]) -> None:
     prefix = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime())
     ts_dir = tempfile.mkdtemp(prefix=prefix, dir=target_dir)
     try:
-        os.chmod(ts_dir, 0o755)
+        os.chmod(ts_dir, 0o755)  # noqa: S103  kubelet's writer does so; each file has its own mode
         _write_files(ts_dir, payload)
         for top in sorted({_top(p) for p in payload}):
             link = os.path.join(target_dir, top)

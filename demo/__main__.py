@@ -106,75 +106,95 @@ def run(work: Path, emu: Emulator) -> None:
             [*PROVIDER_COMMAND, f"--endpoint=unix://{providers}/azure.sock"],
             stderr=out,
         )
-    driver: subprocess.Popen[bytes] | None = None
     target = work / "mnt" / "secrets-store"
+    tail = LogTail(work / "driver.log")
+    driver: subprocess.Popen[bytes] | None = None
     try:
         wait_for("provider socket", (providers / "azure.sock").exists, provider, 30)
-        (work / "spc.yaml").write_text(SPC)
-        (work / "secret.yaml").write_text(SECRET)
-        os.chmod(work / "secret.yaml", 0o600)
-        target.mkdir(parents=True)
-        step(f"the SecretProviderClass ({work}/spc.yaml)")
-        print("    " + SPC.strip().replace("\n", "\n    "))
-
-        argv = [
-            "python",
-            "-m",
-            "csi_driver.standalone",
-            f"--spc={work}/spc.yaml",
-            f"--node-publish-secret-file={work}/secret.yaml",
-            f"--target-path={target}",
-            f"--provider-volume={providers}",
-            f"--rotation-poll-interval={INTERVAL}",
-            f"--metrics-addr={DRIVER_METRICS}",
-        ]
-        shown = " ".join(argv[:3]) + "".join(f" \\\n        {a}" for a in argv[3:])
-        step("starting the driver in standalone mode:\n    " + shown)
-        tail = LogTail(work / "driver.log")
-        started = time.monotonic()
-        with open(work / "driver.log", "wb") as out:
-            driver = subprocess.Popen([sys.executable, *argv[1:]], stderr=out)
-        wait_for("the mount", lambda: (target / "foo1").exists(), driver, 30)
-        print(f"    mounted in {time.monotonic() - started:.1f}s")
-        tail.show()
-        fstype = mounter.mount_points().get(str(target), "(not a mount)")
-        step(f"files at {target} ({fstype}; each a symlink into ..data, swapped atomically)")
-        show_files(target)
-        print(f"    foo1 = {read(target / 'foo1')!r}")
-
-        step("changing secret 'username' in the emulator (a new version)")
-        emu.set_secret("kv-demo", "username", "admin-v2")
-        changed = time.monotonic()
-
-        step(f"waiting for the rotation (--rotation-poll-interval={INTERVAL})")
-        wait_for(
-            "the rotated value",
-            lambda: read(target / "foo1") == "admin-v2",
-            driver,
-            WAIT_ROTATION,
-        )
-        took = time.monotonic() - changed
-        print(f"    foo1 = {read(target / 'foo1')!r}  ({took:.1f}s after the change)")
-        tail.show()
-
-        step(f"driver metrics (http://{DRIVER_METRICS}/metrics)")
-        metrics(DRIVER_METRICS, ("node_publish_total", "rotation_reconcile_total"))
-        step(f"provider metrics (http://{PROVIDER_METRICS}/metrics)")
-        metrics(PROVIDER_METRICS, ("keyvault_request_count", "grpc_request_count"))
-        calls = [r for r in emu.requests() if r.get("service") == "kv"]
-        print(f"    Key Vault requests seen by the emulator: {len(calls)}")
+        write_inputs(work, target)
+        driver = start_driver(work, target, providers, tail)
+        rotate(emu, target, driver, tail)
+        show_metrics(emu)
     finally:
         step("cleaning up: SIGTERM to the driver (it unmounts), then the provider")
         if driver is not None:
-            driver.send_signal(signal.SIGTERM)
-            rc = driver.wait(15)
-            tail.show()
-            left = str(target) in mounter.mount_points()
-            print(f"    driver exited {rc}; {target} mounted: {left}")
-            if rc != 0 or left:
-                raise SystemExit("the driver did not clean up")
+            stop_driver(driver, target, tail)
         provider.terminate()
         provider.wait(10)
+
+
+def write_inputs(work: Path, target: Path) -> None:
+    (work / "spc.yaml").write_text(SPC)
+    (work / "secret.yaml").write_text(SECRET)
+    os.chmod(work / "secret.yaml", 0o600)
+    target.mkdir(parents=True)
+    step(f"the SecretProviderClass ({work}/spc.yaml)")
+    print("    " + SPC.strip().replace("\n", "\n    "))
+
+
+def start_driver(
+    work: Path, target: Path, providers: Path, tail: LogTail
+) -> subprocess.Popen[bytes]:
+    """The driver in standalone mode, until its first mount is in place; the files shown."""
+    argv = [
+        "python",
+        "-m",
+        "csi_driver.standalone",
+        f"--spc={work}/spc.yaml",
+        f"--node-publish-secret-file={work}/secret.yaml",
+        f"--target-path={target}",
+        f"--provider-volume={providers}",
+        f"--rotation-poll-interval={INTERVAL}",
+        f"--metrics-addr={DRIVER_METRICS}",
+    ]
+    shown = " ".join(argv[:3]) + "".join(f" \\\n        {a}" for a in argv[3:])
+    step("starting the driver in standalone mode:\n    " + shown)
+    started = time.monotonic()
+    with open(work / "driver.log", "wb") as out:
+        driver = subprocess.Popen([sys.executable, *argv[1:]], stderr=out)
+    wait_for("the mount", lambda: (target / "foo1").exists(), driver, 30)
+    print(f"    mounted in {time.monotonic() - started:.1f}s")
+    tail.show()
+    fstype = mounter.mount_points().get(str(target), "(not a mount)")
+    step(f"files at {target} ({fstype}; each a symlink into ..data, swapped atomically)")
+    show_files(target)
+    print(f"    foo1 = {read(target / 'foo1')!r}")
+    return driver
+
+
+def rotate(emu: Emulator, target: Path, driver: subprocess.Popen[bytes], tail: LogTail) -> None:
+    step("changing secret 'username' in the emulator (a new version)")
+    emu.set_secret("kv-demo", "username", "admin-v2")
+    changed = time.monotonic()
+    step(f"waiting for the rotation (--rotation-poll-interval={INTERVAL})")
+    wait_for(
+        "the rotated value",
+        lambda: read(target / "foo1") == "admin-v2",
+        driver,
+        WAIT_ROTATION,
+    )
+    took = time.monotonic() - changed
+    print(f"    foo1 = {read(target / 'foo1')!r}  ({took:.1f}s after the change)")
+    tail.show()
+
+
+def show_metrics(emu: Emulator) -> None:
+    step(f"driver metrics (http://{DRIVER_METRICS}/metrics)")
+    metrics(DRIVER_METRICS, ("node_publish_total", "rotation_reconcile_total"))
+    step(f"provider metrics (http://{PROVIDER_METRICS}/metrics)")
+    metrics(PROVIDER_METRICS, ("keyvault_request_count", "grpc_request_count"))
+    calls = [r for r in emu.requests() if r.get("service") == "kv"]
+    print(f"    Key Vault requests seen by the emulator: {len(calls)}")
+
+
+def stop_driver(driver: subprocess.Popen[bytes], target: Path, tail: LogTail) -> None:
+    driver.send_signal(signal.SIGTERM)
+    rc = driver.wait(15)
+    tail.show()
+    left = str(target) in mounter.mount_points()
+    print(f"    driver exited {rc}; {target} mounted: {left}")
+    if rc != 0 or left:
+        raise SystemExit("the driver did not clean up")
 
 
 def main() -> None:

@@ -513,37 +513,11 @@ class Demo:
         """Everything down, in reverse, even after a failure; returns what went wrong. After a
         Ctrl-C the driver has had the terminal's SIGINT too: its exit status is not checked."""
         problems: list[str] = []
-
-        def attempt(what: str, fn: Callable[[], object]) -> None:
+        for what, fn in self._teardown(interrupted):
             try:
                 fn()
             except Exception as e:
                 problems.append(f"{what}: {type(e).__name__}: {e}")
-
-        if self.client is not None and self.pod_uid and self._safe_exists(Pod, POD):
-            attempt(
-                "deleting the pod",
-                lambda: self._delete_pod_now(),
-            )
-        attempt("stopping the node", self.node.stop)
-        if self.registrar is not None:
-            attempt("stopping the registrar", self.registrar.stop)
-        if self.driver is not None and self.driver.proc is not None:
-            driver = self.driver
-
-            def stop_driver() -> None:
-                rc = driver.stop()
-                if rc != 0 and not interrupted:
-                    raise DemoFailed(f"the driver exited {rc}")
-
-            attempt("stopping the driver", stop_driver)
-        if self.provider is not None:
-            attempt("stopping the provider", self.provider.stop)
-        if self.client is not None:
-            attempt("closing the client", self.client.close)
-        attempt("stopping the control plane", self.cp.stop)
-        if self.emulator is not None:
-            attempt("stopping the emulator", self.emulator.stop)
         unmount_under(self.tmp)
         left = [m for m in mounter.mount_points() if m.startswith(str(self.tmp) + "/")]
         if left:
@@ -552,6 +526,32 @@ class Demo:
         if running:
             problems.append(f"still running: {running}")
         return problems
+
+    def _teardown(self, interrupted: bool) -> list[tuple[str, Callable[[], object]]]:
+        """The teardown steps that apply, in order."""
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if self.client is not None and self.pod_uid and self._safe_exists(Pod, POD):
+            steps.append(("deleting the pod", self._delete_pod_now))
+        steps.append(("stopping the node", self.node.stop))
+        if self.registrar is not None:
+            steps.append(("stopping the registrar", self.registrar.stop))
+        driver = self.driver
+        if driver is not None and driver.proc is not None:
+
+            def stop_driver() -> None:
+                rc = driver.stop()
+                if rc != 0 and not interrupted:
+                    raise DemoFailed(f"the driver exited {rc}")
+
+            steps.append(("stopping the driver", stop_driver))
+        if self.provider is not None:
+            steps.append(("stopping the provider", self.provider.stop))
+        if self.client is not None:
+            steps.append(("closing the client", self.client.close))
+        steps.append(("stopping the control plane", self.cp.stop))
+        if self.emulator is not None:
+            steps.append(("stopping the emulator", self.emulator.stop))
+        return steps
 
     def _safe_exists(self, kind: Any, name: str) -> bool:
         try:

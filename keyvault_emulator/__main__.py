@@ -195,15 +195,18 @@ async def _listen(
 
 
 def send_seed(args: argparse.Namespace) -> int:
+    if not args.admin_url.startswith("https://"):
+        print(f"--admin-url must be an https:// URL, not {args.admin_url[:60]!r}", file=sys.stderr)
+        return 2
     ctx = ssl.create_default_context(cafile=str(args.ca))
     for path in args.files:
-        req = urllib.request.Request(
+        req = urllib.request.Request(  # noqa: S310  https only (checked above)
             args.admin_url.rstrip("/") + "/_emulator/seed",
             data=path.read_bytes(),
             method="POST",
             headers={"Content-Type": "application/yaml"},
         )
-        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310
             print(resp.read().decode())
     return 0
 

@@ -92,7 +92,7 @@ def _kdf(password: bytes, salt: bytes, ident: int, iterations: int, size: int) -
     while len(out) < size:
         a = d + bytes(i)
         for _ in range(iterations):
-            a = hashlib.sha1(a).digest()
+            a = hashlib.sha1(a).digest()  # noqa: S324  PKCS#12 key derivation (RFC 7292, B.2)
         out += a
         b = int.from_bytes((a * (v // u + 1))[:v], "big")
         for j in range(0, len(i), v):
@@ -132,7 +132,7 @@ def export(key: PrivateKey, leaf: x509.Certificate, chain: list[x509.Certificate
     """The PFX (DER) with an empty password: key, leaf (sharing a localKeyId), then the chain."""
     password = _bmp("")
     leaf_der = leaf.public_bytes(serialization.Encoding.DER)
-    key_id = hashlib.sha1(leaf_der).digest()
+    key_id = hashlib.sha1(leaf_der).digest()  # noqa: S324  localKeyId, as OpenSSL writes it
     cert_bags = []
     for cert in [leaf, *chain]:
         der = cert.public_bytes(serialization.Encoding.DER)

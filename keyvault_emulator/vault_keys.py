@@ -302,7 +302,9 @@ def _usable(ctx: KvContext, op: str) -> tuple[str, KeyVersion]:
 
 def _rsa_padding(alg: str) -> padding.AsymmetricPadding:
     if alg == "RSA-OAEP":
-        return padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+        # Key Vault's RSA-OAEP is OAEP with SHA-1 (RSA-OAEP-256 is the SHA-256 one).
+        sha1 = hashes.SHA1()  # noqa: S303
+        return padding.OAEP(mgf=padding.MGF1(sha1), algorithm=sha1, label=None)
     if alg == "RSA-OAEP-256":
         return padding.OAEP(
             mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None

@@ -205,8 +205,10 @@ async def _serve_http(
         return 200, "text/plain; charset=utf-8", b"ok"
 
     async def metrics() -> endpoints.Answer:
+        # While the SDKs load there is nothing to count yet: an empty exposition, not a failed
+        # scrape (which would read as the provider being down).
         if not loading.done() or loading.exception() is not None:
-            return 503, "text/plain; charset=utf-8", b"loading\n"
+            return 200, "text/plain; charset=utf-8", b""
         return 200, "text/plain; charset=utf-8", loading.result()[1].exposition()
 
     return [
