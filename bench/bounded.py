@@ -25,38 +25,21 @@ from pathlib import Path
 
 import grpc
 
-from bench.__main__ import trust
+from bench.__main__ import SECRETS, VAULT, trust
+from bench.__main__ import seed as seed_bench
+from bench.report import write_section
 from testbed.emulator import TENANT_ID, Emulator
 from testbed.mount_attributes import attributes, objects_yaml
 from testbed.peers import peer_path
 from testbed.provider import ProviderProcess, ours, upstream
 
-VAULT = "kv-bench"
-SP_ID, SP_SECRET = "0d000001-0000-4000-8000-0000000000b1", "bench-secret"
-SECRETS = {"clientid": SP_ID, "clientsecret": SP_SECRET}
+SP_ID = SECRETS["clientid"]
 HEALTHZ = 18989
 
 
 def seed(emu: Emulator) -> None:
-    emu.seed(
-        {
-            "identities": [
-                {
-                    "name": "bench-sp",
-                    "type": "servicePrincipal",
-                    "clientId": SP_ID,
-                    "clientSecret": SP_SECRET,
-                }
-            ],
-            "vaults": [
-                {
-                    "name": VAULT,
-                    "tenant": TENANT_ID,
-                    "roleAssignments": [{"identity": "bench-sp", "role": "Key Vault Secrets User"}],
-                }
-            ],
-        }
-    )
+    """`make bench`'s identity and vault, and a secret with five versions."""
+    seed_bench(emu)
     for i in range(5):
         emu.set_secret(VAULT, "hist", f"hist-{i}")
 
@@ -215,15 +198,7 @@ def main() -> None:
     result = run(args.mounts, args.samples)
     print(result)
     if args.write:
-        path = Path(args.write)
-        text = path.read_text()
-        start, end = "<!-- bounded -->", "<!-- /bounded -->"
-        block = f"{start}\n{result}\n{end}"
-        if start in text:
-            text = text.split(start)[0] + block + text.split(end, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        path.write_text(text)
+        write_section(Path(args.write), "bounded", result)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 
 from bench.__main__ import SECRETS, request, seed, trust
+from bench.report import write_section
 from secrets_store_api import provider_pb2
 from testbed.emulator import Emulator
 from testbed.peers import peer_path
@@ -152,15 +153,7 @@ def main() -> None:
     result = run(args.rounds, args.cpu_millis, args.memory_mib)
     print(result)
     if args.write:
-        path = Path(args.write)
-        text = path.read_text()
-        start, end = "<!-- startup -->", "<!-- /startup -->"
-        block = f"{start}\n{result}\n{end}"
-        if start in text:
-            text = text.split(start)[0] + block + text.split(end, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        path.write_text(text)
+        write_section(Path(args.write), "startup", result)
 
 
 if __name__ == "__main__":
