@@ -1,3 +1,4 @@
+# Over 400 lines: one story told in order (start, publish, rotate, delete) with its teardown.
 """`make demo`'s story through the CSI socket, on a real single-node Kubernetes, synced Secrets too.
 
 Everything runs inside the private network + mount namespace of tests/netns-run: the Key Vault
