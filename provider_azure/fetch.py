@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from .keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
 from .limits import MAX_FILES
 from .parameters import KeyVaultObject, MountParameters, ObjectFormat, ObjectType
 from .paths import Layout
+from .vaults import same_vault
 
 CERT_TYPE_PEM = "application/x-pem-file"
 CERT_TYPE_PFX = "application/x-pkcs12"
@@ -96,8 +97,13 @@ class Fetcher:
         # Only while in flight: a finished fetch is never reused, so content is never stale.
         self._inflight: dict[_Key, asyncio.Future[list[_Piece]]] = {}
 
-    async def mount(self, params: MountParameters, vault: Vault) -> MountResult:
-        fetched = await _MountFetch(self, vault).run(params.objects)
+    async def mount(
+        self, params: MountParameters, vault: Vault, others: Mapping[str, Vault] | None = None
+    ) -> MountResult:
+        """`vault` is the SPC's; `others` the objects' own vaults, by lower-case name."""
+        fetched = await _MountFetch(self, params.vault_name, vault, others or {}).run(
+            params.objects
+        )
         return _lay_out(params, fetched)
 
     def _forget(self, key: _Key, done: asyncio.Future[Any]) -> None:
@@ -156,16 +162,20 @@ class Fetcher:
 
 # (object, base path, version id, pieces): one file or one history version of one object.
 _Fetched = tuple[KeyVaultObject, str, str, list[_Piece]]
-_Key = tuple[int, str, str, str, str]
+_Key = tuple[int, str, str, str, str, str]
 
 
 class _MountFetch:
     """One mount's fetches: bounded concurrency, each (object, version) fetched once, and a
     fetch already in flight for another mount through the same client shared, not repeated."""
 
-    def __init__(self, fetcher: Fetcher, vault: Vault) -> None:
+    def __init__(
+        self, fetcher: Fetcher, default_name: str, vault: Vault, others: Mapping[str, Vault]
+    ) -> None:
         self.fetcher = fetcher
+        self.default_name = default_name
         self.vault = vault
+        self.others = others
         self.semaphore = asyncio.Semaphore(fetcher.concurrency)
         self.memo: dict[_Key, asyncio.Future[list[_Piece]]] = {}
 
@@ -184,14 +194,28 @@ class _MountFetch:
         async with self.semaphore:
             return await coro
 
+    def vault_of(self, obj: KeyVaultObject) -> Vault:
+        if not obj.vault or same_vault(obj.vault, self.default_name):
+            return self.vault
+        return self.others[obj.vault.lower()]
+
     def fetch(self, obj: KeyVaultObject, version: str) -> asyncio.Future[list[_Piece]]:
-        key = (id(self.vault), obj.type.value, obj.name, version, obj.format.value)
+        vault = self.vault_of(obj)
+        # The client is per (identity, vault); the vault's name is in the key all the same.
+        key = (
+            id(vault),
+            vault.vault_name.lower(),
+            obj.type.value,
+            obj.name,
+            version,
+            obj.format.value,
+        )
         task = self.memo.get(key)
         if task is None:
             inflight = self.fetcher._inflight
             shared = inflight.get(key)
             if shared is None:
-                content = self.fetcher._content(self.vault, obj, version)
+                content = self.fetcher._content(vault, obj, version)
                 shared = asyncio.ensure_future(self.bounded(self.fetcher._timed(obj, content)))
                 inflight[key] = shared
                 shared.add_done_callback(functools.partial(self.fetcher._forget, key))
@@ -201,14 +225,15 @@ class _MountFetch:
         return task
 
     async def one(self, obj: KeyVaultObject) -> list[_Fetched]:
+        uid = obj.version_id(self.default_name)
         if obj.single_version:
-            return [(obj, obj.file_name, obj.uid, await self.fetch(obj, obj.requested_version))]
-        listing = self.vault.list_versions(obj.type.value, obj.name)
+            return [(obj, obj.file_name, uid, await self.fetch(obj, obj.requested_version))]
+        listing = self.vault_of(obj).list_versions(obj.type.value, obj.name)
         versions = await self.bounded(self.fetcher._timed(obj, listing))
         chosen = latest_versions(obj, versions)
         pieces = await asyncio.gather(*(self.fetch(obj, v) for _, v in chosen))
         return [
-            (obj, f"{obj.file_name}/{i}", f"{obj.uid}/{i}", p)
+            (obj, f"{obj.file_name}/{i}", f"{uid}/{i}", p)
             for (i, _), p in zip(chosen, pieces, strict=True)
         ]
 

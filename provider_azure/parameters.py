@@ -31,6 +31,7 @@ from .limits import (
     shown,
 )
 from .paths import Layout, check_file_name
+from .vaults import VAULT_NAME, check_vault_count, object_id, parse_object_vault
 
 
 def _request_invalid(message: str, reason: str) -> ProviderError:
@@ -42,7 +43,6 @@ POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
 SERVICE_ACCOUNT_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens"
 WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
 
-_VAULT_NAME = re.compile(r"^[-A-Za-z0-9]+$")
 _OBJECT_NAME = re.compile(r"^[-A-Za-z0-9]{1,127}$")
 _OBJECT_VERSION = re.compile(r"^[A-Za-z0-9]*$")
 _OCTAL = re.compile(r"^[+]?[0-7]+$")
@@ -55,6 +55,7 @@ _OBJECT_FIELDS = (
     "objectFormat",
     "objectEncoding",
     "filePermission",
+    "keyvaultName",
 )
 
 
@@ -94,6 +95,8 @@ class KeyVaultObject:
     format: ObjectFormat = ObjectFormat.DEFAULT
     encoding: ObjectEncoding = ObjectEncoding.DEFAULT
     file_permission: int | None = None
+    # Ours (docs/compatibility.md): the object's own vault, empty for the SPC's (vaults.py).
+    vault: str = ""
 
     @property
     def file_name(self) -> str:
@@ -103,6 +106,10 @@ class KeyVaultObject:
     def uid(self) -> str:
         """The id the driver records in SecretProviderClassPodStatus: `<type>/<name>`."""
         return f"{self.type}/{self.name}"
+
+    def version_id(self, default_vault: str) -> str:
+        """`uid`, or `uid@vault` for an object in another vault than the SPC's (vaults.py)."""
+        return object_id(self.uid, self.vault, default_vault)
 
     @property
     def single_version(self) -> bool:
@@ -150,7 +157,20 @@ class MountParameters:
 
     @property
     def vault_url(self) -> str:
-        return f"https://{self.vault_name}.{self.cloud.key_vault_dns_suffix}/"
+        return self.url_of(self.vault_name)
+
+    def url_of(self, vault_name: str) -> str:
+        return f"https://{vault_name}.{self.cloud.key_vault_dns_suffix}/"
+
+    def other_vaults(self) -> list[str]:
+        """The objects' own vaults other than the SPC's, each once (as first written)."""
+        seen = {self.vault_name.lower()}
+        out = []
+        for obj in self.objects:
+            if obj.vault and obj.vault.lower() not in seen:
+                seen.add(obj.vault.lower())
+                out.append(obj.vault)
+        return out
 
 
 def parse_mount(
@@ -180,6 +200,7 @@ def parse_mount(
     identity = _parse_identity(attrib, secret_map, tenant_id, use_vm_identity)
     objects = parse_objects(attrib.get("objects", "").strip())
     _check_vault_name(vault_name)
+    check_vault_count("objects", [vault_name, *(obj.vault for obj in objects)])
     return MountParameters(
         pod_name=pod_name,
         pod_namespace=pod_namespace,
@@ -235,7 +256,7 @@ def _check_vault_name(vault_name: str) -> None:
             f"keyvaultName: invalid vault name {shown(vault_name)}, must be between 3 and 24 chars",
             "keyvaultName",
         )
-    if not _VAULT_NAME.match(vault_name):
+    if not VAULT_NAME.match(vault_name):
         raise invalid(
             f"keyvaultName: invalid vault name {shown(vault_name)}, must match [-a-zA-Z0-9]",
             "keyvaultName",
@@ -435,6 +456,7 @@ def _parse_objects(text: str) -> tuple[KeyVaultObject, ...]:
         raise invalid(f"objects: {len(text)} characters, at most {MAX_OBJECTS_TEXT}", "objects")
     items = _object_texts(text)
     objects = tuple(_parse_object(i, item) for i, item in enumerate(items))
+    check_vault_count("objects", (obj.vault for obj in objects))
     layout = Layout()
     for obj in objects:
         if obj.single_version:
@@ -537,6 +559,7 @@ def _parse_object(index: int, text: str) -> KeyVaultObject:
         format=_object_format(where, raw, object_type),
         encoding=_object_encoding(where, raw, object_type),
         file_permission=_file_permission(where, raw),
+        vault=parse_object_vault(where, raw.get("keyvaultName", "")),
     )
 
 

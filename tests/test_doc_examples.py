@@ -68,6 +68,7 @@ AUDIENCE = "api://AzureADTokenExchange"
 IDENTITY = {
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
     "service-principal.yaml": IdentityMode.SERVICE_PRINCIPAL,
+    "several-vaults.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "sync-env-secret.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "sync-tls-ingress.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "user-assigned-identity.yaml": IdentityMode.MANAGED_IDENTITY,
