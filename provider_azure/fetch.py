@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import certificates
+from . import certificates, jsonkeys
 from .content import content_bytes
 from .errors import Kind, ProviderError, invalid, object_context
 from .keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
@@ -239,22 +239,37 @@ class _MountFetch:
 
 
 def _lay_out(params: MountParameters, fetched: list[list[_Fetched]]) -> MountResult:
-    """Files and versions in upstream's order; clashes and the file count checked as laid out."""
+    """Files and versions in upstream's order; clashes and the file count checked as laid out.
+    An object's JSON keys (ours) follow its own file, in the order of its `jmesPath`."""
     files: list[File] = []
     versions: list[ObjectVersion] = []
     layout = Layout()
+
+    def add(obj: KeyVaultObject, path: str, mode: int, contents: bytes, ov: ObjectVersion) -> None:
+        if len(files) >= MAX_FILES:
+            raise invalid(
+                f"this mount writes more than {MAX_FILES} files (objects and their "
+                "versions): split the SecretProviderClass",
+                "files",
+            )
+        layout.claim_file(path, obj)
+        files.append(File(path, mode, contents))
+        versions.append(ov)
+
     for obj, base, uid, pieces in (item for per_object in fetched for item in per_object):
         mode = obj.file_permission if obj.file_permission is not None else params.default_mode
         for piece in pieces:
-            if len(files) >= MAX_FILES:
-                raise invalid(
-                    f"this mount writes more than {MAX_FILES} files (objects and their "
-                    "versions): split the SecretProviderClass",
-                    "files",
-                )
-            layout.claim_file(base + piece.suffix, obj)
-            files.append(File(base + piece.suffix, mode, _converted(obj, piece)))
-            versions.append(ObjectVersion(uid, piece.version))
+            add(
+                obj,
+                base + piece.suffix,
+                mode,
+                _converted(obj, piece),
+                ObjectVersion(uid, piece.version),
+            )
+        if obj.json_keys:
+            own = ObjectVersion(uid, pieces[-1].version)
+            for alias, data in jsonkeys.extract(obj.label(), pieces[-1].content, obj.json_keys):
+                add(obj, alias, mode, data, own)
     return MountResult(tuple(files), tuple(versions))
 
 

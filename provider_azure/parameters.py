@@ -20,6 +20,7 @@ import yaml
 from . import clouds
 from .caches import BoundedLRU
 from .errors import Kind, ProviderError, invalid
+from .jsonkeys import JsonKey, check_object, parse_json_keys
 from .limits import (
     MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES,
@@ -57,6 +58,8 @@ _OBJECT_FIELDS = (
     "filePermission",
     "keyvaultName",
 )
+# Ours, and not scalars: parsed by jsonkeys.py and selection.py.
+_STRUCTURED = ("jmesPath", "objectTags")
 
 
 class ObjectType(enum.StrEnum):
@@ -97,6 +100,8 @@ class KeyVaultObject:
     file_permission: int | None = None
     # Ours (docs/compatibility.md): the object's own vault, empty for the SPC's (vaults.py).
     vault: str = ""
+    # Ours: files cut from the JSON value (jsonkeys.py), beside the object's own file.
+    json_keys: tuple[JsonKey, ...] = ()
 
     @property
     def file_name(self) -> str:
@@ -463,6 +468,8 @@ def _parse_objects(text: str) -> tuple[KeyVaultObject, ...]:
             layout.claim_file(obj.file_name, obj)
         else:
             layout.claim_dir(obj.file_name, obj)
+        for key in obj.json_keys:
+            layout.claim_file(key.alias, obj)
     return objects
 
 
@@ -510,8 +517,11 @@ def _yaml_problem(exc: BaseException) -> str:
     return "not valid YAML"
 
 
-def _object_fields(where: str, text: str) -> dict[str, str]:
-    """One object's YAML as its known fields (unknown keys ignored, as upstream does)."""
+def _object_fields(
+    where: str, text: str, nodes: dict[str, yaml.Node] | None = None
+) -> dict[str, str]:
+    """One object's YAML as its known fields (unknown keys ignored, as upstream does); the
+    structured ones (ours) go to `nodes`."""
     try:
         node = yaml.compose(text, Loader=_LOADER)
     except (yaml.YAMLError, RecursionError) as exc:
@@ -524,6 +534,9 @@ def _object_fields(where: str, text: str) -> dict[str, str]:
     if not isinstance(node, yaml.MappingNode):
         raise invalid(f"{where}: unmarshal failed, expected a mapping of object fields", "objects")
     for key, value in node.value:
+        if nodes is not None and isinstance(key, yaml.ScalarNode) and key.value in _STRUCTURED:
+            nodes[key.value] = value
+            continue
         if not isinstance(key, yaml.ScalarNode) or key.value not in _OBJECT_FIELDS:
             continue
         if not isinstance(value, yaml.ScalarNode):
@@ -533,7 +546,8 @@ def _object_fields(where: str, text: str) -> dict[str, str]:
 
 
 def _parse_object(index: int, text: str) -> KeyVaultObject:
-    raw = _object_fields(f"objects[{index}]", text)
+    nodes: dict[str, yaml.Node] = {}
+    raw = _object_fields(f"objects[{index}]", text, nodes)
     name = raw.get("objectName", "")
     where = f"objects[{index}] ({cut(name) if name else '<no objectName>'})"
     if not name:
@@ -549,7 +563,7 @@ def _parse_object(index: int, text: str) -> KeyVaultObject:
         )
     alias = raw.get("objectAlias", "")
     check_file_name(where, alias or name)
-    return KeyVaultObject(
+    obj = KeyVaultObject(
         index=index,
         name=name,
         type=object_type,
@@ -560,7 +574,11 @@ def _parse_object(index: int, text: str) -> KeyVaultObject:
         encoding=_object_encoding(where, raw, object_type),
         file_permission=_file_permission(where, raw),
         vault=parse_object_vault(where, raw.get("keyvaultName", "")),
+        json_keys=parse_json_keys(where, nodes.get("jmesPath"), alias or name),
     )
+    if obj.json_keys:
+        check_object(where, obj.type, obj.encoding, obj.format, obj.version_history)
+    return obj
 
 
 def _object_type(where: str, raw: Mapping[str, str]) -> ObjectType:

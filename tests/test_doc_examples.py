@@ -66,6 +66,7 @@ AUDIENCE = "api://AzureADTokenExchange"
 
 # What each example is about: its identity mode (a typo in the parameters would change it).
 IDENTITY = {
+    "json-keys.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
     "service-principal.yaml": IdentityMode.SERVICE_PRINCIPAL,
     "several-vaults.yaml": IdentityMode.WORKLOAD_IDENTITY,
@@ -131,6 +132,7 @@ def _mount_request(
 def _written_paths(params: MountParameters) -> set[str]:
     paths = set()
     for obj in params.objects:
+        paths.update(key.alias for key in obj.json_keys)
         if obj.single_version:
             paths.add(obj.file_name)
         else:
