@@ -8,6 +8,7 @@ the combined file; `objectVersionHistory: N` (N > 1) gives `name/0..name/N`, new
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,8 +18,8 @@ from typing import Any, Protocol
 from . import certificates, jsonkeys
 from .content import content_bytes
 from .errors import Kind, ProviderError, invalid, object_context
-from .keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
-from .limits import MAX_FILES
+from .keyvault import CertificateValue, KeyValue, ObjectInfo, SecretValue, VersionInfo
+from .limits import MAX_FILES, MAX_SELECTED
 from .parameters import KeyVaultObject, MountParameters, ObjectFormat, ObjectType
 from .paths import Layout
 from .vaults import same_vault
@@ -34,6 +35,7 @@ class Vault(Protocol):
     async def get_key(self, name: str, version: str) -> KeyValue: ...
     async def get_certificate(self, name: str, version: str) -> CertificateValue: ...
     async def list_versions(self, object_type: str, name: str) -> list[VersionInfo]: ...
+    async def list_objects(self, object_type: str) -> list[ObjectInfo]: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,16 @@ class Fetcher:
         fetched = await _MountFetch(self, params.vault_name, vault, others or {}).run(
             params.objects
         )
-        return _lay_out(params, fetched)
+        result = _lay_out(params, fetched)
+        if not result.files:  # only selections, none matching: the driver would refuse it
+            raise ProviderError(
+                Kind.NOT_FOUND,
+                "no object matches the selections ("
+                + ", ".join(obj.label() for obj in params.objects[:3])
+                + "): an empty volume is refused",
+                reason="objectNamePattern",
+            )
+        return result
 
     def _forget(self, key: _Key, done: asyncio.Future[Any]) -> None:
         if self._inflight.get(key) is done:
@@ -224,7 +235,37 @@ class _MountFetch:
             self.memo[key] = task
         return task
 
+    async def select(self, obj: KeyVaultObject) -> list[KeyVaultObject]:
+        """The objects a selection matches now, by name, each a named object of its own."""
+        assert obj.selection is not None
+        listing = self.vault_of(obj).list_objects(obj.type.value)
+        try:
+            found: list[ObjectInfo] = await self.bounded(self.fetcher._timed(obj, listing))
+        except ProviderError as exc:
+            detail = exc.message.removeprefix(object_context(obj.type, "", "") + ": ")
+            raise ProviderError(
+                exc.kind,
+                f"{obj.label()}: listing the {obj.type}s of Key Vault "
+                f"{self.vault_of(obj).vault_name} failed: {detail}",
+                reason=exc.reason,
+            ) from None
+        names = sorted(
+            (i.name for i in found if i.enabled and obj.selection.matches(i.name, i.tags)),
+            key=str.lower,
+        )
+        if len(names) > MAX_SELECTED:
+            raise ProviderError(
+                Kind.FAILED_PRECONDITION,
+                f"{obj.label()}: {len(names)} objects match, at most {MAX_SELECTED}: narrow "
+                "objectNamePattern or objectTags, or split the entry",
+                reason="objectNamePattern",
+            )
+        return [dataclasses.replace(obj, name=name, selection=None) for name in names]
+
     async def one(self, obj: KeyVaultObject) -> list[_Fetched]:
+        if obj.selection is not None:
+            matched = await asyncio.gather(*(self.one(o) for o in await self.select(obj)))
+            return [item for per_object in matched for item in per_object]
         uid = obj.version_id(self.default_name)
         if obj.single_version:
             return [(obj, obj.file_name, uid, await self.fetch(obj, obj.requested_version))]

@@ -32,6 +32,7 @@ from .limits import (
     shown,
 )
 from .paths import Layout, check_file_name
+from .selection import Selection, is_selection, parse_selection
 from .vaults import VAULT_NAME, check_vault_count, object_id, parse_object_vault
 
 
@@ -57,6 +58,7 @@ _OBJECT_FIELDS = (
     "objectEncoding",
     "filePermission",
     "keyvaultName",
+    "objectNamePattern",
 )
 # Ours, and not scalars: parsed by jsonkeys.py and selection.py.
 _STRUCTURED = ("jmesPath", "objectTags")
@@ -102,6 +104,8 @@ class KeyVaultObject:
     vault: str = ""
     # Ours: files cut from the JSON value (jsonkeys.py), beside the object's own file.
     json_keys: tuple[JsonKey, ...] = ()
+    # Ours: a selection of objects (selection.py) instead of `name`, which is then empty.
+    selection: Selection | None = None
 
     @property
     def file_name(self) -> str:
@@ -126,6 +130,8 @@ class KeyVaultObject:
         return "" if self.version.lower() == "latest" else self.version
 
     def label(self) -> str:
+        if self.selection is not None:
+            return f"objects[{self.index}] (selection: {cut(self.selection.describe())})"
         return f"objects[{self.index}] ({self.name or '<no objectName>'})"
 
 
@@ -464,6 +470,8 @@ def _parse_objects(text: str) -> tuple[KeyVaultObject, ...]:
     check_vault_count("objects", (obj.vault for obj in objects))
     layout = Layout()
     for obj in objects:
+        if obj.selection is not None:
+            continue  # its files are known once listed (fetch.py)
         if obj.single_version:
             layout.claim_file(obj.file_name, obj)
         else:
@@ -548,6 +556,8 @@ def _object_fields(
 def _parse_object(index: int, text: str) -> KeyVaultObject:
     nodes: dict[str, yaml.Node] = {}
     raw = _object_fields(f"objects[{index}]", text, nodes)
+    if is_selection(raw, nodes):
+        return _parse_selection(index, raw, nodes)
     name = raw.get("objectName", "")
     where = f"objects[{index}] ({cut(name) if name else '<no objectName>'})"
     if not name:
@@ -579,6 +589,24 @@ def _parse_object(index: int, text: str) -> KeyVaultObject:
     if obj.json_keys:
         check_object(where, obj.type, obj.encoding, obj.format, obj.version_history)
     return obj
+
+
+def _parse_selection(
+    index: int, raw: Mapping[str, str], nodes: Mapping[str, yaml.Node]
+) -> KeyVaultObject:
+    where = f"objects[{index}] (selection)"
+    selection = parse_selection(where, raw, nodes)
+    object_type = _object_type(where, raw)
+    return KeyVaultObject(
+        index=index,
+        name="",
+        type=object_type,
+        format=_object_format(where, raw, object_type),
+        encoding=_object_encoding(where, raw, object_type),
+        file_permission=_file_permission(where, raw),
+        vault=parse_object_vault(where, raw.get("keyvaultName", "")),
+        selection=selection,
+    )
 
 
 def _object_type(where: str, raw: Mapping[str, str]) -> ObjectType:

@@ -68,6 +68,7 @@ AUDIENCE = "api://AzureADTokenExchange"
 IDENTITY = {
     "json-keys.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
+    "select-objects.yaml": IdentityMode.MANAGED_IDENTITY,
     "service-principal.yaml": IdentityMode.SERVICE_PRINCIPAL,
     "several-vaults.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "sync-env-secret.yaml": IdentityMode.WORKLOAD_IDENTITY,
@@ -133,6 +134,8 @@ def _written_paths(params: MountParameters) -> set[str]:
     paths = set()
     for obj in params.objects:
         paths.update(key.alias for key in obj.json_keys)
+        if obj.selection is not None:
+            continue  # its files are the names Key Vault lists
         if obj.single_version:
             paths.add(obj.file_name)
         else:
