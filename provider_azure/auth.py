@@ -124,10 +124,14 @@ class ClientCache:
         return (self._credentials, self._clients, self._limiters)
 
     @contextlib.asynccontextmanager
-    async def lease(self, params: MountParameters) -> AsyncIterator[VaultClient]:
-        """The client for this mount's identity and vault, kept open while the mount uses it."""
+    async def lease(
+        self, params: MountParameters, vault_name: str = ""
+    ) -> AsyncIterator[VaultClient]:
+        """The client for this mount's identity and vault (the SPC's, or `vault_name`), kept
+        open while the mount uses it."""
         async with self._lock:
-            credential, client = self._credential(params), self._client(params)
+            credential = self._credential(params)
+            client = self._client(params, vault_name or params.vault_name)
             credential.users += 1
             client.users += 1
         try:
@@ -152,23 +156,24 @@ class ClientCache:
             holder.token = params.identity.assertion
         return lease
 
-    def _client(self, params: MountParameters) -> _Lease:
+    def _client(self, params: MountParameters, vault_name: str) -> _Lease:
         key = params.identity.cache_key(params.cloud.authority_host)
-        client_key = (key, params.vault_url)
+        vault_url = params.url_of(vault_name)
+        client_key = (key, vault_url)
         lease = self._clients.get(client_key)
         if lease is None:
-            limiter = self._limiters.get(params.vault_url)
+            limiter = self._limiters.get(vault_url)
             if limiter is None:
                 limiter = TokenBucket()
-                self._limiters.put(params.vault_url, limiter)
+                self._limiters.put(vault_url, limiter)
             credential = self._credentials.get(key)
             assert credential is not None
             thing = credential[0].thing
             assert not isinstance(thing, VaultClient)
             lease = _Lease(
                 VaultClient(
-                    params.vault_name,
-                    params.vault_url,
+                    vault_name,
+                    vault_url,
                     thing,
                     self.options,
                     limiter,

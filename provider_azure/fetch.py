@@ -8,19 +8,21 @@ the combined file; `objectVersionHistory: N` (N > 1) gives `name/0..name/N`, new
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import certificates
+from . import certificates, jsonkeys
 from .content import content_bytes
 from .errors import Kind, ProviderError, invalid, object_context
-from .keyvault import CertificateValue, KeyValue, SecretValue, VersionInfo
-from .limits import MAX_FILES
+from .keyvault import CertificateValue, KeyValue, ObjectInfo, SecretValue, VersionInfo
+from .limits import MAX_FILES, MAX_SELECTED
 from .parameters import KeyVaultObject, MountParameters, ObjectFormat, ObjectType
 from .paths import Layout
+from .vaults import same_vault
 
 CERT_TYPE_PEM = "application/x-pem-file"
 CERT_TYPE_PFX = "application/x-pkcs12"
@@ -33,6 +35,7 @@ class Vault(Protocol):
     async def get_key(self, name: str, version: str) -> KeyValue: ...
     async def get_certificate(self, name: str, version: str) -> CertificateValue: ...
     async def list_versions(self, object_type: str, name: str) -> list[VersionInfo]: ...
+    async def list_objects(self, object_type: str) -> list[ObjectInfo]: ...
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,23 @@ class Fetcher:
         # Only while in flight: a finished fetch is never reused, so content is never stale.
         self._inflight: dict[_Key, asyncio.Future[list[_Piece]]] = {}
 
-    async def mount(self, params: MountParameters, vault: Vault) -> MountResult:
-        fetched = await _MountFetch(self, vault).run(params.objects)
-        return _lay_out(params, fetched)
+    async def mount(
+        self, params: MountParameters, vault: Vault, others: Mapping[str, Vault] | None = None
+    ) -> MountResult:
+        """`vault` is the SPC's; `others` the objects' own vaults, by lower-case name."""
+        fetched = await _MountFetch(self, params.vault_name, vault, others or {}).run(
+            params.objects
+        )
+        result = _lay_out(params, fetched)
+        if not result.files:  # only selections, none matching: the driver would refuse it
+            raise ProviderError(
+                Kind.NOT_FOUND,
+                "no object matches the selections ("
+                + ", ".join(obj.label() for obj in params.objects[:3])
+                + "): an empty volume is refused",
+                reason="objectNamePattern",
+            )
+        return result
 
     def _forget(self, key: _Key, done: asyncio.Future[Any]) -> None:
         if self._inflight.get(key) is done:
@@ -156,16 +173,20 @@ class Fetcher:
 
 # (object, base path, version id, pieces): one file or one history version of one object.
 _Fetched = tuple[KeyVaultObject, str, str, list[_Piece]]
-_Key = tuple[int, str, str, str, str]
+_Key = tuple[int, str, str, str, str, str]
 
 
 class _MountFetch:
     """One mount's fetches: bounded concurrency, each (object, version) fetched once, and a
     fetch already in flight for another mount through the same client shared, not repeated."""
 
-    def __init__(self, fetcher: Fetcher, vault: Vault) -> None:
+    def __init__(
+        self, fetcher: Fetcher, default_name: str, vault: Vault, others: Mapping[str, Vault]
+    ) -> None:
         self.fetcher = fetcher
+        self.default_name = default_name
         self.vault = vault
+        self.others = others
         self.semaphore = asyncio.Semaphore(fetcher.concurrency)
         self.memo: dict[_Key, asyncio.Future[list[_Piece]]] = {}
 
@@ -184,14 +205,28 @@ class _MountFetch:
         async with self.semaphore:
             return await coro
 
+    def vault_of(self, obj: KeyVaultObject) -> Vault:
+        if not obj.vault or same_vault(obj.vault, self.default_name):
+            return self.vault
+        return self.others[obj.vault.lower()]
+
     def fetch(self, obj: KeyVaultObject, version: str) -> asyncio.Future[list[_Piece]]:
-        key = (id(self.vault), obj.type.value, obj.name, version, obj.format.value)
+        vault = self.vault_of(obj)
+        # The client is per (identity, vault); the vault's name is in the key all the same.
+        key = (
+            id(vault),
+            vault.vault_name.lower(),
+            obj.type.value,
+            obj.name,
+            version,
+            obj.format.value,
+        )
         task = self.memo.get(key)
         if task is None:
             inflight = self.fetcher._inflight
             shared = inflight.get(key)
             if shared is None:
-                content = self.fetcher._content(self.vault, obj, version)
+                content = self.fetcher._content(vault, obj, version)
                 shared = asyncio.ensure_future(self.bounded(self.fetcher._timed(obj, content)))
                 inflight[key] = shared
                 shared.add_done_callback(functools.partial(self.fetcher._forget, key))
@@ -200,36 +235,82 @@ class _MountFetch:
             self.memo[key] = task
         return task
 
+    async def select(self, obj: KeyVaultObject) -> list[KeyVaultObject]:
+        """The objects a selection matches now, by name, each a named object of its own."""
+        assert obj.selection is not None
+        listing = self.vault_of(obj).list_objects(obj.type.value)
+        try:
+            found: list[ObjectInfo] = await self.bounded(self.fetcher._timed(obj, listing))
+        except ProviderError as exc:
+            detail = exc.message.removeprefix(object_context(obj.type, "", "") + ": ")
+            raise ProviderError(
+                exc.kind,
+                f"{obj.label()}: listing the {obj.type}s of Key Vault "
+                f"{self.vault_of(obj).vault_name} failed: {detail}",
+                reason=exc.reason,
+            ) from None
+        names = sorted(
+            (i.name for i in found if i.enabled and obj.selection.matches(i.name, i.tags)),
+            key=str.lower,
+        )
+        if len(names) > MAX_SELECTED:
+            raise ProviderError(
+                Kind.FAILED_PRECONDITION,
+                f"{obj.label()}: {len(names)} objects match, at most {MAX_SELECTED}: narrow "
+                "objectNamePattern or objectTags, or split the entry",
+                reason="objectNamePattern",
+            )
+        return [dataclasses.replace(obj, name=name, selection=None) for name in names]
+
     async def one(self, obj: KeyVaultObject) -> list[_Fetched]:
+        if obj.selection is not None:
+            matched = await asyncio.gather(*(self.one(o) for o in await self.select(obj)))
+            return [item for per_object in matched for item in per_object]
+        uid = obj.version_id(self.default_name)
         if obj.single_version:
-            return [(obj, obj.file_name, obj.uid, await self.fetch(obj, obj.requested_version))]
-        listing = self.vault.list_versions(obj.type.value, obj.name)
+            return [(obj, obj.file_name, uid, await self.fetch(obj, obj.requested_version))]
+        listing = self.vault_of(obj).list_versions(obj.type.value, obj.name)
         versions = await self.bounded(self.fetcher._timed(obj, listing))
         chosen = latest_versions(obj, versions)
         pieces = await asyncio.gather(*(self.fetch(obj, v) for _, v in chosen))
         return [
-            (obj, f"{obj.file_name}/{i}", f"{obj.uid}/{i}", p)
+            (obj, f"{obj.file_name}/{i}", f"{uid}/{i}", p)
             for (i, _), p in zip(chosen, pieces, strict=True)
         ]
 
 
 def _lay_out(params: MountParameters, fetched: list[list[_Fetched]]) -> MountResult:
-    """Files and versions in upstream's order; clashes and the file count checked as laid out."""
+    """Files and versions in upstream's order; clashes and the file count checked as laid out.
+    An object's JSON keys (ours) follow its own file, in the order of its `jmesPath`."""
     files: list[File] = []
     versions: list[ObjectVersion] = []
     layout = Layout()
+
+    def add(obj: KeyVaultObject, path: str, mode: int, contents: bytes, ov: ObjectVersion) -> None:
+        if len(files) >= MAX_FILES:
+            raise invalid(
+                f"this mount writes more than {MAX_FILES} files (objects and their "
+                "versions): split the SecretProviderClass",
+                "files",
+            )
+        layout.claim_file(path, obj)
+        files.append(File(path, mode, contents))
+        versions.append(ov)
+
     for obj, base, uid, pieces in (item for per_object in fetched for item in per_object):
         mode = obj.file_permission if obj.file_permission is not None else params.default_mode
         for piece in pieces:
-            if len(files) >= MAX_FILES:
-                raise invalid(
-                    f"this mount writes more than {MAX_FILES} files (objects and their "
-                    "versions): split the SecretProviderClass",
-                    "files",
-                )
-            layout.claim_file(base + piece.suffix, obj)
-            files.append(File(base + piece.suffix, mode, _converted(obj, piece)))
-            versions.append(ObjectVersion(uid, piece.version))
+            add(
+                obj,
+                base + piece.suffix,
+                mode,
+                _converted(obj, piece),
+                ObjectVersion(uid, piece.version),
+            )
+        if obj.json_keys:
+            own = ObjectVersion(uid, pieces[-1].version)
+            for alias, data in jsonkeys.extract(obj.label(), pieces[-1].content, obj.json_keys):
+                add(obj, alias, mode, data, own)
     return MountResult(tuple(files), tuple(versions))
 
 

@@ -41,7 +41,7 @@ from azure.keyvault.secrets._shared.async_challenge_auth_policy import (
 from azure.keyvault.secrets.aio import SecretClient
 
 from .errors import Kind, ProviderError, object_context
-from .limits import MAX_LISTED_VERSIONS
+from .limits import MAX_LISTED_OBJECTS, MAX_LISTED_VERSIONS
 from .ratelimit import TokenBucket
 
 
@@ -136,6 +136,15 @@ class CertificateValue:
 class VersionInfo:
     version: str
     created: datetime.datetime
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One entry of a vault's list of secrets, keys or certificates (no value)."""
+
+    name: str
+    enabled: bool
+    tags: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -297,6 +306,35 @@ class VaultClient:
             return out
 
         result: list[VersionInfo] = await self._call(what, collect())
+        return result
+
+    async def list_objects(self, object_type: str) -> list[ObjectInfo]:
+        """Every secret, key or certificate of the vault with its tags and whether its current
+        version is enabled (Key Vault's list answers carry both), for selections."""
+        what = (object_type, "", "")
+
+        async def collect() -> list[ObjectInfo]:
+            if object_type == "secret":
+                pager: Any = self._secrets.list_properties_of_secrets()
+            elif object_type == "key":
+                pager = self._keys.list_properties_of_keys()
+            else:
+                pager = self._certs.list_properties_of_certificates()
+            out: list[ObjectInfo] = []
+            async for props in pager:
+                if len(out) == MAX_LISTED_OBJECTS:
+                    raise ProviderError(
+                        Kind.FAILED_PRECONDITION,
+                        f"Key Vault {self.vault_name} holds more than {MAX_LISTED_OBJECTS} "
+                        f"objects of type {object_type}; a selection reads at most that many",
+                        reason="objectNamePattern",
+                    )
+                out.append(
+                    ObjectInfo(props.name or "", props.enabled is not False, props.tags or {})
+                )
+            return out
+
+        result: list[ObjectInfo] = await self._call(what, collect())
         return result
 
 

@@ -32,6 +32,24 @@ MAX_PATH_BYTES = 1024
 # An AzureStackCloud environment file (a few hundred bytes in practice).
 MAX_ENV_FILE = 64 * 1024
 
+# Distinct vaults one mount reads (the SPC's `keyvaultName` and the objects' own): each is a
+# Key Vault client of its own, and the client cache holds 64.
+MAX_VAULTS_PER_MOUNT = 10
+# JSON keys (`jmesPath`): paths per object, the length of one path, and the JSON document read
+# (Key Vault keeps a secret of at most 25 KB; its nesting is bounded before any path is read).
+MAX_JSON_KEYS = 64
+MAX_JSON_PATH = 256
+MAX_JSON_TEXT = 32 * 1024
+MAX_JSON_DEPTH = 64
+# Selections (`objectNamePattern`, `objectTags`): objects one entry may match, and the names a
+# listing may read (Key Vault pages lists by 25: 400 requests); Key Vault's own tag limits.
+MAX_SELECTED = 100
+MAX_LISTED_OBJECTS = 10_000
+MAX_PATTERN = 127
+MAX_TAGS = 15
+MAX_TAG_NAME = 512
+MAX_TAG_VALUE = 256
+
 # Echoed input: a short prefix and the length, never the whole value.
 ECHO_CHARS = 40
 # A gRPC status message travels as a header; keep it far below the 8 KiB metadata limit.

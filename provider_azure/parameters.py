@@ -20,6 +20,7 @@ import yaml
 from . import clouds
 from .caches import BoundedLRU
 from .errors import Kind, ProviderError, invalid
+from .jsonkeys import JsonKey, check_object, parse_json_keys
 from .limits import (
     MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES,
@@ -31,6 +32,8 @@ from .limits import (
     shown,
 )
 from .paths import Layout, check_file_name
+from .selection import Selection, is_selection, parse_selection
+from .vaults import VAULT_NAME, check_vault_count, object_id, parse_object_vault
 
 
 def _request_invalid(message: str, reason: str) -> ProviderError:
@@ -42,7 +45,6 @@ POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
 SERVICE_ACCOUNT_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens"
 WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
 
-_VAULT_NAME = re.compile(r"^[-A-Za-z0-9]+$")
 _OBJECT_NAME = re.compile(r"^[-A-Za-z0-9]{1,127}$")
 _OBJECT_VERSION = re.compile(r"^[A-Za-z0-9]*$")
 _OCTAL = re.compile(r"^[+]?[0-7]+$")
@@ -55,7 +57,11 @@ _OBJECT_FIELDS = (
     "objectFormat",
     "objectEncoding",
     "filePermission",
+    "keyvaultName",
+    "objectNamePattern",
 )
+# Ours, and not scalars: parsed by jsonkeys.py and selection.py.
+_STRUCTURED = ("jmesPath", "objectTags")
 
 
 class ObjectType(enum.StrEnum):
@@ -94,6 +100,12 @@ class KeyVaultObject:
     format: ObjectFormat = ObjectFormat.DEFAULT
     encoding: ObjectEncoding = ObjectEncoding.DEFAULT
     file_permission: int | None = None
+    # Ours (docs/compatibility.md): the object's own vault, empty for the SPC's (vaults.py).
+    vault: str = ""
+    # Ours: files cut from the JSON value (jsonkeys.py), beside the object's own file.
+    json_keys: tuple[JsonKey, ...] = ()
+    # Ours: a selection of objects (selection.py) instead of `name`, which is then empty.
+    selection: Selection | None = None
 
     @property
     def file_name(self) -> str:
@@ -103,6 +115,10 @@ class KeyVaultObject:
     def uid(self) -> str:
         """The id the driver records in SecretProviderClassPodStatus: `<type>/<name>`."""
         return f"{self.type}/{self.name}"
+
+    def version_id(self, default_vault: str) -> str:
+        """`uid`, or `uid@vault` for an object in another vault than the SPC's (vaults.py)."""
+        return object_id(self.uid, self.vault, default_vault)
 
     @property
     def single_version(self) -> bool:
@@ -114,6 +130,8 @@ class KeyVaultObject:
         return "" if self.version.lower() == "latest" else self.version
 
     def label(self) -> str:
+        if self.selection is not None:
+            return f"objects[{self.index}] (selection: {cut(self.selection.describe())})"
         return f"objects[{self.index}] ({self.name or '<no objectName>'})"
 
 
@@ -152,7 +170,20 @@ class MountParameters:
 
     @property
     def vault_url(self) -> str:
-        return f"https://{self.vault_name}.{self.cloud.key_vault_dns_suffix}/"
+        return self.url_of(self.vault_name)
+
+    def url_of(self, vault_name: str) -> str:
+        return f"https://{vault_name}.{self.cloud.key_vault_dns_suffix}/"
+
+    def other_vaults(self) -> list[str]:
+        """The objects' own vaults other than the SPC's, each once (as first written)."""
+        seen = {self.vault_name.lower()}
+        out = []
+        for obj in self.objects:
+            if obj.vault and obj.vault.lower() not in seen:
+                seen.add(obj.vault.lower())
+                out.append(obj.vault)
+        return out
 
 
 def parse_mount(
@@ -182,6 +213,7 @@ def parse_mount(
     identity = _parse_identity(attrib, secret_map, tenant_id, use_vm_identity)
     objects = parse_objects(attrib.get("objects", "").strip())
     _check_vault_name(vault_name)
+    check_vault_count("objects", [vault_name, *(obj.vault for obj in objects)])
     return MountParameters(
         pod_name=pod_name,
         pod_namespace=pod_namespace,
@@ -237,7 +269,7 @@ def _check_vault_name(vault_name: str) -> None:
             f"keyvaultName: invalid vault name {shown(vault_name)}, must be between 3 and 24 chars",
             "keyvaultName",
         )
-    if not _VAULT_NAME.match(vault_name):
+    if not VAULT_NAME.match(vault_name):
         raise invalid(
             f"keyvaultName: invalid vault name {shown(vault_name)}, must match [-a-zA-Z0-9]",
             "keyvaultName",
@@ -425,12 +457,17 @@ def _parse_objects(text: str) -> tuple[KeyVaultObject, ...]:
         raise invalid(f"objects: {len(text)} characters, at most {MAX_OBJECTS_TEXT}", "objects")
     items = _object_texts(text)
     objects = tuple(_parse_object(i, item) for i, item in enumerate(items))
+    check_vault_count("objects", (obj.vault for obj in objects))
     layout = Layout()
     for obj in objects:
+        if obj.selection is not None:
+            continue  # its files are known once listed (fetch.py)
         if obj.single_version:
             layout.claim_file(obj.file_name, obj)
         else:
             layout.claim_dir(obj.file_name, obj)
+        for key in obj.json_keys:
+            layout.claim_file(key.alias, obj)
     return objects
 
 
@@ -478,8 +515,11 @@ def _yaml_problem(exc: BaseException) -> str:
     return "not valid YAML"
 
 
-def _object_fields(where: str, text: str) -> dict[str, str]:
-    """One object's YAML as its known fields (unknown keys ignored, as upstream does)."""
+def _object_fields(
+    where: str, text: str, nodes: dict[str, yaml.Node] | None = None
+) -> dict[str, str]:
+    """One object's YAML as its known fields (unknown keys ignored, as upstream does); the
+    structured ones (ours) go to `nodes`."""
     try:
         node = yaml.compose(text, Loader=_LOADER)
     except (yaml.YAMLError, RecursionError) as exc:
@@ -492,6 +532,9 @@ def _object_fields(where: str, text: str) -> dict[str, str]:
     if not isinstance(node, yaml.MappingNode):
         raise invalid(f"{where}: unmarshal failed, expected a mapping of object fields", "objects")
     for key, value in node.value:
+        if nodes is not None and isinstance(key, yaml.ScalarNode) and key.value in _STRUCTURED:
+            nodes[key.value] = value
+            continue
         if not isinstance(key, yaml.ScalarNode) or key.value not in _OBJECT_FIELDS:
             continue
         if not isinstance(value, yaml.ScalarNode):
@@ -501,7 +544,10 @@ def _object_fields(where: str, text: str) -> dict[str, str]:
 
 
 def _parse_object(index: int, text: str) -> KeyVaultObject:
-    raw = _object_fields(f"objects[{index}]", text)
+    nodes: dict[str, yaml.Node] = {}
+    raw = _object_fields(f"objects[{index}]", text, nodes)
+    if is_selection(raw, nodes):
+        return _parse_selection(index, raw, nodes)
     name = raw.get("objectName", "")
     where = f"objects[{index}] ({cut(name) if name else '<no objectName>'})"
     if not name:
@@ -517,7 +563,7 @@ def _parse_object(index: int, text: str) -> KeyVaultObject:
         )
     alias = raw.get("objectAlias", "")
     check_file_name(where, alias or name)
-    return KeyVaultObject(
+    obj = KeyVaultObject(
         index=index,
         name=name,
         type=object_type,
@@ -527,6 +573,29 @@ def _parse_object(index: int, text: str) -> KeyVaultObject:
         format=_object_format(where, raw, object_type),
         encoding=_object_encoding(where, raw, object_type),
         file_permission=_file_permission(where, raw),
+        vault=parse_object_vault(where, raw.get("keyvaultName", "")),
+        json_keys=parse_json_keys(where, nodes.get("jmesPath"), alias or name),
+    )
+    if obj.json_keys:
+        check_object(where, obj.type, obj.encoding, obj.format, obj.version_history)
+    return obj
+
+
+def _parse_selection(
+    index: int, raw: Mapping[str, str], nodes: Mapping[str, yaml.Node]
+) -> KeyVaultObject:
+    where = f"objects[{index}] (selection)"
+    selection = parse_selection(where, raw, nodes)
+    object_type = _object_type(where, raw)
+    return KeyVaultObject(
+        index=index,
+        name="",
+        type=object_type,
+        format=_object_format(where, raw, object_type),
+        encoding=_object_encoding(where, raw, object_type),
+        file_permission=_file_permission(where, raw),
+        vault=parse_object_vault(where, raw.get("keyvaultName", "")),
+        selection=selection,
     )
 
 

@@ -6,6 +6,7 @@ The domain entry point the servicer calls; it knows nothing of gRPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from .auth import ClientCache
@@ -56,8 +57,13 @@ class Provider:
                 identity=params.identity.mode.value,
                 objects=len(params.objects),
             )
-        async with self.clients.lease(params) as vault:
-            return await self.fetcher.mount(params, vault)
+        async with contextlib.AsyncExitStack() as stack:
+            vault = await stack.enter_async_context(self.clients.lease(params))
+            others = {
+                name.lower(): await stack.enter_async_context(self.clients.lease(params, name))
+                for name in params.other_vaults()
+            }
+            return await self.fetcher.mount(params, vault, others)
 
     async def close(self) -> None:
         await self.clients.close()

@@ -66,8 +66,11 @@ AUDIENCE = "api://AzureADTokenExchange"
 
 # What each example is about: its identity mode (a typo in the parameters would change it).
 IDENTITY = {
+    "json-keys.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
+    "select-objects.yaml": IdentityMode.MANAGED_IDENTITY,
     "service-principal.yaml": IdentityMode.SERVICE_PRINCIPAL,
+    "several-vaults.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "sync-env-secret.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "sync-tls-ingress.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "user-assigned-identity.yaml": IdentityMode.MANAGED_IDENTITY,
@@ -130,6 +133,9 @@ def _mount_request(
 def _written_paths(params: MountParameters) -> set[str]:
     paths = set()
     for obj in params.objects:
+        paths.update(key.alias for key in obj.json_keys)
+        if obj.selection is not None:
+            continue  # its files are the names Key Vault lists
         if obj.single_version:
             paths.add(obj.file_name)
         else:

@@ -81,9 +81,12 @@ def test_one_client_per_identity_and_vault() -> None:
     async def run() -> None:
         cache = ClientCache()
         try:
-            a1 = await cache.client_for(_params("client-a"))
-            a2 = await cache.client_for(_params("client-a"))
-            b = await cache.client_for(_params("client-b"))
+            async with cache.lease(_params("client-a")) as a1:
+                pass
+            async with cache.lease(_params("client-a")) as a2:
+                pass
+            async with cache.lease(_params("client-b")) as b:
+                pass
             assert a1 is a2  # one identity: one client (token and challenge caches work)
             assert b is not a1  # another identity on the same vault: its own client
         finally:
