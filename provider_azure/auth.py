@@ -23,8 +23,9 @@ from azure.identity.aio import (
 )
 
 from .caches import BoundedLRU
+from .identity import Identity, IdentityMode
 from .keyvault import ClientOptions, VaultClient
-from .parameters import Identity, IdentityMode, MountParameters
+from .parameters import MountParameters
 from .ratelimit import TokenBucket
 
 

@@ -6,7 +6,7 @@ import base64
 import binascii
 
 from .certificates import ConversionError
-from .parameters import ObjectEncoding, ObjectType
+from .objects import ObjectEncoding, ObjectType
 
 
 def content_bytes(content: str, object_type: ObjectType, encoding: ObjectEncoding) -> bytes:

@@ -20,7 +20,8 @@ from .content import content_bytes
 from .errors import Kind, ProviderError, invalid, object_context
 from .keyvault import CertificateValue, KeyValue, ObjectInfo, SecretValue, VersionInfo
 from .limits import MAX_FILES, MAX_SELECTED
-from .parameters import KeyVaultObject, MountParameters, ObjectFormat, ObjectType
+from .objects import KeyVaultObject, ObjectFormat, ObjectType
+from .parameters import MountParameters
 from .paths import Layout
 from .vaults import same_vault
 

@@ -14,7 +14,8 @@ from .clouds import CloudEnvironment
 from .fetch import ContentOptions, Fetcher, MountResult
 from .limits import cut
 from .metrics import Metrics
-from .parameters import PARSED_OBJECTS, parse_mount
+from .objects import PARSED_OBJECTS
+from .parameters import parse_mount
 
 # Requests larger than this are parsed in a worker thread, so that the event loop (other
 # mounts, the gRPC health check behind /healthz) keeps answering while a big one is parsed.

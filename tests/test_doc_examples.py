@@ -45,9 +45,10 @@ from provider_azure import clouds
 from provider_azure.auth import ClientCache
 from provider_azure.errors import Kind, ProviderError
 from provider_azure.fetch import ContentOptions
+from provider_azure.identity import IdentityMode
 from provider_azure.keyvault import ROLE_HINTS, ClientOptions
 from provider_azure.metrics import Metrics as ProviderMetrics
-from provider_azure.parameters import IdentityMode, MountParameters, parse_mount
+from provider_azure.parameters import MountParameters, parse_mount
 from provider_azure.provider import Provider
 from provider_azure.server import MOUNT_PREFIX
 from testbed.controlplane import ControlPlane, prepare_cluster

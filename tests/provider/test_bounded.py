@@ -22,7 +22,8 @@ from provider_azure.errors import Kind, ProviderError
 from provider_azure.fetch import ContentOptions
 from provider_azure.keyvault import ClientOptions
 from provider_azure.metrics import MAX_SERIES, Metrics
-from provider_azure.parameters import PARSED_OBJECTS, parse_mount, parse_objects
+from provider_azure.objects import PARSED_OBJECTS, parse_objects
+from provider_azure.parameters import parse_mount
 from provider_azure.provider import Provider
 from provider_azure.server import ProviderServicer
 from secrets_store_api import provider_pb2, provider_pb2_grpc

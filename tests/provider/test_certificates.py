@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from provider_azure import certificates
 from provider_azure.certificates import ConversionError
 from provider_azure.content import content_bytes
-from provider_azure.parameters import ObjectEncoding, ObjectType
+from provider_azure.objects import ObjectEncoding, ObjectType
 
 from .pki import make_chain
 

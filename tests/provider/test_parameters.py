@@ -7,14 +7,9 @@ import json
 import pytest
 
 from provider_azure.errors import Kind, ProviderError
-from provider_azure.parameters import (
-    IdentityMode,
-    ObjectEncoding,
-    ObjectFormat,
-    ObjectType,
-    parse_mount,
-    parse_objects,
-)
+from provider_azure.identity import IdentityMode
+from provider_azure.objects import ObjectEncoding, ObjectFormat, ObjectType, parse_objects
+from provider_azure.parameters import parse_mount
 from testbed.mount_attributes import SP_SECRETS, attributes, objects_yaml
 
 SECRET = SP_SECRETS["clientsecret"]
