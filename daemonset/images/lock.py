@@ -38,6 +38,7 @@ EXCLUDE = {
         "aiohttp",
         "uvloop",
         "pyjwt",
+        "jmespath",
     },
     "provider": {"lightkube", "pyjwt"},
 }
