@@ -54,6 +54,7 @@ async def test_create_update_force_and_collect(world: World) -> None:
     await until(
         lambda: _value(world, name, "password", "rotated-1"), within=POLL, what="the edit undone"
     )
+    assert f"secret {NAMESPACE}/{name} modified by someone else" in world.controller.text()
 
     # force: a changed forceSynchronization syncs at once, without waiting for the poll
     world.emulator.set_secret(VAULT, "db-password", "rotated-2")
