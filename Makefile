@@ -27,7 +27,7 @@ proto: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check csi_driver provider_azure keyvault_emulator secrets_store_api demo tests bench testbed
+	$(VENV)/bin/ruff format --check csi_driver sync_controller provider_azure keyvault_emulator secrets_store_api demo tests bench testbed
 	$(VENV)/bin/mypy
 
 peers:

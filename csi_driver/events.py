@@ -25,11 +25,13 @@ MAX_REMEMBERED = 10_000  # dedupe memory: cleared whole when it grows past this
 
 @dataclass(frozen=True)
 class PodRef:
-    """The pod an event is about."""
+    """The object an event is about: a pod, unless said otherwise."""
 
     name: str
     namespace: str
     uid: str
+    kind: str = "Pod"
+    api_version: str = "v1"
 
 
 class EventSink(Protocol):
@@ -132,10 +134,13 @@ class EventRecorder:
         return {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{pod.name or 'pod'}.", "namespace": pod.namespace},
+            "metadata": {
+                "generateName": f"{pod.name or pod.kind.lower()}.",
+                "namespace": pod.namespace,
+            },
             "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
+                "apiVersion": pod.api_version,
+                "kind": pod.kind,
                 "name": pod.name,
                 "namespace": pod.namespace,
                 "uid": pod.uid,

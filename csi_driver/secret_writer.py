@@ -13,8 +13,8 @@ import asyncio
 import base64
 import enum
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from lightkube import ApiError, AsyncClient
@@ -66,6 +66,23 @@ class Outcome:
         return self.result in (Result.ERROR, Result.CONTENDED)
 
 
+def _driver_owns(meta: Mapping[str, Any], owners: list[dict[str, str]]) -> bool:
+    return bool((meta.get("labels") or {}).get(MANAGED_LABEL) == "true")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How a writer marks the Secrets it manages and knows them again: the driver's sync by
+    the managed label; another component (the SecretSync controller) by its own rule."""
+
+    labels: Mapping[str, str] = field(default_factory=lambda: {MANAGED_LABEL: "true"})
+    owns: Callable[[Mapping[str, Any], list[dict[str, str]]], bool] = _driver_owns
+    recreate: bool = True  # may delete and create (type change, immutable); else refuse
+
+
+DRIVER_CLAIM = Claim()
+
+
 def merge_owners(
     existing: list[dict[str, Any]], ours: list[dict[str, str]]
 ) -> list[dict[str, Any]]:
@@ -112,9 +129,19 @@ class _Want:
         }
 
 
+def _no_recreate(want: _Want, why: str) -> Outcome:
+    return Outcome(
+        Result.REFUSED,
+        f"Secret {want.namespace}/{want.name} {why}: it cannot change in place; delete it "
+        "to have it created again",
+        422,
+    )
+
+
 class SecretWriter:
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClient, claim: Claim = DRIVER_CLAIM) -> None:
         self.client = client
+        self.claim = claim
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def ensure(
@@ -125,7 +152,7 @@ class SecretWriter:
         owners: list[dict[str, str]],
     ) -> Outcome:
         """Make Secret `namespace/obj.secret_name` hold `data`; never raises."""
-        want = _Want(namespace, obj, _b64(data), {**obj.labels, MANAGED_LABEL: "true"}, owners)
+        want = _Want(namespace, obj, _b64(data), {**obj.labels, **self.claim.labels}, owners)
         async with self._locks.setdefault((namespace, obj.secret_name), asyncio.Lock()):
             for _attempt in range(ATTEMPTS):
                 try:
@@ -147,10 +174,12 @@ class SecretWriter:
                 raise
             return await self._create(want)
         meta = existing.get("metadata") or {}
-        if (meta.get("labels") or {}).get(MANAGED_LABEL) != "true":
+        if not self.claim.owns(meta, want.owners):
             return Outcome(Result.NOT_MANAGED)
         owners = merge_owners(list(meta.get("ownerReferences") or []), want.owners)
         old_type = existing.get("type") or "Opaque"
+        if old_type != want.obj.type and not self.claim.recreate:
+            return _no_recreate(want, f"has type {old_type}, not {want.obj.type}")
         if old_type != want.obj.type:
             if not await self._recreate(want, meta, owners):
                 return None
@@ -163,6 +192,8 @@ class SecretWriter:
             and list(meta.get("ownerReferences") or []) == owners
         ):
             return Outcome(Result.UNCHANGED)
+        if existing.get("immutable") and not self.claim.recreate:
+            return _no_recreate(want, "is immutable")
         if existing.get("immutable"):
             return Outcome(Result.RECREATED) if await self._recreate(want, meta, owners) else None
         return await self._replace(want, existing, new)

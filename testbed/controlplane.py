@@ -238,11 +238,16 @@ async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
     client = AsyncClient(config=KubeConfig.from_file(cp.admin_kubeconfig), field_manager="tests")
     await _apply_all(
         client,
-        manifests("crd-secretproviderclasses.yaml", "crd-secretproviderclasspodstatuses.yaml"),
+        manifests(
+            "crd-secretproviderclasses.yaml",
+            "crd-secretproviderclasspodstatuses.yaml",
+            "crd-secretsyncs.yaml",
+        ),
     )
     for name in (
         "secretproviderclasses.secrets-store.csi.x-k8s.io",
         "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+        "secretsyncs.secret-sync.x-k8s.io",
     ):
         for _ in range(200):
             crd = await client.get(CRD, name)
@@ -250,7 +255,7 @@ async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 break
             await asyncio.sleep(0.05)
-    await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml"))
+    await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml", "sync-controller-rbac.yaml"))
     cp.start_controller_manager()
     return client
 

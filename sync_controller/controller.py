@@ -1,0 +1,216 @@
+"""What makes a SecretSync due, and the queue that syncs it: its own changes (generation,
+so status writes do not loop), its SPC's changes, its Secret edited or deleted by someone
+else (a digest of what we wrote tells our own writes apart), and the poll.
+
+Each key is synced by one worker at a time; a key that comes due while running runs again
+after; a failure comes back with backoff (1 s doubling to 60 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.operators import exists
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
+
+from csi_driver.kube import SecretProviderClass, api_error_text, to_dict, watch_forever
+
+from .api import CONTROLLER_LABEL, SecretSync
+from .fetch import SpcRef
+from .metrics import Metrics
+from .reconcile import Reconciler, data_digest
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+MAX_BACKOFF = 60.0
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+class Controller:
+    def __init__(
+        self, client: AsyncClient, poll: float, workers: int = 8, metrics: Metrics | None = None
+    ) -> None:
+        self.client = client
+        self.poll = poll
+        self.workers = workers
+        self.metrics = metrics or Metrics()
+        self.reconciler: Reconciler | None = None
+        self.syncs: dict[Key, dict[str, Any]] = {}
+        self.spcs: dict[Key, dict[str, Any]] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._pending: set[Key] = set()
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
+        self._backoff: dict[Key, float] = {}
+
+    # ---- the Status protocol of the reconciler --------------------------------------------
+
+    async def spc(self, namespace: str, name: str) -> SpcRef:
+        data = self.spcs.get((namespace, name))
+        if data is None:
+            try:
+                data = to_dict(
+                    await self.client.get(SecretProviderClass, name, namespace=namespace)
+                )
+            except ApiError as e:
+                raise LookupError(api_error_text(e)) from None
+        meta = data.get("metadata") or {}
+        spec = data.get("spec") or {}
+        return SpcRef(
+            namespace=namespace,
+            name=name,
+            version=f"{meta.get('uid')}/{meta.get('generation')}",
+            provider=str(spec.get("provider") or ""),
+            parameters={str(k): str(v) for k, v in (spec.get("parameters") or {}).items()},
+        )
+
+    async def write_status(self, sync_obj: Mapping[str, Any], status: dict[str, Any]) -> None:
+        ns, name = _key(sync_obj)
+        try:
+            await self.client.patch(
+                SecretSync.Status,
+                name,
+                {"status": status},
+                namespace=ns,
+                patch_type=PatchType.MERGE,
+            )
+        except Exception as e:
+            log.warning("secretsync %s/%s: status not written: %s", ns, name, api_error_text(e))
+
+    # ---- triggers --------------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        if key in self._running:
+            self._again.add(key)
+        elif key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def on_sync(self, event: str, obj: dict[str, Any]) -> None:
+        key = _key(obj)
+        if event == "DELETED":
+            self.syncs.pop(key, None)
+            if self.reconciler is not None:
+                self.reconciler.forget(key)
+            return
+        old = self.syncs.get(key)
+        self.syncs[key] = obj
+        gen = (obj.get("metadata") or {}).get("generation")
+        if old is None or (old.get("metadata") or {}).get("generation") != gen:
+            self.enqueue(key)
+
+    def on_spc(self, event: str, obj: dict[str, Any]) -> None:
+        key = _key(obj)
+        old = self.spcs.get(key)
+        if event == "DELETED":
+            self.spcs.pop(key, None)
+        else:
+            self.spcs[key] = obj
+            if old is not None and (old.get("metadata") or {}).get("generation") == (
+                obj.get("metadata") or {}
+            ).get("generation"):
+                return
+        ns, name = key
+        for skey, sobj in self.syncs.items():
+            if skey[0] == ns and (sobj.get("spec") or {}).get("secretProviderClassName") == name:
+                self.enqueue(skey)
+
+    def on_secret(self, event: str, obj: dict[str, Any]) -> None:
+        key = _key(obj)
+        if key not in self.syncs or self.reconciler is None:
+            return
+        if event != "DELETED":
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            ours = self.reconciler.digests.get(key)
+            if CONTROLLER_LABEL in labels and ours == data_digest(
+                self.reconciler.key, obj.get("data") or {}
+            ):
+                return  # our own write, or an edit that left the data as we wrote it
+        log.info("secret %s/%s %s by someone else: syncing again", *key, event.lower())
+        self.enqueue(key)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def run(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        tasks = [
+            asyncio.create_task(
+                watch_forever(self.client, SecretSync, self.on_sync, what="secretsync")
+            ),
+            asyncio.create_task(
+                watch_forever(
+                    self.client, SecretProviderClass, self.on_spc, what="secretproviderclass"
+                )
+            ),
+            asyncio.create_task(
+                watch_forever(
+                    self.client,
+                    Secret,
+                    self.on_secret,
+                    what="secret",
+                    labels={CONTROLLER_LABEL: exists()},
+                )
+            ),
+            *(asyncio.create_task(self._worker()) for _ in range(self.workers)),
+        ]
+        if self.poll > 0:
+            tasks.append(asyncio.create_task(self._poll()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll)
+            for key in list(self.syncs):
+                self.enqueue(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._pending.discard(key)
+            obj = self.syncs.get(key)
+            if obj is None or self.reconciler is None:
+                continue
+            self._running.add(key)
+            try:
+                await self._one(key, obj)
+            finally:
+                self._running.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.enqueue(key)
+
+    async def _one(self, key: Key, obj: dict[str, Any]) -> None:
+        assert self.reconciler is not None
+        started = time.monotonic()
+        try:
+            done = await self.reconciler.reconcile(obj)
+        except Exception:
+            log.exception("secretsync %s/%s: reconcile failed", *key)
+            done = None
+        self.metrics.observe(
+            done.reason if done else "Exception",
+            done is not None and done.ok,
+            time.monotonic() - started,
+        )
+        if done is not None and done.ok:
+            self._backoff.pop(key, None)
+            return
+        delay = min(self._backoff.get(key, 0.5) * 2, MAX_BACKOFF)
+        self._backoff[key] = delay
+        asyncio.get_running_loop().call_later(delay, self.enqueue, key)

@@ -1,0 +1,230 @@
+"""The SecretSync controller on the real control plane (tests/kube: kube-apiserver with RBAC
+and admission policies, the garbage collector), the Key Vault emulator trusting the cluster's
+service-account issuer, and our provider as the controller's sidecar on a unix socket. The
+controller runs as its own ServiceAccount (daemonset/sync-controller-rbac.yaml)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from lightkube import ApiError, AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
+
+from csi_driver.kube import SecretProviderClass
+from sync_controller.api import SecretSync
+from testbed.controlplane import ISSUER, ControlPlane, service_account_kubeconfig
+from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
+from testbed.provider import ProviderProcess, ours
+from testbed.sync_controller import SyncControllerProcess
+from tests.kube.fixtures import admin_client, control_plane
+
+__all__ = ["admin_client", "control_plane"]
+
+NAMESPACE = "sync"
+OTHER_NAMESPACE = "sync-other"
+VAULT = "kv-sync"
+CLIENT = "0e000001-0000-4000-8000-0000000005a1"
+NOROLE_CLIENT = "0e000001-0000-4000-8000-0000000005a2"
+AUDIENCE = "api://AzureADTokenExchange"
+POLL = 2.0
+_names = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`verify=<str>` is deprecated:DeprecationWarning"
+    )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+def _seed(emulator: Emulator, jwks: dict[str, Any]) -> None:
+    def identity(name: str, client: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "type": "application",
+            "clientId": client,
+            "federatedCredentials": [
+                {
+                    "issuer": ISSUER,
+                    "subject": f"system:serviceaccount:{ns}:app",
+                    "audience": AUDIENCE,
+                }
+                for ns in (NAMESPACE, OTHER_NAMESPACE)
+            ],
+        }
+
+    emulator.seed(
+        {
+            "issuers": [{"issuer": ISSUER, "jwks": jwks}],
+            "identities": [identity("sync-wi", CLIENT), identity("sync-norole", NOROLE_CLIENT)],
+            "vaults": [
+                {
+                    "name": VAULT,
+                    "tenant": TENANT_ID,
+                    "roleAssignments": [{"identity": "sync-wi", "role": "Key Vault Secrets User"}],
+                    "secrets": [
+                        {"name": "db-password", "value": "hunter2"},
+                        {"name": "username", "value": "app-user"},
+                    ],
+                }
+            ],
+        }
+    )
+
+
+@dataclass
+class World:
+    admin: AsyncClient
+    emulator: Emulator
+    provider: ProviderProcess
+    controller: SyncControllerProcess
+    kubeconfig: Path
+    root: Path
+
+    async def spc(
+        self, name: str, objects: list[str], namespace: str = NAMESPACE, client_id: str = CLIENT
+    ) -> None:
+        lines = ["array:"] + [
+            f"  - |\n    objectName: {o}\n    objectType: secret" for o in objects
+        ]
+        body = {
+            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+            "kind": "SecretProviderClass",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "provider": "azure",
+                "parameters": {
+                    "keyvaultName": VAULT,
+                    "tenantId": TENANT_ID,
+                    "clientID": client_id,
+                    "objects": "\n".join(lines),
+                },
+            },
+        }
+        await self.admin.create(SecretProviderClass.from_dict(body))
+
+    async def secretsync(
+        self, name: str, spc: str, data: dict[str, str], namespace: str = NAMESPACE, **extra: Any
+    ) -> None:
+        secret_object: dict[str, Any] = {
+            "type": extra.pop("type", "Opaque"),
+            "data": [{"sourcePath": s, "targetKey": t} for s, t in data.items()],
+        }
+        secret_object.update(extra.pop("secret_object", {}))
+        body = {
+            "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
+            "kind": "SecretSync",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "secretProviderClassName": spc,
+                "serviceAccountName": extra.pop("service_account", "app"),
+                "secretObject": secret_object,
+                **extra,
+            },
+        }
+        await self.admin.create(SecretSync.from_dict(body))
+
+    async def get_sync(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        obj = await self.admin.get(SecretSync, name, namespace=namespace)
+        return dict(obj.to_dict())
+
+    async def secret(self, name: str, namespace: str = NAMESPACE) -> Secret | None:
+        try:
+            return await self.admin.get(Secret, name, namespace=namespace)
+        except ApiError as e:
+            if e.status.code == 404:
+                return None
+            raise
+
+
+def decoded(secret: Secret) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+async def until(
+    check: Callable[[], Awaitable[Any]], within: float = 15.0, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == kind:
+            return dict(c)
+    return {}
+
+
+@pytest.fixture(scope="session")
+def sync_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ss-", dir="/tmp") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+async def world(
+    control_plane: ControlPlane, admin_client: AsyncClient, sync_root: Path
+) -> AsyncIterator[World]:
+    cp, admin = control_plane, admin_client
+    emulator = Emulator.start(sync_root / "emulator", seeds=[DEFAULT_SEED])
+    jwks = httpx.get(
+        f"{cp.server}/openid/v1/jwks",
+        headers={"Authorization": f"Bearer {cp.admin_token}"},
+        verify=str(cp.ca_file),
+    ).json()
+    _seed(emulator, jwks)
+    for ns in (NAMESPACE, OTHER_NAMESPACE):
+        await admin.create(Namespace(metadata=ObjectMeta(name=ns)))
+        await admin.create(ServiceAccount(metadata=ObjectMeta(name="app", namespace=ns)))
+    providers = sync_root / "provider"
+    providers.mkdir()
+    provider = ours(
+        providers / "azure.sock",
+        log=sync_root / "provider.log",
+        env={"SSL_CERT_FILE": str(emulator.ca_path)},
+    )
+    provider.start()
+    kubeconfig = await service_account_kubeconfig(
+        cp,
+        admin,
+        "kube-system",
+        "secrets-store-sync-controller-manager",
+        sync_root / "controller.kubeconfig",
+    )
+    controller = SyncControllerProcess(
+        kubeconfig,
+        providers,
+        sync_root / "controller.log",
+        f"--token-request-audience={AUDIENCE}",
+        f"--rotation-poll-interval={POLL}s",
+        "--leader-elect",
+        "--leader-election-lease-duration=3s",
+        "--leader-election-renew-deadline=2s",
+        "--leader-election-retry-period=0.5s",
+    ).start()
+    try:
+        yield World(admin, emulator, provider, controller, kubeconfig, sync_root)
+    finally:
+        controller.stop()
+        provider.stop()
+        emulator.stop()
