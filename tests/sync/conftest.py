@@ -24,7 +24,7 @@ from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
 from csi_driver.kube import SecretProviderClass
 from sync_controller.api import SecretSync
 from testbed.controlplane import ISSUER, ControlPlane, service_account_kubeconfig
-from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
+from testbed.emulator import TENANT_ID, Emulator
 from testbed.provider import ProviderProcess, ours
 from testbed.sync_controller import SyncControllerProcess
 from tests.kube.fixtures import admin_client, control_plane
@@ -183,10 +183,11 @@ def sync_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 async def world(
-    control_plane: ControlPlane, admin_client: AsyncClient, sync_root: Path
+    control_plane: ControlPlane, admin_client: AsyncClient, sync_root: Path, emulator: Emulator
 ) -> AsyncIterator[World]:
+    """On the session's emulator (port 443 is one per namespace), seeded with this tier's
+    issuer, identities and vault."""
     cp, admin = control_plane, admin_client
-    emulator = Emulator.start(sync_root / "emulator", seeds=[DEFAULT_SEED])
     jwks = httpx.get(
         f"{cp.server}/openid/v1/jwks",
         headers={"Authorization": f"Bearer {cp.admin_token}"},
@@ -227,4 +228,3 @@ async def world(
     finally:
         controller.stop()
         provider.stop()
-        emulator.stop()
