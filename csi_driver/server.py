@@ -22,6 +22,8 @@ from .mounts import MountTable
 from .node import NodeService
 from .plans import KubePlans
 from .provider_client import ProviderClients
+from .provider_wait import COMPONENT as NODE_COMPONENT
+from .provider_wait import ProviderWait
 from .rotation import COMPONENT as ROTATION_COMPONENT
 from .rotation import Reconciler
 from .secret_sync import SecretSync
@@ -84,6 +86,14 @@ class Driver:
             mounts=self.mounts,
             on_published=self.sync.sync_now if self.sync is not None else None,
             on_republish=self.rotation.republish if self.rotation is not None else None,
+            provider_wait=ProviderWait(
+                self.providers,
+                timeout=config.provider_wait_timeout,
+                metrics=self.metrics,
+                events=EventRecorder(self.client, NODE_COMPONENT, config.node_id)
+                if self.client is not None
+                else None,
+            ),
         )
         self.server: aio.Server | None = None
         self._metrics_server: Any = None
