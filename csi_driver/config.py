@@ -117,6 +117,9 @@ class Config:
     provider_timeout: float
     version: bool
     rotation_share_provider_calls: bool = True
+    provider_wait_timeout: float = 60.0
+    remove_startup_taint: bool = False
+    startup_taint_providers: tuple[str, ...] = ()
 
     @property
     def provider_paths(self) -> tuple[str, ...]:
@@ -137,6 +140,28 @@ _DAEMON_FLAGS = (
         "one provider call per tick for mounts sharing SPC, namespace, service account and "
         "nodePublishSecretRef [this driver only]",
         "bool",
+    ),
+    Flag(
+        "provider-wait-timeout",
+        60.0,
+        "how long a publish waits for a provider that is missing or not answering before it "
+        "fails (0: not at all); with --provider-timeout it stays inside kubelet's 2m CSI call "
+        "timeout [this driver only]",
+        "duration",
+    ),
+    Flag(
+        "remove-startup-taint",
+        False,
+        "remove the secrets-store.csi.k8s.io/agent-not-ready taint from this node once the "
+        "driver serves, kubelet has registered it and every --startup-taint-providers "
+        "answers; needs nodes get/patch and csinodes get [this driver only]",
+        "bool",
+    ),
+    Flag(
+        "startup-taint-providers",
+        "",
+        "comma separated providers that must answer Version before the startup taint is "
+        "removed, e.g. azure [this driver only]",
     ),
     *(Flag(n, "", "accepted for compatibility; ignored") for n in _IGNORED_STRING_FLAGS),
     *(Flag(n, False, "accepted for compatibility; ignored", "bool") for n in _IGNORED_BOOL_FLAGS),
@@ -188,4 +213,9 @@ def parse_args(argv: Sequence[str]) -> Config:
         provider_timeout=values["provider-timeout"],
         version=values["version"],
         rotation_share_provider_calls=values["rotation-share-provider-calls"],
+        provider_wait_timeout=values["provider-wait-timeout"],
+        remove_startup_taint=values["remove-startup-taint"],
+        startup_taint_providers=tuple(
+            p.strip() for p in values["startup-taint-providers"].split(",") if p.strip()
+        ),
     )

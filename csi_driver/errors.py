@@ -58,6 +58,11 @@ class ProviderError(LabelledError):
         super().__init__(message, error_type)
 
 
+class ProviderUnavailable(ProviderError):
+    """No provider answers on the socket (absent, not serving yet, gone mid-call): a publish
+    waits for it (provider_wait.py); the message is upstream's."""
+
+
 class RotationError(LabelledError):
     """One mount could not be refreshed; its content is kept and it is retried with backoff."""
 

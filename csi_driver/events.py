@@ -112,6 +112,16 @@ class EventRecorder:
                 api_error_text(e),
             )
 
+    async def record_node(self, name: str, uid: str, kind: str, reason: str, message: str) -> None:
+        """An event on a Node (the startup taint's), in `default` as kubelet posts them."""
+        body = self._body(PodRef(name, "default", uid), kind, reason, message)
+        body["involvedObject"] = {"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}
+        try:
+            await self.client.create(cast(Event, Event.from_dict(body)))
+        except Exception as e:
+            level = logging.ERROR if is_forbidden(e) else self.failure_level
+            log.log(level, "could not record event on node %s: %s", name, api_error_text(e))
+
     def _first_time(self, pod: PodRef, kind: str, reason: str, message: str) -> bool:
         if kind == "Warning":
             self._warnings[pod.uid] = self._warnings.get(pod.uid, 0) + 1

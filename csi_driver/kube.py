@@ -80,6 +80,8 @@ ROLE_BASE = "secretproviderclasses-role"
 ROLE_SYNC = "secretprovidersyncing-role"
 ROLE_ROTATION = "secretproviderrotation-role"
 ROLE_TOKEN = "secretprovidertokenrequest-role"
+# only where the startup taint is on (daemonset/rbac-startup-taint.yaml, chart startupTaint)
+ROLE_TAINT = "secretproviderstartuptaint-role"
 _ROLE_OF = {
     ("", "events"): ROLE_BASE,
     ("", "pods"): ROLE_BASE,
@@ -88,6 +90,8 @@ _ROLE_OF = {
     ("storage.k8s.io", "csidrivers"): ROLE_BASE,
     ("", "secrets"): ROLE_SYNC,
     ("", "serviceaccounts/token"): ROLE_TOKEN,
+    ("", "nodes"): ROLE_TAINT,
+    ("storage.k8s.io", "csinodes"): ROLE_TAINT,
 }
 # The API server's Forbidden text: `... cannot get resource "pods" in API group "" in ...`
 _DENIED = re.compile(r'cannot (\w+) resource "([^"]+)" in API group "([^"]*)"')

@@ -59,6 +59,15 @@ class Metrics:
             registry=registry,
         )
 
+        # this driver's own: how long a publish waited for its provider (provider_wait.py)
+        self.provider_wait_duration = Histogram(
+            "provider_wait_duration_sec",
+            "Distribution of how long node publish calls waited for a provider to answer",
+            ["provider", "os_type"],
+            buckets=[0.1 * 2**i for i in range(11)],  # 0.1 s .. ~1.7 min
+            registry=registry,
+        )
+
         # upstream declares these and never records them; recorded here on every Secret write
         self.sync_k8s_secret = Counter(
             "sync_k8s_secret",

@@ -30,10 +30,12 @@ from .errors import (
     PublishFailed,
     TargetPathError,
 )
+from .events import PodRef
 from .kube import SecretProviderClassSpec, SpcSource, api_error_text, get_spc, is_forbidden
 from .metrics import Metrics
 from .mounts import MountTable
 from .provider_client import MountResult, ProviderClients
+from .provider_wait import ProviderWait
 from .spcps import PodStatusRecord, StatusWriter, list_for_node
 from .volumes import (
     FILE_PERMISSION,
@@ -75,6 +77,7 @@ class NodeService:
         use_tmpfs: bool = True,
         on_published: Callable[[PodStatusRecord], Awaitable[None]] | None = None,
         on_republish: Callable[[PublishRequest], Awaitable[None]] | None = None,
+        provider_wait: ProviderWait | None = None,
     ) -> None:
         self.node_id = node_id
         self.providers = providers
@@ -90,6 +93,8 @@ class NodeService:
         self.on_published = on_published
         # A publish of an already-mounted target (kubelet's requiresRepublish; rotation).
         self.on_republish = on_republish
+        # a missing provider: wait for it (default: not at all)
+        self.provider_wait = provider_wait or ProviderWait(providers, timeout=0, metrics=metrics)
 
     # ---- publish ---------------------------------------------------------------------------
 
@@ -236,8 +241,12 @@ class NodeService:
     ) -> MountResult:
         attributes, secrets = build_mount_request(spc.parameters, req.volume_context, req.secrets)
         target = req.target_path
-        result = await self.providers.mount(
-            spc.provider, attributes, secrets, target, go_json(FILE_PERMISSION)
+        attrib = req.volume_context
+        pod = PodRef(
+            attrib.get(POD_NAME, ""), attrib.get(POD_NAMESPACE, ""), attrib.get(POD_UID, "")
+        )
+        result = await self.provider_wait.mount(
+            spc.provider, pod, attributes, secrets, target, go_json(FILE_PERMISSION)
         )
         try:
             if result.files:

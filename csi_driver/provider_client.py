@@ -17,7 +17,7 @@ from grpc import aio
 from secrets_store_api import provider_pb2, provider_pb2_grpc
 
 from .atomic_writer import FileProjection, PayloadError, validate_path
-from .errors import GRPC_PROVIDER_ERROR, ProviderError
+from .errors import GRPC_PROVIDER_ERROR, ProviderError, ProviderUnavailable
 
 PLUGIN_NAME = re.compile(r"^[a-zA-Z0-9_-]{0,30}$")
 
@@ -62,13 +62,15 @@ class ProviderClients:
             candidate = os.path.join(directory, f"{provider}.sock")
             if os.path.exists(candidate):
                 return candidate
-        raise ProviderError(f'provider not found: provider "{provider}"')
+        raise ProviderUnavailable(f'provider not found: provider "{provider}"')
 
     def _stub(self, provider: str) -> provider_pb2_grpc.CSIDriverProviderStub:
         try:
             path = self.socket_path(provider)
-        except ProviderError as e:
-            raise ProviderError(f'error connecting to provider "{provider}": {e.message}') from None
+        except ProviderUnavailable as e:
+            raise ProviderUnavailable(
+                f'error connecting to provider "{provider}": {e.message}'
+            ) from None
         channel = self._channels.get(path)
         if channel is None:
             channel = aio.insecure_channel(
@@ -78,14 +80,24 @@ class ProviderClients:
                     ("grpc.max_receive_message_length", self._max_recv),
                     ("grpc.enable_retries", 1),
                     ("grpc.service_config", SERVICE_CONFIG),
+                    # a provider that restarts is reached again within a second, not after
+                    # gRPC's default reconnect backoff (up to 2 minutes)
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
                 ],
             )
             self._channels[path] = channel
         return provider_pb2_grpc.CSIDriverProviderStub(channel)
 
-    async def version(self, provider: str) -> str:
+    async def version(self, provider: str, deadline: float = 5) -> str:
         stub = self._stub(provider)
-        resp = await stub.Version(provider_pb2.VersionRequest(version="v1alpha1"), timeout=5)
+        try:
+            resp = await stub.Version(
+                provider_pb2.VersionRequest(version="v1alpha1"), timeout=deadline
+            )
+        except aio.AioRpcError as e:
+            raise _rpc_error(e) from None
         return str(resp.runtime_version)
 
     async def mount(
@@ -96,6 +108,7 @@ class ProviderClients:
         target_path: str,
         permission: str,
         current_versions: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> MountResult:
         stub = self._stub(provider)
         request = provider_pb2.MountRequest(
@@ -109,15 +122,23 @@ class ProviderClients:
             ],
         )
         try:
-            resp = await stub.Mount(request, timeout=self._timeout)
+            resp = await stub.Mount(request, timeout=min(deadline or self._timeout, self._timeout))
         except aio.AioRpcError as e:
-            raise ProviderError(_describe(e)) from None
+            raise _rpc_error(e) from None
         return check_response(resp)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close()
+
+
+def _rpc_error(e: aio.AioRpcError) -> ProviderError:
+    """UNAVAILABLE (nobody listening, or the provider went away mid-call) is worth waiting for;
+    anything else is the provider's answer."""
+    if e.code() == grpc.StatusCode.UNAVAILABLE:
+        return ProviderUnavailable(_describe(e))
+    return ProviderError(_describe(e))
 
 
 def _describe(e: aio.AioRpcError) -> str:

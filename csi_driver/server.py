@@ -22,11 +22,14 @@ from .mounts import MountTable
 from .node import NodeService
 from .plans import KubePlans
 from .provider_client import ProviderClients
+from .provider_wait import COMPONENT as NODE_COMPONENT
+from .provider_wait import ProviderWait
 from .rotation import COMPONENT as ROTATION_COMPONENT
 from .rotation import Reconciler
 from .secret_sync import SecretSync
 from .servicers import IdentityServicer, NodeServicer
 from .spcps import ApiStatus
+from .startup_taint import StartupTaint
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +87,20 @@ class Driver:
             mounts=self.mounts,
             on_published=self.sync.sync_now if self.sync is not None else None,
             on_republish=self.rotation.republish if self.rotation is not None else None,
+            provider_wait=ProviderWait(
+                self.providers,
+                timeout=config.provider_wait_timeout,
+                metrics=self.metrics,
+                events=EventRecorder(self.client, NODE_COMPONENT, config.node_id)
+                if self.client is not None
+                else None,
+            ),
         )
         self.server: aio.Server | None = None
         self._metrics_server: Any = None
         self._socket_path = ""
         self._health_task: asyncio.Task[None] | None = None
+        self._taint_task: asyncio.Task[None] | None = None
 
     def _reconciler(self) -> Reconciler:
         config = self.config
@@ -156,6 +168,26 @@ class Driver:
             self.rotation.start()
         if self.config.provider_health_check:
             self._health_task = asyncio.create_task(self._health_check())
+        self._start_taint_removal(scheme, address)
+
+    def _start_taint_removal(self, scheme: str, address: str) -> None:
+        config = self.config
+        if not config.remove_startup_taint:
+            return
+        if self.client is None or not config.node_id:
+            log.error("--remove-startup-taint needs an API server and --nodeid: taint left alone")
+            return
+        taint = StartupTaint(
+            self.client,
+            config.node_id,
+            config.driver_name,
+            f"unix://{address}" if scheme == "unix" else address,
+            self.providers,
+            config.startup_taint_providers,
+            self.metrics,
+            EventRecorder(self.client, NODE_COMPONENT, config.node_id),
+        )
+        self._taint_task = asyncio.create_task(taint.run(), name="startup-taint")
 
     async def _health_check(self) -> None:
         while True:
@@ -173,8 +205,9 @@ class Driver:
                             log.warning("provider %s health check failed: %s", provider, e)
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._taint_task):
+            if task is not None:
+                task.cancel()
         if self.rotation is not None:
             await self.rotation.stop()
         if self.server is not None:

@@ -535,6 +535,7 @@ def test_driver_metrics_table_matches_registry() -> None:
     from csi_driver.plans import KubePlans
     from csi_driver.rotation import Reconciler
     from csi_driver.spcps import NoStatus
+    from csi_driver.startup_taint import StartupTaint
 
     registry = CollectorRegistry()
     metrics = driver_metrics.Metrics(registry)
@@ -547,6 +548,16 @@ def test_driver_metrics_table_matches_registry() -> None:
         events=NoEvents(),
         status=NoStatus(),
         interval=60,
+    )
+    StartupTaint(  # registers the startup taint's gauge (--remove-startup-taint)
+        None,  # type: ignore[arg-type]
+        "n",
+        "d",
+        "unix:///x",
+        None,  # type: ignore[arg-type]
+        (),
+        metrics,
+        None,  # type: ignore[arg-type]
     )
     _check(_doc_table("driver"), registry)
 

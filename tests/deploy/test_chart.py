@@ -37,8 +37,15 @@ ROLES = {
     "secretprovidersyncing-role",
     "secretproviderrotation-role",
     "secretprovidertokenrequest-role",
+    "secretproviderstartuptaint-role",
 }
-EVERYTHING_ON = {DRIVER: {"enableSecretRotation": True, "syncSecret": {"enabled": True}}}
+EVERYTHING_ON = {
+    DRIVER: {
+        "enableSecretRotation": True,
+        "syncSecret": {"enabled": True},
+        "startupTaint": {"enabled": True},
+    }
+}
 
 
 def args_of(docs: list[Doc], ds: str, c: str) -> list[str]:
@@ -115,7 +122,7 @@ def test_defaults_equal_the_plain_manifests(helm_bin: Path) -> None:
 def test_rbac_rules_equal_rbac_yaml(helm_bin: Path) -> None:
     """With every feature on, the chart's ClusterRoles and bindings are daemonset/rbac.yaml's."""
     docs = render(helm_bin, EVERYTHING_ON)
-    reference = plain("rbac.yaml")
+    reference = plain("rbac.yaml") + plain("rbac-startup-taint.yaml")
     assert names(docs, "ClusterRole") == names(reference, "ClusterRole") == ROLES
     for role in ROLES:
         assert (
@@ -127,6 +134,22 @@ def test_rbac_rules_equal_rbac_yaml(helm_bin: Path) -> None:
         assert ours["roleRef"] == theirs["roleRef"]
         assert ours["subjects"] == theirs["subjects"]
     assert names(docs, "ClusterRoleBinding") == names(reference, "ClusterRoleBinding")
+
+
+def test_startup_taint_opt_in(helm_bin: Path) -> None:
+    """Off by default (no node access, no flag); on: the flags, the role, both tolerations."""
+    taint = {"key": "secrets-store.csi.k8s.io/agent-not-ready", "operator": "Exists"}
+    off = render(helm_bin)
+    assert "secretproviderstartuptaint-role" not in names(off, "ClusterRole")
+    assert not any("startup-taint" in a for a in driver_args(off))
+    on = render(helm_bin, {DRIVER: {"startupTaint": {"enabled": True}}})
+    assert "secretproviderstartuptaint-role" in names(on, "ClusterRole")
+    args = driver_args(on)
+    assert "--remove-startup-taint=true" in args
+    assert "--startup-taint-providers=azure" in args
+    for ds in ("secrets-store-csi-driver", "secrets-store-provider-azure"):
+        tolerations = find(on, "DaemonSet", ds)["spec"]["template"]["spec"]["tolerations"]
+        assert taint in tolerations, ds
 
 
 def test_defaults_rotation_off(helm_bin: Path) -> None:

@@ -74,7 +74,13 @@ def driver(
     driver_kubeconfig: Path,
     fake_provider: ProviderProcess,
 ) -> Iterator[DriverProcess]:
-    d = DriverProcess(root, kubeconfig=driver_kubeconfig, provider_dirs=provider_dirs)
+    # a missing provider is waited for briefly: the bad-input rows see the error after 2 s
+    d = DriverProcess(
+        root,
+        kubeconfig=driver_kubeconfig,
+        provider_dirs=provider_dirs,
+        extra=("--provider-wait-timeout=2s",),
+    )
     d.start()
     yield d
     if d.proc is not None:
