@@ -59,6 +59,13 @@ SHARED_FLAGS: tuple[Flag, ...] = (
     Flag("enable-secret-rotation", False, "Enable secret rotation feature [alpha]", "bool"),
     Flag("rotation-poll-interval", 120.0, "Secret rotation poll interval duration", "duration"),
     Flag(
+        "min-rotation-poll-interval",
+        60.0,
+        "lowest interval a SecretProviderClass may ask for with its "
+        "secrets-store.csi.k8s.io/rotation-poll-interval annotation [this driver only]",
+        "duration",
+    ),
+    Flag(
         "max-call-recv-msg-size",
         DEFAULT_MAX_RECV,
         "maximum size in bytes of gRPC response from plugins",
@@ -117,6 +124,7 @@ class Config:
     provider_timeout: float
     version: bool
     rotation_share_provider_calls: bool = True
+    min_rotation_poll_interval: float = 60.0
 
     @property
     def provider_paths(self) -> tuple[str, ...]:
@@ -163,6 +171,13 @@ def tmpfs_size(flag_value: str, max_call_recv_msg_size: int) -> int:
     return max(MIN_TMPFS, 2 * max_call_recv_msg_size + (1 << 20))
 
 
+def positive(values: Mapping[str, Any], name: str) -> float:
+    value: float = values[name]
+    if value <= 0:
+        raise FlagError(f"-{name} must be positive")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """Parse argv (without the program name) as upstream's binary does; raises FlagError."""
     values, rest = flagset("secrets-store-csi-driver", _DAEMON_FLAGS, {}).parse(argv)
@@ -188,4 +203,5 @@ def parse_args(argv: Sequence[str]) -> Config:
         provider_timeout=values["provider-timeout"],
         version=values["version"],
         rotation_share_provider_calls=values["rotation-share-provider-calls"],
+        min_rotation_poll_interval=positive(values, "min-rotation-poll-interval"),
     )
