@@ -26,6 +26,7 @@ INTERVAL_ANNOTATION = "secrets-store.csi.k8s.io/rotation-poll-interval"
 DEFAULT_MIN_INTERVAL = 60.0  # --min-rotation-poll-interval: half upstream's default 2m
 MAX_INTERVAL = 7 * 24 * 3600.0  # a week: beyond it, a typo (`1000h`) more likely than a wish
 INVALID_INTERVAL = "InvalidRotationPollInterval"  # the Warning event's reason
+LOOK_EVERY = 5.0  # seconds: how soon a new mount's or an edited class's interval is seen
 MAX_ECHO = 64  # characters of the annotation's value quoted back
 
 

@@ -33,7 +33,7 @@ from .errors import (
     RotationError,
 )
 from .events import EventSink, PodRef
-from .intervals import DEFAULT_MIN_INTERVAL, Intervals
+from .intervals import DEFAULT_MIN_INTERVAL, LOOK_EVERY, Intervals
 from .kube import SpcSource, get_spc
 from .metrics import OS_TYPE, Metrics
 from .mounts import MountTable
@@ -112,16 +112,19 @@ class Reconciler:
             self._task = None
 
     async def run(self) -> None:
-        """Wake for the next tick of any interval in use, a retry, or at least every
-        min_interval: a newly mounted class's own interval is found at the latest then."""
+        """Wake for the next tick of any interval in use, a retry, or every LOOK_EVERY: a new
+        mount's or an edited class's own interval (and its warning) is seen that soon."""
         self.schedule.start(self.clock())
-        look = min(self.schedule.interval, self.intervals.floor)
+        look = min(self.schedule.interval, LOOK_EVERY)
         while True:
             wake = min(self.schedule.next_tick(), self.schedule.next_retry(), self.clock() + look)
             await self.sleep(max(0.0, wake - self.clock()))
             try:
                 await self.intervals.resolve(self.mounts.records())
-                await self.tick(self.schedule.begin(self.clock()))
+                now = self.clock()
+                ticking = self.schedule.begin(now)
+                if ticking or self.schedule.next_retry() <= now:
+                    await self.tick(ticking)
             except asyncio.CancelledError:
                 raise
             except Exception:
