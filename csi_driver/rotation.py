@@ -240,7 +240,8 @@ class Reconciler:
         if target not in self.mounts:
             return None
         try:
-            return await asyncio.to_thread(atomic_writer.replace, target, files)
+            group = self.mounts.group(target)  # the pod's fsGroup, kept on every rewrite
+            return await asyncio.to_thread(atomic_writer.replace, target, files, group)
         except (OSError, atomic_writer.PayloadError) as e:
             raise RotationError(f"failed to write files: {e}", FILE_WRITE_ERROR) from None
 
