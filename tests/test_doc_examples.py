@@ -67,6 +67,7 @@ AUDIENCE = "api://AzureADTokenExchange"
 
 # What each example is about: its identity mode (a typo in the parameters would change it).
 IDENTITY = {
+    "fsgroup.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
     "rotation-interval.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "service-principal.yaml": IdentityMode.SERVICE_PRINCIPAL,
