@@ -94,13 +94,16 @@ def _same_content(path: str, data: bytes) -> bool:
         return False
 
 
-def _should_write(payload: Mapping[str, FileProjection], old_dir: str) -> bool:
+def _should_write(
+    payload: Mapping[str, FileProjection], old_dir: str, gid: int | None = None
+) -> bool:
     for path, projection in payload.items():
         full = os.path.join(old_dir, path)
         if not _same_content(full, projection.data):
             return True
         try:
-            if os.stat(full).st_mode & 0o7777 != projection.mode:
+            st = os.stat(full)
+            if st.st_mode & 0o7777 != projection.mode or (gid is not None and st.st_gid != gid):
                 return True
         except FileNotFoundError:
             return True
@@ -142,36 +145,54 @@ def cleanup_provider_files(target_dir: str, payload: Mapping[str, FileProjection
             os.unlink(entry)
 
 
-def replace(target_dir: str, payload: Mapping[str, FileProjection]) -> bool:
-    """What publish and rotation do: clear what a provider wrote itself, then write."""
+def replace(target_dir: str, payload: Mapping[str, FileProjection], gid: int | None = None) -> bool:
+    """What publish and rotation do: clear what a provider wrote itself, then write. With a
+    gid (the pod's fsGroup) every file and directory written is group-owned by it; the modes
+    stay the payload's (0440: the group reads, the world does not)."""
     cleanup_provider_files(target_dir, payload)
-    return write(target_dir, payload)
+    return write(target_dir, payload, gid)
 
 
-def _write_files(ts_dir: str, payload: Mapping[str, FileProjection]) -> None:
-    """Each file created 0600 (never readable before its mode is set), then its own mode."""
+def _makedirs(ts_dir: str, rel_dir: str, gid: int | None) -> None:
+    """The directories of a nested path (history `name/0`), group-owned like the files."""
+    current = ts_dir
+    for part in [p for p in rel_dir.split("/") if p]:
+        current = os.path.join(current, part)
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o755)
+            if gid is not None:
+                os.chown(current, -1, gid, follow_symlinks=False)
+
+
+def _write_files(ts_dir: str, payload: Mapping[str, FileProjection], gid: int | None) -> None:
+    """Each file created 0600 (never readable before its mode is set), then its group and its
+    own mode."""
     for path, projection in payload.items():
         full = os.path.join(ts_dir, path)
-        os.makedirs(os.path.dirname(full), mode=0o755, exist_ok=True)
+        _makedirs(ts_dir, os.path.dirname(path), gid)
         fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             view = memoryview(projection.data)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            if gid is not None:
+                os.fchown(fd, -1, gid)
             os.fchmod(fd, projection.mode)
         finally:
             os.close(fd)
 
 
-def _swap_in(target_dir: str, payload: Mapping[str, FileProjection]) -> None:
+def _swap_in(target_dir: str, payload: Mapping[str, FileProjection], gid: int | None) -> None:
     """A new timestamped directory with the payload, its user-visible links, then `..data`
     renamed onto it (atomic); on any failure the new directory is removed."""
     prefix = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime())
     ts_dir = tempfile.mkdtemp(prefix=prefix, dir=target_dir)
     try:
         os.chmod(ts_dir, 0o755)  # noqa: S103  kubelet's writer does so; each file has its own mode
-        _write_files(ts_dir, payload)
+        if gid is not None:
+            os.chown(ts_dir, -1, gid, follow_symlinks=False)
+        _write_files(ts_dir, payload, gid)
         for top in sorted({_top(p) for p in payload}):
             link = os.path.join(target_dir, top)
             if not os.path.islink(link):
@@ -190,7 +211,7 @@ def _swap_in(target_dir: str, payload: Mapping[str, FileProjection]) -> None:
         raise
 
 
-def write(target_dir: str, payload: Mapping[str, FileProjection]) -> bool:
+def write(target_dir: str, payload: Mapping[str, FileProjection], gid: int | None = None) -> bool:
     """Atomically replace the target's payload; returns False when nothing needed writing."""
     validate_payload(payload)
     if os.path.islink(target_dir) or not os.path.isdir(target_dir):
@@ -205,10 +226,10 @@ def write(target_dir: str, payload: Mapping[str, FileProjection]) -> bool:
     to_remove: set[str] = set()
     if old_ts:
         to_remove = _existing_paths(old_ts_path) - _new_paths(payload)
-        if not to_remove and not _should_write(payload, old_ts_path):
+        if not to_remove and not _should_write(payload, old_ts_path, gid):
             return False
 
-    _swap_in(target_dir, payload)
+    _swap_in(target_dir, payload, gid)
     for path in to_remove:
         if "/" not in path:
             link = os.path.join(target_dir, path)

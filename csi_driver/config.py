@@ -59,6 +59,13 @@ SHARED_FLAGS: tuple[Flag, ...] = (
     Flag("enable-secret-rotation", False, "Enable secret rotation feature [alpha]", "bool"),
     Flag("rotation-poll-interval", 120.0, "Secret rotation poll interval duration", "duration"),
     Flag(
+        "min-rotation-poll-interval",
+        60.0,
+        "lowest interval a SecretProviderClass may ask for with its "
+        "secrets-store.csi.k8s.io/rotation-poll-interval annotation [this driver only]",
+        "duration",
+    ),
+    Flag(
         "max-call-recv-msg-size",
         DEFAULT_MAX_RECV,
         "maximum size in bytes of gRPC response from plugins",
@@ -120,6 +127,7 @@ class Config:
     provider_wait_timeout: float = 60.0
     remove_startup_taint: bool = False
     startup_taint_providers: tuple[str, ...] = ()
+    min_rotation_poll_interval: float = 60.0
 
     @property
     def provider_paths(self) -> tuple[str, ...]:
@@ -188,6 +196,13 @@ def tmpfs_size(flag_value: str, max_call_recv_msg_size: int) -> int:
     return max(MIN_TMPFS, 2 * max_call_recv_msg_size + (1 << 20))
 
 
+def positive(values: Mapping[str, Any], name: str) -> float:
+    value: float = values[name]
+    if value <= 0:
+        raise FlagError(f"-{name} must be positive")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """Parse argv (without the program name) as upstream's binary does; raises FlagError."""
     values, rest = flagset("secrets-store-csi-driver", _DAEMON_FLAGS, {}).parse(argv)
@@ -218,4 +233,5 @@ def parse_args(argv: Sequence[str]) -> Config:
         startup_taint_providers=tuple(
             p.strip() for p in values["startup-taint-providers"].split(",") if p.strip()
         ),
+        min_rotation_poll_interval=positive(values, "min-rotation-poll-interval"),
     )

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import httpx2
@@ -43,6 +43,7 @@ class SecretProviderClassSpec:
     name: str
     provider: str
     parameters: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 class SpcSource(Protocol):
@@ -291,11 +292,13 @@ class SpcCache:
             data = await self._fetch(namespace, name)
         spec = data.get("spec") or {}
         params = spec.get("parameters") or {}
+        annotations = (data.get("metadata") or {}).get("annotations") or {}
         return SecretProviderClassSpec(
             namespace=namespace,
             name=name,
             provider=str(spec.get("provider") or ""),
             parameters={str(k): str(v) for k, v in params.items()},
+            annotations={str(k): str(v) for k, v in annotations.items()},
         )
 
     async def _fetch(self, namespace: str, name: str) -> dict[str, Any]:

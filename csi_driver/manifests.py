@@ -87,11 +87,17 @@ def load_spc(path: str) -> SecretProviderClassSpec:
                 f"SecretProviderClass file {path}: spec.parameters.{key} must be a string "
                 f"(quote it), got {type(value).__name__}"
             )
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise StandaloneError(
+            f"SecretProviderClass file {path}: metadata.annotations is not a mapping"
+        )
     return SecretProviderClassSpec(
         namespace=namespace,
         name=name,
         provider=str(provider),
         parameters={str(k): v for k, v in params.items()},
+        annotations={str(k): str(v) for k, v in annotations.items()},
     )
 
 

@@ -24,9 +24,10 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-def mount_tmpfs(target: str, size_bytes: int) -> None:
-    """Mount a size-capped tmpfs with nosuid,nodev,noexec at target (an existing directory)."""
-    options = f"size={size_bytes},mode=0755".encode()
+def mount_tmpfs(target: str, size_bytes: int, gid: int | None = None) -> None:
+    """Mount a size-capped tmpfs with nosuid,nodev,noexec at target (an existing directory);
+    with a gid (the pod's fsGroup) its root is group-owned by it."""
+    options = f"size={size_bytes},mode=0755{'' if gid is None else f',gid={gid}'}".encode()
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if _libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options) != 0:
         err = ctypes.get_errno()
@@ -93,3 +94,15 @@ def is_mount_point(target: str) -> bool:
     if st.st_dev != parent.st_dev or st.st_ino == parent.st_ino:
         return True
     return os.path.abspath(target) in mount_points()
+
+
+def mount_group(target: str) -> int | None:
+    """The gid= option of the tmpfs at target (a restarted driver's memory of the fsGroup)."""
+    found = mount_options(target)
+    if found is None:
+        return None
+    for option in found[1].split(","):
+        key, _, value = option.partition("=")
+        if key == "gid" and value.isdigit():
+            return int(value)
+    return None

@@ -25,6 +25,7 @@ class MountTable:
 
     def __init__(self) -> None:
         self._records: dict[str, PodStatusRecord] = {}
+        self._groups: dict[str, int] = {}  # target → the pod's fsGroup, for every rewrite
         self._busy: set[str] = set()
 
     def __contains__(self, target: object) -> bool:
@@ -42,8 +43,17 @@ class MountTable:
     def targets(self) -> set[str]:
         return set(self._records)
 
-    def add(self, record: PodStatusRecord) -> None:
-        self._records[target_key(record.target_path)] = record
+    def add(self, record: PodStatusRecord, group: int | None = None) -> None:
+        key = target_key(record.target_path)
+        self._records[key] = record
+        if group is None:
+            self._groups.pop(key, None)
+        else:
+            self._groups[key] = group
+
+    def group(self, target: str) -> int | None:
+        """The gid files of this mount are owned by (the pod's fsGroup); None: no fsGroup."""
+        return self._groups.get(target_key(target))
 
     def refresh(self, record: PodStatusRecord) -> bool:
         """Replace the record of a target still mounted; False when it was unpublished."""
@@ -55,6 +65,7 @@ class MountTable:
 
     def remove(self, target: str) -> None:
         self._records.pop(target_key(target), None)
+        self._groups.pop(target_key(target), None)
 
     @contextmanager
     def lock(self, target: str) -> Iterator[None]:

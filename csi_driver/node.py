@@ -46,6 +46,7 @@ from .volumes import (
     PublishRequest,
     build_mount_request,
     go_json,
+    mount_group,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def _check_arguments(req: PublishRequest) -> None:
         raise InvalidRequest("Target path missing in request")
     if not req.volume_context:
         raise InvalidRequest("Volume attributes missing in request")
+    mount_group(req.volume_mount_group)  # this driver's: the pod's fsGroup, checked first
 
 
 class NodeService:
@@ -186,7 +188,12 @@ class NodeService:
         started = time.monotonic()
         if self.use_tmpfs:
             try:
-                await asyncio.to_thread(mounter.mount_tmpfs, target, self.tmpfs_size)
+                await asyncio.to_thread(
+                    mounter.mount_tmpfs,
+                    target,
+                    self.tmpfs_size,
+                    mount_group(req.volume_mount_group),
+                )
             except OSError as e:
                 raise PublishFailed(f"failed to mount tmpfs at {target}: {e.strerror}") from None
         try:
@@ -194,7 +201,7 @@ class NodeService:
         except BaseException:
             await self._roll_back(target)
             raise
-        self.mounts.add(record)
+        self.mounts.add(record, mount_group(req.volume_mount_group))
         if self.on_published is not None:
             await self.on_published(record)
         log.info(
@@ -250,7 +257,8 @@ class NodeService:
         )
         try:
             if result.files:
-                await asyncio.to_thread(atomic_writer.replace, target, result.files)
+                group = mount_group(req.volume_mount_group)
+                await asyncio.to_thread(atomic_writer.replace, target, result.files, group)
         except (OSError, atomic_writer.PayloadError) as e:
             raise ProviderError(str(e), FILE_WRITE_ERROR) from None
         return result
@@ -335,8 +343,8 @@ class NodeService:
                 mounted = bool(target) and await asyncio.to_thread(mounter.is_mount_point, target)
             except OSError:
                 mounted = False
-            if mounted:
-                self.mounts.add(record)
+            if mounted:  # the fsGroup a publish gave it is in the tmpfs's gid= option
+                self.mounts.add(record, await asyncio.to_thread(mounter.mount_group, target))
                 found += 1
         log.info("recovered %d existing mounts on node %s", found, self.node_id)
         return found

@@ -33,12 +33,13 @@ from .errors import (
     RotationError,
 )
 from .events import EventSink, PodRef
+from .intervals import DEFAULT_MIN_INTERVAL, LOOK_EVERY, Intervals
 from .kube import SpcSource, get_spc
 from .metrics import OS_TYPE, Metrics
 from .mounts import MountTable
 from .plans import Plan, PlanSource, republish_plan
 from .provider_client import MountResult, ProviderClients
-from .schedule import Schedule
+from .schedule import Schedule, Ticking
 from .spcps import PodStatusRecord, StatusWriter
 from .volumes import FILE_PERMISSION, PublishRequest, build_mount_request, go_json
 
@@ -64,6 +65,7 @@ class Reconciler:
         status: StatusWriter,
         on_rotated: Hook | None = None,
         interval: float,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
         share: bool = True,
         concurrency: int = 8,
         clock: Callable[[], float] = time.monotonic,
@@ -83,6 +85,8 @@ class Reconciler:
         self.clock = clock
         self.sleep = sleep
         self.schedule = Schedule(interval, rng)
+        # each SPC may set its own interval (an annotation), bounded below by min_interval
+        self.intervals = Intervals(self.schedule, spcs, events, min_interval, clock)
         self._limit = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -108,24 +112,29 @@ class Reconciler:
             self._task = None
 
     async def run(self) -> None:
-        next_tick = self.clock() + self.schedule.jittered()
+        """Wake for the next tick of any interval in use, a retry, or every LOOK_EVERY: a new
+        mount's or an edited class's own interval (and its warning) is seen that soon."""
+        self.schedule.start(self.clock())
+        look = min(self.schedule.interval, LOOK_EVERY)
         while True:
-            wake = min(next_tick, self.schedule.next_retry())
+            wake = min(self.schedule.next_tick(), self.schedule.next_retry(), self.clock() + look)
             await self.sleep(max(0.0, wake - self.clock()))
-            full = self.clock() >= next_tick
             try:
-                await self.tick(full=full)
+                await self.intervals.resolve(self.mounts.records())
+                now = self.clock()
+                ticking = self.schedule.begin(now)
+                if ticking or self.schedule.next_retry() <= now:
+                    await self.tick(ticking)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("rotation tick failed")
-            if full:
-                next_tick = self.clock() + self.schedule.jittered()
 
     # -- one tick
 
-    async def tick(self, full: bool = True) -> None:
-        """Reconcile every due mount; pods sharing an identity share one provider call."""
+    async def tick(self, full: Ticking = True) -> None:
+        """Reconcile every due mount (`full`: all, the backed-off only, or the volumes of
+        the intervals ticking); pods sharing an identity share one provider call."""
         self.ticks += 1
         now = self.clock()
         records = self.mounts.records()
@@ -231,7 +240,8 @@ class Reconciler:
         if target not in self.mounts:
             return None
         try:
-            return await asyncio.to_thread(atomic_writer.replace, target, files)
+            group = self.mounts.group(target)  # the pod's fsGroup, kept on every rewrite
+            return await asyncio.to_thread(atomic_writer.replace, target, files, group)
         except (OSError, atomic_writer.PayloadError) as e:
             raise RotationError(f"failed to write files: {e}", FILE_WRITE_ERROR) from None
 
@@ -309,8 +319,11 @@ class Reconciler:
         Already inside the target's lock. Failures keep the content and return OK."""
         target = req.target_path
         record = self.mounts.get(target)
+        if record is None:
+            return
+        await self.intervals.resolve([record])
         now = self.clock()
-        if record is None or not self.schedule.republish_allowed(target, now):
+        if not self.schedule.republish_allowed(target, now):
             return
         self.schedule.state(target).last_attempt = now
         provider = ""

@@ -1,17 +1,25 @@
 """When each mounted volume is next refreshed: the interval with jitter, backoff after a
-failure, and the throttle on kubelet's republishes. Pure; tested on fake time."""
+failure, and the throttle on kubelet's republishes. Pure; tested on fake time.
+
+A volume's interval is the global one unless its SecretProviderClass sets its own
+(intervals.py). Each interval in use has its own tick clock, so volumes of one SPC stay due
+together (and can share one provider call), whatever the other SPCs ask for.
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from .mounts import target_key
 
 JITTER = 0.1
 BACKOFF_BASE = 1.0
+
+# what a tick means: True every volume, False only the backed-off, else the intervals ticking
+Ticking = bool | Collection[float]
 
 
 @dataclass
@@ -20,6 +28,8 @@ class VolumeState:
     retry_at: float = 0.0
     last_attempt: float = -math.inf
     force_seen: str = ""
+    interval: float | None = None  # the SPC's own (None: the global --rotation-poll-interval)
+    interval_seen: str | None = None  # the annotation value last judged (one warning a value)
 
 
 @dataclass
@@ -27,42 +37,71 @@ class Schedule:
     interval: float
     rng: Callable[[], float] = random.random
     states: dict[str, VolumeState] = field(default_factory=dict)
+    clocks: dict[float, float] = field(default_factory=dict)  # interval → its next tick
 
     def state(self, target: str) -> VolumeState:
         return self.states.setdefault(target_key(target), VolumeState())
 
-    def jittered(self) -> float:
-        """The interval ± 10 %, so nodes started together do not burst together."""
-        return float(self.interval * (1 - JITTER + 2 * JITTER * self.rng()))
+    def interval_of(self, target: str) -> float:
+        own = self.state(target).interval
+        return self.interval if own is None else own
 
-    def backoff(self, failures: int) -> float:
+    def set_interval(self, target: str, seconds: float | None, now: float) -> None:
+        """The volume's own interval; a new one starts its clock one interval from now."""
+        self.state(target).interval = seconds
+        if seconds is not None and seconds not in self.clocks:
+            self.clocks[seconds] = now + self.jittered(seconds)
+
+    def jittered(self, interval: float | None = None) -> float:
+        """The interval ± 10 %, so nodes started together do not burst together."""
+        base = self.interval if interval is None else interval
+        return float(base * (1 - JITTER + 2 * JITTER * self.rng()))
+
+    def start(self, now: float) -> None:
+        self.clocks[self.interval] = now + self.jittered()
+
+    def next_tick(self) -> float:
+        return min(self.clocks.values(), default=math.inf)
+
+    def begin(self, now: float) -> set[float]:
+        """The intervals whose tick has come; each clock moves on by its own interval."""
+        ticking = {iv for iv, at in self.clocks.items() if at <= now}
+        for iv in ticking:
+            self.clocks[iv] = now + self.jittered(iv)
+        return ticking
+
+    def backoff(self, failures: int, interval: float | None = None) -> float:
         """1, 2, 4, … s (± 10 %), never beyond the interval."""
-        base = min(BACKOFF_BASE * 2.0 ** max(failures - 1, 0), self.interval)
+        cap = self.interval if interval is None else interval
+        base = min(BACKOFF_BASE * 2.0 ** max(failures - 1, 0), cap)
         return base * (1 - JITTER + 2 * JITTER * self.rng())
 
     def failed(self, target: str, now: float) -> float:
         s = self.state(target)
         s.failures += 1
-        s.retry_at = now + self.backoff(s.failures)
+        s.retry_at = now + self.backoff(s.failures, self.interval_of(target))
         return s.retry_at
 
     def succeeded(self, target: str) -> None:
         s = self.state(target)
         s.failures, s.retry_at = 0, 0.0
 
-    def due(self, target: str, now: float, full_tick: bool) -> bool:
-        """Full tick: every volume not waiting out a backoff. Retry wake-up: the backed-off."""
+    def due(self, target: str, now: float, full_tick: Ticking) -> bool:
+        """Its interval's tick: every volume not waiting out a backoff. Retry wake-up: the
+        backed-off."""
         s = self.state(target)
         if s.failures:
             return s.retry_at <= now
-        return full_tick
+        if isinstance(full_tick, bool):
+            return full_tick
+        return self.interval_of(target) in full_tick
 
     def taken(self, target: str, now: float) -> None:
         """A backed-off volume is being retried: whatever happens to it (skipped, busy), the
         loop must not wake for it again before another backoff."""
         s = self.state(target)
         if s.failures:
-            s.retry_at = now + self.backoff(s.failures)
+            s.retry_at = now + self.backoff(s.failures, self.interval_of(target))
 
     def next_retry(self) -> float:
         return min((s.retry_at for s in self.states.values() if s.failures), default=math.inf)
@@ -75,7 +114,7 @@ class Schedule:
             return False
         if s.failures:
             return s.retry_at <= now
-        return now - s.last_attempt >= self.interval
+        return now - s.last_attempt >= self.interval_of(target)
 
     def forced(self, target: str, token: str) -> bool:
         """A new value of the force-refresh annotation: refresh alone, now (once per value)."""
@@ -88,3 +127,7 @@ class Schedule:
         for key in list(self.states):
             if key not in live:
                 del self.states[key]
+        used = {s.interval for s in self.states.values()}
+        for iv in list(self.clocks):
+            if iv != self.interval and iv not in used:
+                del self.clocks[iv]

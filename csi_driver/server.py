@@ -123,6 +123,7 @@ class Driver:
             status=self.status,
             on_rotated=self.sync.sync_now if self.sync is not None else None,
             interval=config.rotation_poll_interval,
+            min_interval=config.min_rotation_poll_interval,
             share=config.rotation_share_provider_calls,
         )
 

@@ -64,6 +64,11 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):  # type: ignore[misc]
         return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=True))
 
 
+_MOUNT_GROUP = csi_pb2.NodeServiceCapability(
+    rpc=csi_pb2.NodeServiceCapability.RPC(type=csi_pb2.NodeServiceCapability.RPC.VOLUME_MOUNT_GROUP)
+)
+
+
 class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     def __init__(self, service: NodeService) -> None:
         self.service = service
@@ -78,6 +83,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             readonly=request.readonly,
             volume_context=dict(request.volume_context),
             secrets=dict(request.secrets),
+            volume_mount_group=request.volume_capability.mount.volume_mount_group,
         )
         await _call(context, "NodePublishVolume", self.service.publish(req))
         return csi_pb2.NodePublishVolumeResponse()
@@ -130,7 +136,9 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     async def NodeGetCapabilities(
         self, request: csi_pb2.NodeGetCapabilitiesRequest, context: aio.ServicerContext
     ) -> csi_pb2.NodeGetCapabilitiesResponse:
-        return csi_pb2.NodeGetCapabilitiesResponse()
+        # VOLUME_MOUNT_GROUP: with the CSIDriver's fsGroupPolicy File, kubelet sends the pod's
+        # fsGroup in volume_capability.mount.volume_mount_group (and does not chown itself)
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[_MOUNT_GROUP])
 
     async def NodeGetInfo(
         self, request: csi_pb2.NodeGetInfoRequest, context: aio.ServicerContext

@@ -29,9 +29,18 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from . import __version__, metrics
-from .config import DEFAULT_MAX_RECV, Flag, FlagError, flagset, provider_paths, tmpfs_size
+from .config import (
+    DEFAULT_MAX_RECV,
+    Flag,
+    FlagError,
+    flagset,
+    positive,
+    provider_paths,
+    tmpfs_size,
+)
 from .errors import SECRET_REF_NOT_FOUND, DriverError, ProviderError, RotationError
 from .events import NoEvents
+from .intervals import INTERVAL_ANNOTATION
 from .kube import get_spc
 from .manifests import (
     SECRET_ENV,
@@ -58,6 +67,7 @@ class StandaloneConfig:
     provider_paths: tuple[str, ...] = ("/var/run/secrets-store-csi-providers",)
     enable_secret_rotation: bool = True
     rotation_poll_interval: float = 120.0
+    min_rotation_poll_interval: float = 60.0
     metrics_addr: str = ""
     max_call_recv_msg_size: int = DEFAULT_MAX_RECV
     provider_timeout: float = 60.0
@@ -218,12 +228,15 @@ class Standalone:
             events=NoEvents(),
             status=NoStatus(),
             interval=self.config.rotation_poll_interval,
+            min_interval=self.config.min_rotation_poll_interval,
             share=False,
         )
         self.rotation.start()
         log.info(
-            "standalone: rotation every %.1fs (--rotation-poll-interval)",
+            "standalone: rotation every %.1fs (--rotation-poll-interval, unless the SPC file's "
+            "%s annotation says otherwise)",
             self.config.rotation_poll_interval,
+            INTERVAL_ANNOTATION,
         )
 
     async def stop(self) -> None:
@@ -320,6 +333,7 @@ def parse_args(argv: Sequence[str]) -> StandaloneConfig | None:
         provider_paths=provider_paths(values),
         enable_secret_rotation=values["enable-secret-rotation"],
         rotation_poll_interval=values["rotation-poll-interval"],
+        min_rotation_poll_interval=positive(values, "min-rotation-poll-interval"),
         metrics_addr=values["metrics-addr"],
         max_call_recv_msg_size=values["max-call-recv-msg-size"],
         provider_timeout=values["provider-timeout"],

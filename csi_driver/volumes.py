@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube.models.core_v1 import Volume
 from lightkube.resources.core_v1 import Pod
+
+from .errors import InvalidRequest
 
 POD_NAME = "csi.storage.k8s.io/pod.name"
 POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
@@ -38,6 +41,9 @@ class PublishRequest:
     readonly: bool
     volume_context: Mapping[str, str]
     secrets: Mapping[str, str] = field(repr=False)
+    # volume_capability.mount.volume_mount_group: the pod's fsGroup (CSIDriver fsGroupPolicy
+    # File + our VOLUME_MOUNT_GROUP capability); "" without one. Parsed by mount_group().
+    volume_mount_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,3 +134,20 @@ def build_mount_request(
     if tokens:
         parameters[SA_TOKENS] = tokens
     return go_json(parameters), go_json(dict(secrets) if secrets else None)
+
+
+MOUNT_GROUP_FIELD = "volume_capability.mount.volume_mount_group"
+MAX_GID = 2**31 - 1  # Kubernetes' bound on fsGroup (and below (gid_t)-1, "no change")
+_GID = re.compile(r"^(0|[1-9][0-9]{0,9})$")
+
+
+def mount_group(text: str) -> int | None:
+    """The pod's fsGroup as a gid (None: no fsGroup); InvalidRequest naming the field."""
+    if text == "":
+        return None
+    if _GID.match(text) is None or int(text) > MAX_GID:
+        shown = text if len(text) <= 32 else text[:32] + "…"
+        raise InvalidRequest(
+            f"{MOUNT_GROUP_FIELD} {shown!r}: not a decimal group id from 0 to {MAX_GID}"
+        )
+    return int(text)

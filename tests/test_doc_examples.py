@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry
 
 from csi_driver import atomic_writer
 from csi_driver import metrics as driver_metrics
+from csi_driver.intervals import DEFAULT_MIN_INTERVAL, spc_interval
 from csi_driver.manifests import load_spc
 from csi_driver.secret_objects import SyncError, build_data, parse_secret_objects
 from csi_driver.volumes import FILE_PERMISSION, build_mount_request, go_json
@@ -67,8 +68,10 @@ AUDIENCE = "api://AzureADTokenExchange"
 
 # What each example is about: its identity mode (a typo in the parameters would change it).
 IDENTITY = {
+    "fsgroup.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "json-keys.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
+    "rotation-interval.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "select-objects.yaml": IdentityMode.MANAGED_IDENTITY,
     "service-principal.yaml": IdentityMode.SERVICE_PRINCIPAL,
     "several-vaults.yaml": IdentityMode.WORKLOAD_IDENTITY,
@@ -154,6 +157,7 @@ def test_example_passes_driver_and_provider_checks(path: Path) -> None:
     for d in docs:
         assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
     spc = load_spc(str(path))  # the driver's manifest check (one SPC per file)
+    assert spc_interval(spc, DEFAULT_MIN_INTERVAL).warning == ""  # its annotation, if any
     (spc_doc,) = [d for d in docs if d["kind"] == "SecretProviderClass"]
     secret_objects, errors = parse_secret_objects(spc_doc)
     assert errors == []

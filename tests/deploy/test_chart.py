@@ -108,6 +108,8 @@ def test_defaults_equal_the_plain_manifests(helm_bin: Path) -> None:
             "template"
         ]["metadata"].get("annotations")
     assert find(docs, "CSIDriver")["spec"] == find(plain("csidriver.yaml"), "CSIDriver")["spec"]
+    # the pod's fsGroup reaches NodePublishVolume (the driver advertises VOLUME_MOUNT_GROUP)
+    assert find(docs, "CSIDriver")["spec"]["fsGroupPolicy"] == "File"
     for crd_file in ("crd-secretproviderclasses.yaml", "crd-secretproviderclasspodstatuses.yaml"):
         crd = find(plain(crd_file), "CustomResourceDefinition")
         rendered = find(docs, "CustomResourceDefinition", crd["metadata"]["name"])

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from csi_driver import mounter, standalone
+from csi_driver.intervals import INTERVAL_ANNOTATION
 from testbed import REPO
 from testbed.emulator import TENANT_ID, Emulator
 from testbed.ports import free_port
@@ -408,3 +409,30 @@ def test_spc_file_edits_apply_at_next_tick_and_a_bad_edit_keeps_content(
         rc = proc.wait(15)
     assert rc == 0, log.read_text()[-3000:]
     assert str(target) not in mounter.mount_points()
+
+
+def test_spc_file_annotation_sets_the_interval(
+    vault: Emulator, provider_dir: Path, work: Path
+) -> None:
+    """The SPC file's metadata.annotations carry the class's own interval, as in a cluster:
+    global 1h, the file asks for 1s (minimum 500ms); a bad value is logged and ignored."""
+    annotated = spc_manifest()
+    meta = annotated["metadata"]
+    meta["annotations"] = {INTERVAL_ANNOTATION: "1s"}  # type: ignore[index]
+    (work / "spc.yaml").write_text(yaml.safe_dump(annotated))
+    proc, log = _start(
+        work, provider_dir, "--rotation-poll-interval=1h", "--min-rotation-poll-interval=500ms"
+    )
+    target = work / "target"
+    try:
+        _wait(lambda: _read(target / "foo1") != "", 20, "foo1 mounted", log)
+        vault.set_secret(VAULT, "username", "admin-v3")
+        _wait(lambda: _read(target / "foo1") == "admin-v3", 9, "rotated on the file's 1s", log)
+        meta["annotations"] = {INTERVAL_ANNOTATION: "soon"}  # type: ignore[index]
+        (work / "spc.yaml").write_text(yaml.safe_dump(annotated))
+        _wait(lambda: '"soon"' in log.read_text(), 8, "the bad value logged", log)
+        assert "using --rotation-poll-interval" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+    assert rc == 0, log.read_text()[-3000:]
