@@ -1,7 +1,7 @@
 """The SecretSync controller on the real control plane (tests/kube: kube-apiserver with RBAC
 and admission policies, the garbage collector), the Key Vault emulator trusting the cluster's
 service-account issuer, and our provider as the controller's sidecar on a unix socket. The
-controller runs as its own ServiceAccount (daemonset/sync-controller-rbac.yaml)."""
+controller runs as its own ServiceAccount (daemonset/sync-controller/rbac.yaml)."""
 
 from __future__ import annotations
 
