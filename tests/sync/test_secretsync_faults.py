@@ -11,10 +11,14 @@ from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Secret
 
+from testbed.sync_controller import SyncControllerProcess
+
 from .conftest import (
+    AUDIENCE,
     NAMESPACE,
     NOROLE_CLIENT,
     OTHER_NAMESPACE,
+    POLL,
     VAULT,
     World,
     condition,
@@ -196,3 +200,60 @@ async def test_key_vault_429_then_recovered(world: World) -> None:
     finally:
         world.emulator.clear_faults()
     await _recovers(world, name, {"v": "cool"}, within=15)
+
+
+@pytest.mark.parametrize(
+    ("secret_type", "text"),
+    [
+        (
+            "kubernetes.io/service-account-token",
+            "may not write a Secret of type kubernetes.io/service-account-token "
+            "(syncController.validatingAdmissionPolicies.deniedSecretTypes)",
+        ),
+        ("example.com/custom", "not in syncController.validatingAdmissionPolicies.allowed"),
+    ],
+)
+async def test_secret_type_refused_by_the_admission_policy(
+    world: World, secret_type: str, text: str
+) -> None:
+    """The chart's policy, not the controller, refuses the type; the condition says so."""
+    spc, name = unique("spc"), unique("type")
+    await world.spc(spc, ["username"])
+    annotations = {"kubernetes.io/service-account.name": "app"}  # what that type requires
+    await world.secretsync(
+        name, spc, {"username": "u"}, type=secret_type, secret_object={"annotations": annotations}
+    )
+    c = await _failed(world, name, "ControllerPatchError", text)
+    assert "ValidatingAdmissionPolicy" in c["message"]
+    assert await world.secret(name) is None
+
+
+async def test_audience_not_allowed(world: World) -> None:
+    """A controller started with an audience the chart's values do not list: its token request
+    is refused by the admission policy, ControllerSyncError says which audiences are allowed."""
+    world.controller.stop()  # releases the Lease
+    wrong = _controller(world, "wrong-audience.log", "api://not-allowed").start()
+    try:
+        spc, name = unique("spc"), unique("audience")
+        await world.spc(spc, ["username"])
+        await world.secretsync(name, spc, {"username": "u"})
+        c = await _failed(world, name, "ControllerSyncError", "api://not-allowed")
+        assert "only for one of the audiences api://AzureADTokenExchange" in c["message"]
+        assert await world.secret(name) is None
+    finally:
+        wrong.stop()
+        world.controller = _controller(world, "controller-again.log", AUDIENCE).start()
+
+
+def _controller(world: World, log: str, audience: str) -> SyncControllerProcess:
+    return SyncControllerProcess(
+        world.kubeconfig,
+        world.provider.socket.parent,
+        world.root / log,
+        f"--token-request-audience={audience}",
+        f"--rotation-poll-interval={POLL}s",
+        "--leader-elect",
+        "--leader-election-lease-duration=3s",
+        "--leader-election-renew-deadline=2s",
+        "--leader-election-retry-period=0.5s",
+    )
