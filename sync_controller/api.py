@@ -1,8 +1,8 @@
 """The SecretSync API, parsed once: the resource, reserved names, and a frozen `Sync`.
 
-The CRD (daemonset/crd-secretsyncs.yaml) already refuses what its patterns and CEL rules
-refuse; the checks here repeat only what an older CRD or a disabled rule could let through,
-with the Sync Controller's condition reasons.
+The CRD (daemonset/sync-controller/crd-secretsyncs.yaml) already refuses what its patterns and
+CEL rules refuse; the checks here repeat only what an older CRD or a disabled rule could let
+through, with the Sync Controller's condition reasons.
 """
 
 from __future__ import annotations

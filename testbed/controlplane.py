@@ -241,7 +241,7 @@ async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
         manifests(
             "crd-secretproviderclasses.yaml",
             "crd-secretproviderclasspodstatuses.yaml",
-            "crd-secretsyncs.yaml",
+            "sync-controller/crd-secretsyncs.yaml",
         ),
     )
     for name in (
@@ -255,7 +255,7 @@ async def prepare_cluster(cp: ControlPlane) -> AsyncClient:
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 break
             await asyncio.sleep(0.05)
-    await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml", "sync-controller-rbac.yaml"))
+    await _apply_all(client, manifests("csidriver.yaml", "rbac.yaml", "sync-controller/rbac.yaml"))
     cp.start_controller_manager()
     return client
 

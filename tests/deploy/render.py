@@ -60,8 +60,12 @@ def plain(name: str) -> list[Doc]:
 
 
 def plain_manifests() -> dict[str, list[Doc]]:
-    """Every top-level daemonset/*.yaml an operator applies, by file name."""
-    return {p.name: plain(p.name) for p in sorted(DAEMONSET.glob("*.yaml"))}
+    """Every daemonset/*.yaml an operator applies (`kubectl apply -f daemonset/`), and the
+    off-by-default SecretSync controller's daemonset/sync-controller/*.yaml, by path."""
+    paths = [*DAEMONSET.glob("*.yaml"), *DAEMONSET.glob("sync-controller/*.yaml")]
+    return {
+        str(p.relative_to(DAEMONSET)): plain(str(p.relative_to(DAEMONSET))) for p in sorted(paths)
+    }
 
 
 def find(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
@@ -84,6 +88,7 @@ def container(ds: Doc, name: str) -> Doc:
 
 
 DRIVER = "secrets-store-csi-driver"
+SYNC = "syncController"
 UPSTREAM_VALUES = Path(__file__).with_name("upstream-values.yaml")
 
 # name -> (values, values files, namespace): the chart's value matrix. Every case must render,
@@ -213,6 +218,21 @@ MATRIX: dict[str, tuple[dict[str, Any], tuple[Path, ...], str]] = {
         "kube-system",
     ),
     "driver-not-installed": ({DRIVER: {"install": False}}, (), "kube-system"),
+    "sync-controller-on": (
+        {
+            SYNC: {
+                "enabled": True,
+                "replicas": 2,
+                "rotationPollInterval": "1h",
+                "tokenRequestAudience": [
+                    {"audience": "api://AzureADTokenExchange"},
+                    {"audience": "api://other"},
+                ],
+            }
+        },
+        (),
+        "kube-system",
+    ),
     "other-namespace": ({}, (), "default"),
     "upstream-values-file": ({}, (UPSTREAM_VALUES,), "kube-system"),
 }

@@ -1,7 +1,8 @@
 """The SecretSync controller on the real control plane (tests/kube: kube-apiserver with RBAC
 and admission policies, the garbage collector), the Key Vault emulator trusting the cluster's
 service-account issuer, and our provider as the controller's sidecar on a unix socket. The
-controller runs as its own ServiceAccount (daemonset/sync-controller-rbac.yaml)."""
+controller runs as its own ServiceAccount (daemonset/sync-controller/rbac.yaml), under the
+chart's admission policies (syncController.validatingAdmissionPolicies)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from lightkube import ApiError, AsyncClient
+from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
+from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount, ServiceAccountToken
 
 from csi_driver.kube import SecretProviderClass
 from sync_controller.api import SecretSync
 from testbed.controlplane import ISSUER, ControlPlane, service_account_kubeconfig
 from testbed.emulator import TENANT_ID, Emulator
+from testbed.peers import peer
 from testbed.provider import ProviderProcess, ours
 from testbed.sync_controller import SyncControllerProcess
+from tests.deploy.render import render
 from tests.kube.fixtures import admin_client, control_plane
 
 __all__ = ["admin_client", "control_plane"]
@@ -38,6 +42,7 @@ CLIENT = "0e000001-0000-4000-8000-0000000005a1"
 NOROLE_CLIENT = "0e000001-0000-4000-8000-0000000005a2"
 AUDIENCE = "api://AzureADTokenExchange"
 POLL = 2.0
+CONTROLLER_SA = "secrets-store-sync-controller-manager"
 _names = itertools.count()
 
 
@@ -175,6 +180,34 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+async def _apply_policies(admin: AsyncClient, cp: ControlPlane) -> None:
+    """The chart's admission policies for the controller (syncController.enabled), applied
+    for real; back once a token request they refuse is refused."""
+    docs = render(peer("helm"), {"syncController": {"enabled": True}})
+    for doc in docs:
+        if doc["kind"].startswith("ValidatingAdmissionPolicy"):
+            await admin.apply(codecs.from_dict(doc), field_manager="tests", force=True)
+    kubeconfig = await service_account_kubeconfig(
+        cp, admin, "kube-system", CONTROLLER_SA, cp.workdir / "sync-probe.kubeconfig"
+    )
+    client = AsyncClient(config=KubeConfig.from_file(kubeconfig))
+    probe = ServiceAccountToken(
+        metadata=ObjectMeta(), spec=TokenRequestSpec(audiences=["api://probe"])
+    )
+    try:
+        for _ in range(100):
+            try:
+                await client.create(probe, name="app", namespace=NAMESPACE)
+            except ApiError as e:
+                if e.status.code == 403 and "SecretSync controller" in str(e.status.message):
+                    return
+                raise
+            await asyncio.sleep(0.1)
+        raise AssertionError("the admission policies are not enforced")
+    finally:
+        await client.close()
+
+
 @pytest.fixture(scope="session")
 def sync_root() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="ss-", dir="/tmp") as tmp:
@@ -197,6 +230,7 @@ async def world(
     for ns in (NAMESPACE, OTHER_NAMESPACE):
         await admin.create(Namespace(metadata=ObjectMeta(name=ns)))
         await admin.create(ServiceAccount(metadata=ObjectMeta(name="app", namespace=ns)))
+    await _apply_policies(admin, cp)
     providers = sync_root / "provider"
     providers.mkdir()
     provider = ours(
@@ -209,7 +243,7 @@ async def world(
         cp,
         admin,
         "kube-system",
-        "secrets-store-sync-controller-manager",
+        CONTROLLER_SA,
         sync_root / "controller.kubeconfig",
     )
     controller = SyncControllerProcess(

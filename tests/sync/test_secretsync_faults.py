@@ -11,7 +11,21 @@ from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Secret
 
-from .conftest import NAMESPACE, NOROLE_CLIENT, OTHER_NAMESPACE, World, condition, unique, until
+from testbed.sync_controller import SyncControllerProcess
+
+from .conftest import (
+    AUDIENCE,
+    NAMESPACE,
+    NOROLE_CLIENT,
+    OTHER_NAMESPACE,
+    POLL,
+    VAULT,
+    World,
+    condition,
+    decoded,
+    unique,
+    until,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -139,3 +153,107 @@ async def test_invalid_target_key_refused_by_the_api(world: World, key: str) -> 
     with pytest.raises(ApiError) as e:
         await world.secretsync(unique("badkey"), "spc", {"db-password": key})
     assert e.value.status.code == 422 and "targetKey" in str(e.value.status.message)
+
+
+async def _recovers(world: World, name: str, data: dict[str, str], within: float) -> None:
+    """After the fault: the Secret appears with the data, SecretCreated turns True."""
+
+    async def created() -> bool:
+        secret = await world.secret(name)
+        c = condition(await world.get_sync(name), "SecretCreated")
+        return secret is not None and decoded(secret) == data and c.get("status") == "True"
+
+    await until(created, within=within, what="recovery after the fault")
+
+
+async def test_provider_down_then_back(world: World) -> None:
+    """The sidecar dead (its socket left behind): ProviderError naming the socket; back: synced
+    within the backoff (the poll re-queues it too), with no one touching the SecretSync."""
+    spc, name = unique("spc"), unique("nopro")
+    await world.spc(spc, ["username"])
+    world.provider.kill()
+    try:
+        await world.secretsync(name, spc, {"username": "user"})
+        c = await _failed(world, name, "ProviderError", "azure.sock: connect failed")
+        assert "code = Unavailable" in c["message"]
+        assert await world.secret(name) is None
+    finally:
+        world.provider.start()
+    await _recovers(world, name, {"user": "app-user"}, within=15)
+
+
+async def test_key_vault_429_then_recovered(world: World) -> None:
+    """A persistent 429 (Retry-After 1): the provider's retries run out, ProviderError says
+    throttled; the throttle lifted: synced on the next try."""
+    spc, name, secret = unique("spc"), unique("throttled"), unique("hot")
+    world.emulator.set_secret(VAULT, secret, "cool")
+    await world.spc(spc, [secret])
+    world.emulator.add_fault(
+        service="kv", vault=VAULT, path=f"/secrets/{secret}", status=429, retry_after=1
+    )
+    try:
+        await world.secretsync(name, spc, {secret: "v"})
+        await _failed(world, name, "ProviderError", "is throttling requests (429)")
+        assert await world.secret(name) is None
+        throttled = world.emulator.requests(service="kv", status="429")
+        assert sum(1 for r in throttled if secret in r["path"]) >= 2  # the SDK retried
+    finally:
+        world.emulator.clear_faults()
+    await _recovers(world, name, {"v": "cool"}, within=15)
+
+
+@pytest.mark.parametrize(
+    ("secret_type", "text"),
+    [
+        (
+            "kubernetes.io/service-account-token",
+            "may not write a Secret of type kubernetes.io/service-account-token "
+            "(syncController.validatingAdmissionPolicies.deniedSecretTypes)",
+        ),
+        ("example.com/custom", "not in syncController.validatingAdmissionPolicies.allowed"),
+    ],
+)
+async def test_secret_type_refused_by_the_admission_policy(
+    world: World, secret_type: str, text: str
+) -> None:
+    """The chart's policy, not the controller, refuses the type; the condition says so."""
+    spc, name = unique("spc"), unique("type")
+    await world.spc(spc, ["username"])
+    annotations = {"kubernetes.io/service-account.name": "app"}  # what that type requires
+    await world.secretsync(
+        name, spc, {"username": "u"}, type=secret_type, secret_object={"annotations": annotations}
+    )
+    c = await _failed(world, name, "ControllerPatchError", text)
+    assert "ValidatingAdmissionPolicy" in c["message"]
+    assert await world.secret(name) is None
+
+
+async def test_audience_not_allowed(world: World) -> None:
+    """A controller started with an audience the chart's values do not list: its token request
+    is refused by the admission policy, ControllerSyncError says which audiences are allowed."""
+    world.controller.stop()  # releases the Lease
+    wrong = _controller(world, "wrong-audience.log", "api://not-allowed").start()
+    try:
+        spc, name = unique("spc"), unique("audience")
+        await world.spc(spc, ["username"])
+        await world.secretsync(name, spc, {"username": "u"})
+        c = await _failed(world, name, "ControllerSyncError", "api://not-allowed")
+        assert "only for one of the audiences api://AzureADTokenExchange" in c["message"]
+        assert await world.secret(name) is None
+    finally:
+        wrong.stop()
+        world.controller = _controller(world, "controller-again.log", AUDIENCE).start()
+
+
+def _controller(world: World, log: str, audience: str) -> SyncControllerProcess:
+    return SyncControllerProcess(
+        world.kubeconfig,
+        world.provider.socket.parent,
+        world.root / log,
+        f"--token-request-audience={audience}",
+        f"--rotation-poll-interval={POLL}s",
+        "--leader-elect",
+        "--leader-election-lease-duration=3s",
+        "--leader-election-renew-deadline=2s",
+        "--leader-election-retry-period=0.5s",
+    )
