@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from lightkube.resources.storage_v1 import CSIDriver
+
 from testbed.emulator import TENANT_ID
 
 from .conftest import (
+    DRIVER,
     ROTATION_INTERVAL,
     VAULT,
     Cluster,
@@ -112,3 +115,33 @@ async def test_fs_group_reads_0440_secret_without_it_denied_rotation_keeps_group
     st = cluster.exec(member, "stat", "-L", "-c", "%u %g %a", file)
     assert st.stdout.split() == ["0", str(FS_GROUP), "440"], st.stdout + st.stderr
     assert cluster.exec(outsider, "cat", file).returncode != 0
+
+
+async def test_kubelet_sends_fs_group_whatever_the_fs_group_policy(cluster: Cluster) -> None:
+    """kubelet 1.37 (pkg/volume/csi/csi_mounter.go) passes the pod's fsGroup to a driver with
+    VOLUME_MOUNT_GROUP whatever the CSIDriver's fsGroupPolicy: seen here with `None`, so a
+    cluster applying upstream's CSIDriver manifest (no policy) still gets group ownership."""
+    creds = await create_sp_secret(cluster.admin)
+    spc = await create_spc(
+        cluster.admin,
+        {
+            "keyvaultName": VAULT,
+            "tenantId": TENANT_ID,
+            "objects": objects({"objectName": "username", "objectType": "secret"}),
+        },
+    )
+    patch = {"spec": {"fsGroupPolicy": "None"}}
+    patched = await cluster.admin.patch(CSIDriver, DRIVER, patch)
+    try:
+        assert patched.spec is not None and patched.spec.fsGroupPolicy == "None"
+        await asyncio.sleep(2)  # kubelet's CSIDriver informer
+        name = unique("fsg-none")
+        pod = await run_pod(
+            cluster.admin, _with_security(pod_manifest(name, spc, secret_ref=creds), FS_GROUP)
+        )
+    finally:
+        await cluster.admin.patch(CSIDriver, DRIVER, {"spec": {"fsGroupPolicy": "File"}})
+    target = str(cluster.target(pod))
+    assert f"gid={FS_GROUP}" in _mount_options(target)
+    st = cluster.exec(name, "stat", "-L", "-c", "%g", f"{MOUNT}/username")
+    assert st.stdout.strip() == str(FS_GROUP), st.stdout + st.stderr
