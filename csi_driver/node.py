@@ -205,10 +205,11 @@ class NodeService:
         if self.on_published is not None:
             await self.on_published(record)
         log.info(
-            "node publish volume complete: target=%s pod=%s/%s time=%.3fs",
+            "node publish volume complete: target=%s pod=%s/%s fsGroup=%s time=%.3fs",
             target,
             pod_ns,
             attrib.get(POD_NAME, ""),
+            req.volume_mount_group or "none",  # kubelet's volume_mount_group, as received
             time.monotonic() - started,
         )
 

@@ -19,6 +19,7 @@ from lightkube.models.core_v1 import (
     Container,
     CSIVolumeSource,
     LocalObjectReference,
+    PodSecurityContext,
     PodSpec,
     Volume,
     VolumeMount,
@@ -47,6 +48,8 @@ class PodVolume:
     volume_context: dict[str, str]
     secrets: dict[str, str]
     readonly: bool
+    # volume_capability.mount.volume_mount_group: the pod's fsGroup, "" without one
+    mount_group: str = ""
 
     @property
     def uid(self) -> str:
@@ -77,12 +80,14 @@ class Kubelet:
         read_only: bool = True,
         service_account: str = "default",
         secret_ref: str | None = None,
+        fs_group: int | None = None,
     ) -> Pod:
         attrs = {"secretProviderClass": spc}
         pod = Pod(
             metadata=ObjectMeta(name=name, namespace=namespace),
             spec=PodSpec(
                 nodeName=self.node_name,
+                securityContext=None if fs_group is None else PodSecurityContext(fsGroup=fs_group),
                 serviceAccountName=service_account,
                 automountServiceAccountToken=False,
                 terminationGracePeriodSeconds=0,
@@ -178,6 +183,7 @@ class Kubelet:
                 context["csi.storage.k8s.io/serviceAccount.tokens"] = tokens
         volume_id = "csi-" + hashlib.sha256((uid + volume).encode()).hexdigest()
         return PodVolume(
+            mount_group=await self._mount_group(pod),
             pod=pod,
             volume=volume,
             target=parent / "mount",
@@ -186,6 +192,17 @@ class Kubelet:
             secrets=secrets,
             readonly=bool(spec.csi.readOnly),
         )
+
+    async def _mount_group(self, pod: Pod) -> str:
+        """kubelet 1.37 (csi_mounter.go SetUpAt) hands the pod's fsGroup to a driver that
+        advertises VOLUME_MOUNT_GROUP, whatever the CSIDriver's fsGroupPolicy (seen on the real
+        node, tests/e2e/test_fsgroup.py), and to no other driver."""
+        sc = pod.spec.securityContext if pod.spec is not None else None
+        if sc is None or sc.fsGroup is None:
+            return ""
+        caps = await self.node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), timeout=5)
+        mount_group = csi_pb2.NodeServiceCapability.RPC.VOLUME_MOUNT_GROUP
+        return str(sc.fsGroup) if any(c.rpc.type == mount_group for c in caps.capabilities) else ""
 
     async def _publish_secrets(self, pod: Pod, csi: CSIVolumeSource) -> dict[str, str]:
         """The nodePublishSecretRef Secret's data, decoded, as kubelet passes it."""
@@ -201,7 +218,7 @@ class Kubelet:
             volume_id=v.volume_id,
             target_path=str(v.target),
             volume_capability=csi_pb2.VolumeCapability(
-                mount=csi_pb2.VolumeCapability.MountVolume(),
+                mount=csi_pb2.VolumeCapability.MountVolume(volume_mount_group=v.mount_group),
                 access_mode=csi_pb2.VolumeCapability.AccessMode(
                     mode=csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
                 ),

@@ -48,6 +48,29 @@ async def test_publish_with_fs_group_makes_the_volume_group_owned(
         await kubelet.unpublish(vol)
 
 
+async def test_the_kubelet_stand_in_sends_the_pods_fs_group(
+    kubelet: Kubelet, driver: DriverProcess, make_spc: SpcFactory, namespace: str
+) -> None:
+    """testbed/kubelet.py as kubelet 1.37 does: the pod's fsGroup in volume_mount_group (the
+    driver advertises VOLUME_MOUNT_GROUP); nothing for a pod without one."""
+    spc = await make_spc({"keyvaultName": "kv", "fake.files": {"password": "s3cret"}})
+    member = await kubelet.volume(
+        await kubelet.create_pod(namespace, unique("fsg"), spc, fs_group=GID)
+    )
+    plain = await kubelet.volume(await kubelet.create_pod(namespace, unique("nofsg"), spc))
+    assert (member.mount_group, plain.mount_group) == (str(GID), "")
+    for vol in (member, plain):
+        await kubelet.publish(vol)
+    try:
+        assert (member.target / "password").stat().st_gid == GID
+        assert mounter.mount_group(str(member.target)) == GID
+        assert (plain.target / "password").stat().st_gid == 0
+        assert mounter.mount_group(str(plain.target)) is None
+    finally:
+        for vol in (member, plain):
+            await kubelet.unpublish(vol)
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "2147483648"])
 async def test_bad_mount_group_is_refused_before_anything_is_mounted(
     kubelet: Kubelet,
