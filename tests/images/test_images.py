@@ -24,6 +24,12 @@ FOREIGN = {
     "driver": {"azure", "aiohttp", "uvloop", "msal", "requests"},
     "provider-azure": {"lightkube", "httpx2"},
 }
+# The driver image also runs the cluster-level SecretSync controller (the chart's
+# secrets-store-sync-controller Deployment): its package and console script, nothing more.
+ALSO = {
+    "driver": ({"sync_controller"}, {"secrets-store-sync-controller"}),
+    "provider-azure": (set(), set()),
+}
 
 
 def test_entrypoint_is_the_console_script(image: Image) -> None:
@@ -92,9 +98,11 @@ def test_only_what_the_daemon_needs(image: Image) -> None:
         # the project's own files: only its package and the shared API
         (record,) = site.glob("secrets_store_csi_python-*.dist-info/RECORD")
         roots = {line.split("/", 1)[0] for line in record.read_text().splitlines()}
+        also_packages, also_scripts = ALSO[image.name]
         assert {r for r in roots if not r.endswith(".dist-info") and r != ".."} == {
             package,
             "secrets_store_api",
+            *also_packages,
         }
         # no installer or build tooling in the runtime stage
         for tool in ("pip", "setuptools", "wheel", "_distutils_hack"):
@@ -104,8 +112,11 @@ def test_only_what_the_daemon_needs(image: Image) -> None:
             p.name for p in (rootfs / "opt/venv/bin").iterdir() if not p.name.startswith("python")
         }
         assert script in scripts
-        ours = {s for s, _ in IMAGES.values()} | {"keyvault-emulator"}
-        assert scripts & ours == {script}
+        ours = {s for s, _ in IMAGES.values()} | {
+            "keyvault-emulator",
+            "secrets-store-sync-controller",
+        }
+        assert scripts & ours == {script, *also_scripts}
         assert not [s for s in scripts if s.startswith("pip")]
         for directory in ("usr/bin", "usr/sbin", "usr/local/bin"):
             names = {p.name for p in (rootfs / directory).iterdir()}
