@@ -85,6 +85,8 @@ def _url_problem(url: str) -> str:
         rule = "must use the https scheme"
     elif not parts.hostname:
         rule = "must name a host"
+    elif len(parts.hostname) > 253 or any(len(x) > 63 for x in parts.hostname.split(".")):
+        rule = "must name a valid host (labels of at most 63, at most 253 characters)"
     elif parts.username is not None or parts.password is not None:
         rule = "must not contain user info"
     elif parts.query:
