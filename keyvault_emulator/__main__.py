@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keyvault_emulator")
 
+# The shape of the names AKS computes (a<base32 of a hash>.ests.aks); any name works.
+DEFAULT_TOKEN_PROXY_SNI = "aemulator.ests.aks"
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line; extra fields ride along. Never given secrets or tokens."""
@@ -86,6 +89,17 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="another name (or IP) for the server certificate (repeatable)",
     )
+    s.add_argument(
+        "--token-proxy-port",
+        type=int,
+        default=0,
+        help="AKS identity-binding token proxy (HTTPS on --host); 0: off",
+    )
+    s.add_argument(
+        "--token-proxy-sni",
+        default=DEFAULT_TOKEN_PROXY_SNI,
+        help="the only name the token proxy's certificate carries (clients' --sni-name)",
+    )
     s.add_argument("--log-level", default="info")
     d = sub.add_parser("seed", help="send a seed file to a running emulator")
     d.add_argument("files", type=Path, nargs="+")
@@ -96,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> int:
     # Imported here so that `keyvault-emulator seed` starts fast.
-    from .server import Frontend, make_app, make_imds_app
+    from .server import Frontend, make_app, make_imds_app, make_token_proxy_app
     from .tls import ensure_pki
 
     pki = ensure_pki(args.state_dir, args.extra_san)
@@ -112,11 +126,23 @@ async def serve(args: argparse.Namespace) -> int:
     runners = await _listen(args, make_app(frontend), make_imds_app(frontend), pki)
     if runners is None:
         return 1
+    if args.token_proxy_port:
+        proxy = await _listen_token_proxy(args, make_token_proxy_app(frontend))
+        if proxy is None:
+            for runner in runners:
+                await runner.cleanup()
+            return 1
+        runners.append(proxy)
     log.info(
         "ready",
         extra={
             "https": f"{args.host}:{args.port}",
             "imds": f"{args.imds_host}:{args.imds_port}" if args.imds_port else None,
+            "token_proxy": (
+                f"{args.host}:{args.token_proxy_port} (SNI {args.token_proxy_sni})"
+                if args.token_proxy_port
+                else None
+            ),
             "ca": str(pki.ca_path),
             "vaults": sorted(store.vaults),
             "latency_ms": args.latency_ms,
@@ -192,6 +218,26 @@ async def _listen(
         await imds_runner.cleanup()
         return None
     return [runner, imds_runner]
+
+
+async def _listen_token_proxy(
+    args: argparse.Namespace, app: web.Application
+) -> web.AppRunner | None:
+    from aiohttp import web
+
+    from .tls import token_proxy_ssl_context
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    ctx = token_proxy_ssl_context(args.state_dir, args.token_proxy_sni)
+    try:
+        await web.TCPSite(runner, args.host, args.token_proxy_port, ssl_context=ctx).start()
+    except OSError as exc:
+        where = {"address": f"{args.host}:{args.token_proxy_port}", "error": str(exc)}
+        log.error("cannot listen for the token proxy", extra=where)
+        await runner.cleanup()
+        return None
+    return runner
 
 
 def send_seed(args: argparse.Namespace) -> int:

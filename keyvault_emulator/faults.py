@@ -10,7 +10,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-SERVICES = ("kv", "entra", "imds")
+SERVICES = ("kv", "entra", "imds", "token-proxy")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, entra, imds, vault_certificates, vault_keys, vault_secrets
+from . import admin, entra, imds, token_proxy, vault_certificates, vault_keys, vault_secrets
 from .authz import allowed, forbidden
 from .entra import EntraContext
 from .errors import EntraError, ImdsError, KeyVaultError, json_response
@@ -109,6 +109,8 @@ class Frontend:
             module.register(self.kv_router)
         self.entra_router: Router[EntraContext] = Router()
         entra.register(self.entra_router)
+        self.proxy_router: Router[EntraContext] = Router()
+        token_proxy.register(self.proxy_router)
         self.imds_router: Router[ImdsContext] = Router()
         imds.register(self.imds_router)
         self.admin_router: Router[admin.AdminContext] = Router()
@@ -130,6 +132,11 @@ class Frontend:
             {"error": {"code": "NotFound", "message": f"The emulator does not serve host {host}."}},
             status=404,
         )
+
+    async def handle_token_proxy(self, request: web.Request) -> web.StreamResponse:
+        """The identity-binding token proxy's listener: every request is for it, whatever its
+        Host header (clients keep Entra ID's host there and only change where they connect)."""
+        return await self._entra(request, self.proxy_router, "token-proxy")
 
     async def handle_imds(self, request: web.Request) -> web.StreamResponse:
         async def serve(named: Callable[[str], None]) -> web.StreamResponse:
@@ -210,9 +217,16 @@ class Frontend:
         except (ValueError, KeyError, TypeError) as exc:
             return json_response({"error": str(exc)}, status=400)
 
-    async def _entra(self, request: web.Request) -> web.StreamResponse:
+    async def _entra(
+        self,
+        request: web.Request,
+        router: Router[EntraContext] | None = None,
+        service: str = "entra",
+    ) -> web.StreamResponse:
+        router = router or self.entra_router
+
         async def serve(named: Callable[[str], None]) -> web.StreamResponse:
-            route, params, other = self.entra_router.resolve(request.method, request.path)
+            route, params, other = router.resolve(request.method, request.path)
             if route is None:
                 return json_response(
                     {"error": "invalid_request", "error_description": "Unknown endpoint."},
@@ -228,7 +242,7 @@ class Frontend:
         if request.method == "POST":
             form = await request.post()
             identity = str(form.get("client_id", ""))
-        return await self._observed("entra", request, "", identity, serve)
+        return await self._observed(service, request, "", identity, serve)
 
     async def _kv(self, request: web.Request, host: str) -> web.StreamResponse:
         vault_name = host.split(".", 1)[0]
@@ -319,7 +333,7 @@ class Frontend:
         elif service == "kv":
             code = KV_FAULT_CODES.get(rule.status, "InternalServerError")
             body = {"error": {"code": code, "message": f"Injected fault {rule.id}: {code}."}}
-        elif service == "entra":
+        elif service in ("entra", "token-proxy"):
             body = {
                 "error": "temporarily_unavailable" if rule.status >= 500 else "invalid_request",
                 "error_description": f"AADSTS90033: Injected fault {rule.id}.",
@@ -333,6 +347,12 @@ class Frontend:
 def make_app(frontend: Frontend) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", frontend.handle)
+    return app
+
+
+def make_token_proxy_app(frontend: Frontend) -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", frontend.handle_token_proxy)
     return app
 
 

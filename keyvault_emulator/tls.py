@@ -130,7 +130,11 @@ def _san(name: str) -> x509.GeneralName:
 
 
 def _issue_server_cert(
-    state: Path, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, names: list[str]
+    state: Path,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    names: list[str],
+    stem: str = "server",
 ) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     start = _utcnow() - datetime.timedelta(hours=1)
@@ -150,7 +154,7 @@ def _issue_server_cert(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    cert_path, key_path = state / "server.pem", state / "server-key.pem"
+    cert_path, key_path = state / f"{stem}.pem", state / f"{stem}-key.pem"
     write_private(
         key_path,
         key.private_bytes(
@@ -210,4 +214,14 @@ def ensure_pki(state_dir: Path, extra_sans: list[str] | None = None) -> Pki:
 def server_ssl_context(pki: Pki) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(pki.cert_path), str(pki.key_path))
+    return ctx
+
+
+def token_proxy_ssl_context(state_dir: Path, sni_name: str) -> ssl.SSLContext:
+    """The identity-binding proxy's listener: a certificate for `sni_name` only, from the
+    emulator's CA (so a client checking any other name fails its handshake)."""
+    ca_key, ca = _load_or_make_ca(state_dir)
+    cert_path, key_path = _issue_server_cert(state_dir, ca_key, ca, [sni_name], "token-proxy")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert_path), str(key_path))
     return ctx

@@ -49,8 +49,13 @@ FLAGS = [
     ),
     flags.Flag("cloud-name", str, "AzurePublicCloud", "default cloud environment"),
     flags.Flag("custom-user-agent", str, "", "accepted for compatibility; no effect"),
-    flags.Flag("token-proxy-url", str, "", "identity binding proxy (not supported)"),
-    flags.Flag("sni-name", str, "", "identity binding proxy SNI (not supported)"),
+    flags.Flag(
+        "token-proxy-url",
+        str,
+        "",
+        "identity binding token proxy URL (default https://kubernetes.default.svc.cluster.local)",
+    ),
+    flags.Flag("sni-name", str, "", "TLS server name of the identity binding token proxy"),
     flags.Flag(
         "keyvault-timeout",
         float,
@@ -166,7 +171,14 @@ async def _load(
             construct_pem_chain=opts["construct-pem-chain"],
             write_cert_and_key_in_separate_files=opts["write-cert-and-key-in-separate-files"],
         )
-        clients = ClientCache(ClientOptions(timeout=opts["keyvault-timeout"]))
+        from .token_proxy import configure
+
+        token_proxy = configure(opts["token-proxy-url"], opts["sni-name"])
+        if token_proxy.problem:
+            log.warning("identity binding unavailable", extra={"error": token_proxy.problem})
+        clients = ClientCache(
+            ClientOptions(timeout=opts["keyvault-timeout"]), token_proxy=token_proxy
+        )
         loading.set_result((Provider(content, default_cloud, metrics, clients), metrics))
         log.info("ready to mount")
     except BaseException as exc:

@@ -27,6 +27,7 @@ from .identity import Identity, IdentityMode
 from .keyvault import ClientOptions, VaultClient
 from .parameters import MountParameters
 from .ratelimit import TokenBucket
+from .token_proxy import ProxyTransport, TokenProxy, configure
 
 
 @dataclass
@@ -40,12 +41,24 @@ class _Assertion:
 
 
 def build_credential(
-    identity: Identity, authority: str
+    identity: Identity, authority: str, token_proxy: TokenProxy | None = None
 ) -> tuple[AsyncTokenCredential, _Assertion | None]:
     if identity.mode is IdentityMode.MANAGED_IDENTITY:
         if identity.user_assigned_identity_id:
             return ManagedIdentityCredential(client_id=identity.user_assigned_identity_id), None
         return ManagedIdentityCredential(), None
+    if identity.mode is IdentityMode.IDENTITY_BINDING:
+        proxy = token_proxy or configure("", "")
+        proxy.check()
+        holder = _Assertion(identity.assertion)
+        credential = ClientAssertionCredential(
+            identity.tenant_id,
+            identity.client_id,
+            holder,
+            authority=authority,
+            transport=ProxyTransport(proxy),
+        )
+        return credential, holder
     if identity.mode is IdentityMode.WORKLOAD_IDENTITY:
         holder = _Assertion(identity.assertion)
         return (
@@ -86,8 +99,10 @@ async def _close(thing: VaultClient | AsyncTokenCredential) -> None:
     await asyncio.gather(thing.close(), return_exceptions=True)
 
 
-def identity_service(params: MountParameters) -> str:
+def identity_service(params: MountParameters, token_proxy: TokenProxy | None = None) -> str:
     """The service that issues this mount's tokens, as error messages name it."""
+    if params.identity.mode is IdentityMode.IDENTITY_BINDING and token_proxy is not None:
+        return token_proxy.describe()
     if params.identity.mode is IdentityMode.MANAGED_IDENTITY:
         return "the managed identity endpoint (IMDS)"
     return f"Entra ID ({params.cloud.authority_host})"
@@ -107,8 +122,11 @@ class ClientCache:
         max_identities: int = 256,
         max_clients: int = 64,
         max_vaults: int = 1024,
+        token_proxy: TokenProxy | None = None,
     ) -> None:
         self.options = options or ClientOptions()
+        # `--token-proxy-url` / `--sni-name`; upstream's defaults when not given.
+        self.token_proxy = token_proxy or configure("", "")
         self._credentials: BoundedLRU[tuple[str, ...], tuple[_Lease, _Assertion | None]] = (
             BoundedLRU("credentials", max_identities)
         )
@@ -147,7 +165,7 @@ class ClientCache:
         key = params.identity.cache_key(authority)
         entry = self._credentials.get(key)
         if entry is None:
-            credential, holder = build_credential(params.identity, authority)
+            credential, holder = build_credential(params.identity, authority, self.token_proxy)
             entry = (_Lease(credential), holder)
             self.credentials_built += 1
             for old_key, (old, _) in self._credentials.put(key, entry):
@@ -178,7 +196,7 @@ class ClientCache:
                     thing,
                     self.options,
                     limiter,
-                    identity_service=identity_service(params),
+                    identity_service=identity_service(params, self.token_proxy),
                 )
             )
             for _, old in self._clients.put(client_key, lease):

@@ -17,12 +17,14 @@ from .errors import invalid
 
 SERVICE_ACCOUNT_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens"
 WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
+IDENTITY_BINDING_AUDIENCE = "api://AKSIdentityBinding"
 
 
 class IdentityMode(enum.StrEnum):
     SERVICE_PRINCIPAL = "ServicePrincipal"
     WORKLOAD_IDENTITY = "WorkloadIdentity"
     MANAGED_IDENTITY = "VMManagedIdentity"
+    IDENTITY_BINDING = "AzureTokenProxy"
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,13 @@ class Identity:
 
     def cache_key(self, authority: str) -> tuple[str, ...]:
         """Key for credential reuse: never reuse a token beyond what its proof proves. For a
-        client secret, its digest; for a workload identity, the digest of the exact service-account
-        token. Not its claims: nobody here checks the token's signature, so a forged token with
-        another pod's `iss`/`sub` must not ride on the Entra token a genuine one earned."""
+        client secret, its digest; for a workload identity (or identity binding), the digest of
+        the exact service-account token. Not its claims: nobody here checks the token's
+        signature, so a forged token with another pod's `iss`/`sub` must not ride on the Entra
+        token a genuine one earned."""
         if self.mode is IdentityMode.SERVICE_PRINCIPAL:
             proof = hashlib.sha256(self.client_secret.encode()).hexdigest()
-        elif self.mode is IdentityMode.WORKLOAD_IDENTITY:
+        elif self.mode in (IdentityMode.WORKLOAD_IDENTITY, IdentityMode.IDENTITY_BINDING):
             proof = "sha256:" + hashlib.sha256(self.assertion.encode()).hexdigest()
         else:
             proof = self.user_assigned_identity_id
@@ -49,8 +52,14 @@ class Identity:
 
 
 def parse_identity(
-    attrib: Mapping[str, str], secrets: Mapping[str, str], tenant_id: str, use_vm: bool
+    attrib: Mapping[str, str],
+    secrets: Mapping[str, str],
+    tenant_id: str,
+    use_vm: bool,
+    use_token_proxy: bool = False,
 ) -> Identity:
+    if use_token_proxy:
+        return _identity_binding(attrib, secrets, tenant_id)
     if use_vm:
         return Identity(
             IdentityMode.MANAGED_IDENTITY,
@@ -67,6 +76,24 @@ def parse_identity(
             IdentityMode.WORKLOAD_IDENTITY, tenant_id, client_id=client_id, assertion=assertion
         )
     return _service_principal(secrets, tenant_id)
+
+
+def _identity_binding(
+    attrib: Mapping[str, str], secrets: Mapping[str, str], tenant_id: str
+) -> Identity:
+    """Upstream's order: clientID, then the tokens, then the identity-binding audience's."""
+    client_id = attrib.get("clientID", "").strip()
+    if not client_id:
+        raise invalid(
+            "useAzureTokenProxy: clientID is required for identity binding (the client ID of "
+            "the managed identity or app the service account is bound to)",
+            "clientID",
+        )
+    tokens = (secrets.get(SERVICE_ACCOUNT_TOKENS) or attrib.get(SERVICE_ACCOUNT_TOKENS, "")).strip()
+    assertion = parse_service_account_token(tokens, IDENTITY_BINDING_AUDIENCE, "identity binding")
+    return Identity(
+        IdentityMode.IDENTITY_BINDING, tenant_id, client_id=client_id, assertion=assertion
+    )
 
 
 def _service_principal(secrets: Mapping[str, str], tenant_id: str) -> Identity:
@@ -94,12 +121,14 @@ def _service_principal(secrets: Mapping[str, str], tenant_id: str) -> Identity:
     )
 
 
-def parse_service_account_token(tokens: str, audience: str) -> str:
+def parse_service_account_token(
+    tokens: str, audience: str, purpose: str = "workload identity"
+) -> str:
     """The token for `audience` from kubelet's `{"<aud>": {"token": ..., ...}}` JSON."""
     reason = SERVICE_ACCOUNT_TOKENS
     if not tokens:
         raise invalid(
-            "failed to parse workload identity tokens: service account tokens not found "
+            f"failed to parse {purpose} tokens: service account tokens not found "
             f"(attribute {SERVICE_ACCOUNT_TOKENS}; is tokenRequests set on the CSIDriver?)",
             reason,
         )
@@ -107,7 +136,7 @@ def parse_service_account_token(tokens: str, audience: str) -> str:
         parsed: Any = json.loads(tokens)
     except (ValueError, RecursionError):
         raise invalid(
-            f"failed to parse workload identity tokens: {SERVICE_ACCOUNT_TOKENS} is not valid "
+            f"failed to parse {purpose} tokens: {SERVICE_ACCOUNT_TOKENS} is not valid "
             "JSON (or is nested too deeply)",
             reason,
         ) from None
@@ -115,7 +144,7 @@ def parse_service_account_token(tokens: str, audience: str) -> str:
     token = entry.get("token") if isinstance(entry, dict) else None
     if not isinstance(token, str) or not token:
         raise invalid(
-            f"failed to parse workload identity tokens: token for audience {audience} not found "
+            f"failed to parse {purpose} tokens: token for audience {audience} not found "
             f"(add audience {audience} to the CSIDriver tokenRequests)",
             reason,
         )

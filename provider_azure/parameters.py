@@ -68,7 +68,7 @@ def parse_mount(
     secret_map = _json_string_map(secrets, "secrets", allow_null=True)
     default_mode = _parse_permission(permission)
     pod_name, pod_namespace = _pod(attrib)
-    use_vm_identity = _identity_switches(attrib)
+    use_vm_identity, use_token_proxy = _identity_switches(attrib)
 
     vault_name = attrib.get("keyvaultName", "").strip()
     if not vault_name:
@@ -80,7 +80,7 @@ def parse_mount(
     cloud_name = attrib.get("cloudName", "").strip()
     env_file = attrib.get("cloudEnvFileName", "").strip()
     cloud = clouds.from_name(cloud_name, env_file) if cloud_name else default_cloud
-    identity = parse_identity(attrib, secret_map, tenant_id, use_vm_identity)
+    identity = parse_identity(attrib, secret_map, tenant_id, use_vm_identity, use_token_proxy)
     objects = parse_objects(attrib.get("objects", "").strip())
     _check_vault_name(vault_name)
     check_vault_count("objects", [vault_name, *(obj.vault for obj in objects)])
@@ -107,8 +107,8 @@ def _pod(attrib: Mapping[str, str]) -> tuple[str, str]:
     return pod_name, pod_namespace
 
 
-def _identity_switches(attrib: Mapping[str, str]) -> bool:
-    """Whether managed identity is chosen; the retired and unsupported modes are refused."""
+def _identity_switches(attrib: Mapping[str, str]) -> tuple[bool, bool]:
+    """(managed identity, identity binding): at most one; the retired pod identity refused."""
     use_pod_identity = _parse_bool(attrib, "usePodIdentity")
     use_vm_identity = _parse_bool(attrib, "useVMManagedIdentity")
     use_token_proxy = _parse_bool(attrib, "useAzureTokenProxy")
@@ -124,13 +124,7 @@ def _identity_switches(attrib: Mapping[str, str]) -> bool:
             "use workload identity (clientID) or useVMManagedIdentity",
             "usePodIdentity",
         )
-    if use_token_proxy:
-        raise ProviderError(
-            Kind.UNIMPLEMENTED,
-            "useAzureTokenProxy (AKS identity binding) is not supported by this provider",
-            reason="useAzureTokenProxy",
-        )
-    return use_vm_identity
+    return use_vm_identity, use_token_proxy
 
 
 def _check_vault_name(vault_name: str) -> None:

@@ -54,6 +54,12 @@ WI_SUBJECT = "system:serviceaccount:default:workload"
 WI_AUDIENCE = "api://AzureADTokenExchange"
 WI_KEY_ID = "wi-test-key"
 
+# The identity-binding token proxy of the session emulator (tests/conftest.py).
+TOKEN_PROXY_PORT = 8643
+TOKEN_PROXY_SNI = "aemulator.ests.aks"
+TOKEN_PROXY_URL = f"https://127.0.0.1:{TOKEN_PROXY_PORT}"
+IDENTITY_BINDING_AUDIENCE = "api://AKSIdentityBinding"
+
 DEFAULT_SEED = REPO / "tests" / "emulator" / "seed.yaml"
 WI_ISSUER_KEY = REPO / "tests" / "emulator" / "fixtures" / "wi-issuer-key.pem"
 

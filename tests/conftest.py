@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from keyvault_emulator.tls import ensure_pki
-from testbed.emulator import DEFAULT_SEED, Emulator
+from testbed.emulator import DEFAULT_SEED, TOKEN_PROXY_PORT, TOKEN_PROXY_SNI, Emulator
 
 NETNS_HINT = (
     "the Key Vault emulator tests must run inside the private namespace: "
@@ -74,7 +74,14 @@ def emulator() -> Iterator[Emulator]:
     problem = _inside_namespace()
     if problem is not None:
         pytest.fail(f"{problem}: {NETNS_HINT}", pytrace=False)
-    emu = Emulator.start(STATE_DIR, seeds=[DEFAULT_SEED])
+    emu = Emulator.start(
+        STATE_DIR,
+        seeds=[DEFAULT_SEED],
+        extra_args=[
+            f"--token-proxy-port={TOKEN_PROXY_PORT}",
+            f"--token-proxy-sni={TOKEN_PROXY_SNI}",
+        ],
+    )
     os.environ["SSL_CERT_FILE"] = str(TRUST_BUNDLE)
     os.environ["REQUESTS_CA_BUNDLE"] = str(TRUST_BUNDLE)
     try:

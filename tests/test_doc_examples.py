@@ -65,10 +65,12 @@ METRICS_DOC = REPO / "docs" / "metrics.md"
 SOURCES = ("csi_driver", "provider_azure", "keyvault_emulator")
 SA_TOKENS = "csi.storage.k8s.io/serviceAccount.tokens"
 AUDIENCE = "api://AzureADTokenExchange"
+BINDING_AUDIENCE = "api://AKSIdentityBinding"
 
 # What each example is about: its identity mode (a typo in the parameters would change it).
 IDENTITY = {
     "fsgroup.yaml": IdentityMode.WORKLOAD_IDENTITY,
+    "identity-binding.yaml": IdentityMode.IDENTITY_BINDING,
     "json-keys.yaml": IdentityMode.WORKLOAD_IDENTITY,
     "object-versions.yaml": IdentityMode.MANAGED_IDENTITY,
     "rotation-interval.yaml": IdentityMode.WORKLOAD_IDENTITY,
@@ -121,10 +123,16 @@ def _mount_request(
             "csi.storage.k8s.io/ephemeral": "true",
         }
     )
-    # the CSIDriver in daemonset/ asks kubelet for this audience (tokenRequests)
-    token = workload_token(subject=f"system:serviceaccount:example-ns:{sa}")
+    # the CSIDriver in daemonset/ asks kubelet for these audiences (tokenRequests)
+    subject = f"system:serviceaccount:example-ns:{sa}"
     context[SA_TOKENS] = json.dumps(
-        {AUDIENCE: {"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"}}
+        {
+            aud: {
+                "token": workload_token(subject=subject, audience=aud),
+                "expirationTimestamp": "2030-01-01T00:00:00Z",
+            }
+            for aud in (AUDIENCE, BINDING_AUDIENCE)
+        }
     )
     secrets: dict[str, str] = {}
     ref = (volume.get("nodePublishSecretRef") or {}).get("name")

@@ -195,6 +195,15 @@ def test_sync_on_and_off(helm_bin: Path) -> None:
     assert "tokenRequests" not in spec and "serviceAccountTokenInSecrets" not in spec
 
 
+def test_default_token_requests_as_upstreams_chart(helm_bin: Path) -> None:
+    """Workload identity and identity binding (upstream provider chart 1.8's two audiences)."""
+    spec = find(render(helm_bin), "CSIDriver")["spec"]
+    assert [t["audience"] for t in spec["tokenRequests"]] == [
+        "api://AzureADTokenExchange",
+        "api://AKSIdentityBinding",
+    ]
+
+
 def test_token_requests_from_values(helm_bin: Path) -> None:
     values = MATRIX["tokens-custom"][0]
     spec = find(render(helm_bin, values), "CSIDriver")["spec"]

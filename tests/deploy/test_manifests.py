@@ -188,7 +188,10 @@ def test_csidriver_consistent_with_rotation() -> None:
     rotation = "--enable-secret-rotation=true" in driver["args"]
     csidriver = find(plain("csidriver.yaml"), "CSIDriver")
     assert csidriver["spec"]["requiresRepublish"] is rotation
-    assert csidriver["spec"]["tokenRequests"] == [{"audience": "api://AzureADTokenExchange"}]
+    assert csidriver["spec"]["tokenRequests"] == [
+        {"audience": "api://AzureADTokenExchange"},
+        {"audience": "api://AKSIdentityBinding"},
+    ]
 
 
 async def test_csidriver_and_roles_as_upstream(admin_client: AsyncClient) -> None:
@@ -197,7 +200,10 @@ async def test_csidriver_and_roles_as_upstream(admin_client: AsyncClient) -> Non
     assert driver.spec.podInfoOnMount is True
     assert driver.spec.attachRequired is False
     assert driver.spec.volumeLifecycleModes == ["Ephemeral"]
-    assert [t.audience for t in driver.spec.tokenRequests or []] == ["api://AzureADTokenExchange"]
+    assert [t.audience for t in driver.spec.tokenRequests or []] == [
+        "api://AzureADTokenExchange",
+        "api://AKSIdentityBinding",
+    ]
     names = {
         "secretproviderclasses-role",
         "secretprovidersyncing-role",

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from testbed.emulator import TENANT_ID, Emulator
+from testbed.emulator import (
+    IDENTITY_BINDING_AUDIENCE,
+    TENANT_ID,
+    WI_ISSUER,
+    WI_SUBJECT,
+    Emulator,
+)
 
 from .pki import Chain, make_chain
 
@@ -19,6 +25,8 @@ SP_DENIED_ID, SP_DENIED_SECRET = "0c000002-0000-4000-8000-0000000000a2", "prov-d
 MI_SYSTEM = "0a000011-0000-4000-8000-000000000011"
 MI_USER = "0a000012-0000-4000-8000-000000000012"
 WI_APP = "0a000021-0000-4000-8000-000000000021"
+# A user-assigned managed identity the service account is bound to (identity binding).
+IB_MI = "0c000031-0000-4000-8000-0000000000b1"
 V = [f"{i:032x}" for i in range(1, 10)]
 
 
@@ -60,7 +68,7 @@ def world(emulator: Emulator) -> ProviderWorld:
     ]
     grants = [
         {"identity": who, "role": r}
-        for who in ("prov-sp", "mi-system", "mi-user", "wi-app")
+        for who in ("prov-sp", "mi-system", "mi-user", "wi-app", "prov-ib-mi")
         for r in roles
     ]
     emulator.seed(
@@ -71,6 +79,18 @@ def world(emulator: Emulator) -> ProviderWorld:
                     "type": "servicePrincipal",
                     "clientId": SP_ID,
                     "clientSecret": SP_SECRET,
+                },
+                {
+                    "name": "prov-ib-mi",
+                    "type": "userAssigned",
+                    "clientId": IB_MI,
+                    "federatedCredentials": [
+                        {
+                            "issuer": WI_ISSUER,
+                            "subject": WI_SUBJECT,
+                            "audience": IDENTITY_BINDING_AUDIENCE,
+                        }
+                    ],
                 },
                 {
                     "name": "prov-denied",

@@ -10,12 +10,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from testbed.emulator import workload_token
+from testbed.emulator import (
+    IDENTITY_BINDING_AUDIENCE,
+    TOKEN_PROXY_SNI,
+    TOKEN_PROXY_URL,
+    workload_token,
+)
 from testbed.mount_attributes import attributes, objects_yaml
 from testbed.peers import peer
 from testbed.provider import ProviderProcess, files_of, ours, upstream, versions_of
 
-from .conftest import MI_USER, WI_APP, ProviderWorld
+from .conftest import IB_MI, MI_USER, WI_APP, ProviderWorld
 
 pytestmark = pytest.mark.peers
 
@@ -125,7 +130,9 @@ def _pair(
 def pair(
     tmp_path_factory: pytest.TempPathFactory, go_binary: Path, world: ProviderWorld
 ) -> Iterator[tuple[ProviderProcess, ProviderProcess]]:
-    a, b = _pair(tmp_path_factory.mktemp("diff"), go_binary)
+    # Both with the session emulator's identity-binding proxy (no effect on other identities).
+    proxy = (f"--token-proxy-url={TOKEN_PROXY_URL}", f"--sni-name={TOKEN_PROXY_SNI}")
+    a, b = _pair(tmp_path_factory.mktemp("diff"), go_binary, *proxy)
     yield a, b
     a.stop()
     b.stop()
@@ -171,7 +178,7 @@ def test_same_files_with_flags(
         pair[1].start()
 
 
-@pytest.mark.parametrize("identity", ["mi-system", "mi-user", "workload"])
+@pytest.mark.parametrize("identity", ["mi-system", "mi-user", "workload", "binding"])
 def test_same_files_with_other_identities(pair, world: ProviderWorld, identity: str) -> None:  # type: ignore[no-untyped-def]
     extra: dict[str, str] = {}
     tokens = None
@@ -179,6 +186,10 @@ def test_same_files_with_other_identities(pair, world: ProviderWorld, identity: 
         extra["useVMManagedIdentity"] = "true"
         if identity == "mi-user":
             extra["userAssignedIdentityID"] = MI_USER
+    elif identity == "binding":
+        # Only the identity-binding token: the Go provider must pick it by its audience.
+        extra.update(clientID=IB_MI, useAzureTokenProxy="true")
+        tokens = {IDENTITY_BINDING_AUDIENCE: workload_token(audience=IDENTITY_BINDING_AUDIENCE)}
     else:
         extra["clientID"] = WI_APP
         tokens = {"api://AzureADTokenExchange": workload_token()}
@@ -189,8 +200,23 @@ def test_same_files_with_other_identities(pair, world: ProviderWorld, identity: 
         tokens=tokens,
         **extra,
     )
+    world.emulator.clear_requests()
     mine, theirs = both(pair, attrib, None)
     assert files_of(mine) == files_of(theirs) and versions_of(mine) == versions_of(theirs)
+    if identity == "binding":
+        # Both exchanged the token at the proxy, none at Entra ID: the Go provider reads the
+        # OpenID configuration there and posts once; ours posts at least once (concurrent
+        # first GETs may each ask before the first token is cached).
+        seen = [
+            (r["service"], r["method"], r["path"], r["status"])
+            for r in world.emulator.requests()
+            if r["service"] == "token-proxy" or r["identity"] == IB_MI
+        ]
+        token_path = f"/{world.tenant}/oauth2/v2.0/token"
+        openid = f"/{world.tenant}/v2.0/.well-known/openid-configuration"
+        assert seen.count(("token-proxy", "POST", token_path, 200)) >= 2, seen
+        assert ("token-proxy", "GET", openid, 200) in seen, seen
+        assert not [r for r in seen if r[0] == "entra"], seen
 
 
 def _error(

@@ -1,0 +1,154 @@
+"""AKS identity binding: the pod's service-account token (audience `api://AKSIdentityBinding`)
+exchanged at the cluster's token proxy instead of at Entra ID.
+
+What upstream v1.8.2 does (internal/identitybinding, azidentity's customtokenproxy transport),
+and so what we do: the Entra ID token request is built as for workload identity (client
+credentials, the token as the client assertion) and only sent elsewhere. Its URL becomes the
+proxy URL joined with the request's own path (query kept); the TLS handshake names
+`--sni-name` and checks the proxy's certificate against that name, trusting the cluster CA
+(`/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`, re-read when it changes) when that file
+exists, else the system's roots. Flag errors are kept and reported by the mounts that ask for
+identity binding, as upstream does, so other mounts keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from azure.core.pipeline.transport import AioHttpTransport
+
+from .errors import Kind, ProviderError
+from .limits import shown
+
+IDENTITY_BINDING_AUDIENCE = "api://AKSIdentityBinding"
+DEFAULT_TOKEN_PROXY_URL = "https://kubernetes.default.svc.cluster.local"
+SERVICE_ACCOUNT_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+# The cluster CA bundle read for the proxy's TLS (a few certificates in practice).
+MAX_CA_FILE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TokenProxy:
+    """Where identity binding sends token requests; `problem` says why it cannot (a flag)."""
+
+    url: str
+    sni_name: str
+    ca_file: str = SERVICE_ACCOUNT_CA
+    problem: str = ""
+
+    def describe(self) -> str:
+        return f"the identity-binding token proxy ({self.url}, SNI {self.sni_name or '?'})"
+
+    def check(self) -> None:
+        if self.problem:
+            raise ProviderError(
+                Kind.FAILED_PRECONDITION,
+                f"useAzureTokenProxy: the provider's identity-binding proxy is not usable: "
+                f"{self.problem}",
+                reason="token proxy flags",
+            )
+
+    def target(self, url: str) -> str:
+        """`url` (an Entra ID request) sent to the proxy: its path joined to the proxy's."""
+        base, req = urlsplit(self.url), urlsplit(url)
+        path = base.path.rstrip("/") + "/" + req.path.lstrip("/")
+        return urlunsplit((base.scheme, base.netloc, path, req.query, ""))
+
+
+def configure(url_flag: str, sni_flag: str, ca_file: str = SERVICE_ACCOUNT_CA) -> TokenProxy:
+    """The proxy from `--token-proxy-url` and `--sni-name`, checked by upstream's rules."""
+    url = url_flag.strip() or DEFAULT_TOKEN_PROXY_URL
+    sni = sni_flag.strip()
+    problem = _url_problem(url)
+    if not problem and not sni:
+        problem = (
+            "--sni-name is not set (upstream computes it from the API server's certificate; "
+            "this provider needs it given)"
+        )
+    if not problem and (len(sni) > 253 or not all(c.isalnum() or c in "-." for c in sni)):
+        problem = f"--sni-name {shown(sni)} must be a DNS name"
+    return TokenProxy(url, sni, ca_file, problem)
+
+
+def _url_problem(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        return f"--token-proxy-url {shown(url)} is not a URL"
+    rule = ""
+    if parts.scheme != "https":
+        rule = "must use the https scheme"
+    elif not parts.hostname:
+        rule = "must name a host"
+    elif len(parts.hostname) > 253 or any(len(x) > 63 for x in parts.hostname.split(".")):
+        rule = "must name a valid host (labels of at most 63, at most 253 characters)"
+    elif parts.username is not None or parts.password is not None:
+        rule = "must not contain user info"
+    elif parts.query:
+        rule = "must not contain a query"
+    elif parts.fragment:
+        rule = "must not contain a fragment"
+    return f"--token-proxy-url {shown(url)} {rule}" if rule else ""
+
+
+class ProxyTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core's stubs: Any
+    """An azure-core transport that sends each request to the proxy, with its SNI name."""
+
+    def __init__(self, proxy: TokenProxy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.proxy = proxy
+        self._ca: tuple[int, int] | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    async def send(self, request: Any, **config: Any) -> Any:
+        request.url = self.proxy.target(request.url)
+        config.setdefault("server_hostname", self.proxy.sni_name)
+        config.setdefault("ssl", self._context())
+        return await super().send(request, **config)
+
+    def _context(self) -> ssl.SSLContext:
+        """The cluster CA when its file exists (rebuilt when it changes), else system roots."""
+        try:
+            st = os.stat(self.proxy.ca_file)
+        except OSError:
+            st = None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+        if self._ssl is not None and stamp == self._ca:
+            return self._ssl
+        context = ssl.create_default_context() if st is None else self._cluster_context(st.st_size)
+        if context is None:  # an empty CA file mid-rotation: keep the one we have, if any
+            if self._ssl is not None:
+                return self._ssl
+            raise ProviderError(
+                Kind.UNAVAILABLE,
+                f"useAzureTokenProxy: CA file {self.proxy.ca_file} is empty",
+                reason="token proxy CA",
+            )
+        self._ssl, self._ca = context, stamp
+        return context
+
+    def _cluster_context(self, size: int) -> ssl.SSLContext | None:
+        if size > MAX_CA_FILE:
+            raise ProviderError(
+                Kind.FAILED_PRECONDITION,
+                f"useAzureTokenProxy: CA file {self.proxy.ca_file} has {size} bytes, "
+                f"at most {MAX_CA_FILE}",
+                reason="token proxy CA",
+            )
+        with open(self.proxy.ca_file, encoding="ascii", errors="replace") as f:
+            pem = f.read()
+        if not pem.strip():
+            return None
+        try:
+            return ssl.create_default_context(cadata=pem)
+        except ssl.SSLError:
+            raise ProviderError(
+                Kind.FAILED_PRECONDITION,
+                f"useAzureTokenProxy: CA file {self.proxy.ca_file} holds no valid certificate",
+                reason="token proxy CA",
+            ) from None
