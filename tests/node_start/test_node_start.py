@@ -12,6 +12,10 @@ One node serves every story, in order:
    then start, with no FailedMount, once the driver has removed the taint.
 3. The provider restarted (SIGTERM, back RESTART_GAP seconds later, as a DaemonSet pod is
    replaced) while CREATED pods are being created: 0 failed publishes.
+4. For comparison, story 1 with the upstream Go provider v1.8.2: all pods gone, driver and
+   provider stopped, the driver started, PODS new pods bound, the Go provider PROVIDER_LAG
+   seconds after the driver. kubelet stays up here (restarting it from this process once the
+   registrar's gRPC threads exist is unsafe: testbed/node.py forks with a preexec_fn).
 
 Figures are printed (`-s`) and kept in docs/troubleshooting.md, "Node start and provider
 restarts".
@@ -37,6 +41,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Namespace, Pod, Secret
 from lightkube.resources.core_v1 import Node as NodeObject
 
+from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass
 from csi_driver.startup_taint import TAINT_KEY
 from testbed import images
@@ -50,7 +55,7 @@ from testbed.driver import DriverProcess
 from testbed.emulator import TENANT_ID, Emulator
 from testbed.node import NODE_NAME, NODE_PEERS, Node, new_node
 from testbed.peers import peer, require_programs
-from testbed.provider import ProviderProcess, ours
+from testbed.provider import ProviderProcess, ours, upstream
 from testbed.registrar import Registrar
 from testbed.rundir import reap_stale, run_dir, unmount_under
 
@@ -417,3 +422,49 @@ async def test_provider_restarted_while_pods_are_created(world: World) -> None:
     )
     assert failed == [], failed
     assert errors == errors_before
+
+
+async def _all_gone(w: World) -> None:
+    """Every pod deleted and kubelet done unpublishing their volumes."""
+    await _delete_pods(w.admin)
+    pods = str(w.node.root / "pods") + "/"
+    deadline = time.monotonic() + 60
+    while True:
+        mounts = [
+            p for p in mounter.mount_points() if p.startswith(pods) and "kubernetes.io~csi" in p
+        ]
+        if not mounts:
+            return
+        assert time.monotonic() < deadline, f"volumes still mounted: {mounts}"
+        await asyncio.sleep(0.2)
+
+
+async def test_node_restart_with_the_go_provider(world: World) -> None:
+    w = world
+    go = peer("azure-provider")
+    assert w.driver.proc is not None and w.provider.proc is not None, "the first story failed"
+    await _all_gone(w)
+    w.provider.stop()
+    w.driver.stop()
+    names = [f"go-{i}" for i in range(PODS)]
+    theirs = upstream(go, w.provider.socket, log=w.tmp / "go-provider.log")
+    try:
+        await asyncio.to_thread(w.driver.start)
+        driver_serves = time.monotonic()
+        await _create(w, names, bound=True)  # kubelet is up: after the driver, as in story 1
+        await asyncio.sleep(PROVIDER_LAG - (time.monotonic() - driver_serves))
+        await asyncio.to_thread(theirs.start)
+        provider_serves = time.monotonic()
+        running = await _running_times(w, names, within=90)
+        failed = await _failed_mounts(w, names)
+        _report(
+            w,
+            provider="go v1.8.2",
+            pods=PODS,
+            failed_mount=len(failed),
+            waiting_for_provider_events=await _events(w, names, "WaitingForProvider"),
+            all_running_after_provider_s=round(max(running.values()) - provider_serves, 1),
+        )
+        assert failed == [], failed
+    finally:
+        theirs.stop()
