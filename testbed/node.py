@@ -256,7 +256,8 @@ class Node:
         for t in tarballs:
             self.ctr("images", "import", "--no-unpack=false", str(t))
 
-    def start_kubelet(self) -> None:
+    def start_kubelet(self, *flags: str) -> None:
+        """kubelet, with `flags` added (e.g. `--register-with-taints=…`)."""
         kubeconfig = write_kubeconfig(
             self.workdir / "kubelet.kubeconfig", self.cp.server, self.cp.ca_file, NODE_TOKEN
         )
@@ -274,6 +275,7 @@ class Node:
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={NODE_IP}",
                 "--v=2",
+                *flags,
             ],
         )
 

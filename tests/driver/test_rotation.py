@@ -507,6 +507,57 @@ async def test_fault_provider_down(
             provider.start()
 
 
+async def test_fault_provider_restarted_during_a_tick(
+    world: Emulator,
+    provider: ProviderProcess,
+    one_pod: OnePodFactory,
+    admin_client: AsyncClient,
+) -> None:
+    """Issue 14's row: the provider SIGKILLed while a tick's Mount is in flight (Key Vault
+    holds that tick's GET 3 s), back 4 s later (longer than gRPC's own retries, which absorb a
+    shorter gap within the tick): the tick fails and keeps the previous content (never
+    emptied, never half written), and the next tick after the restart brings the new value."""
+    driver, _, vol, name, _ = await one_pod("rot-restart", "before")
+    path = vol.target / name
+    held = world.add_fault(
+        service="kv", method="GET", path=f"/secrets/{name}", delay_ms=3000, count=1
+    )
+    world.set_secret(VAULT, name, "after")
+    seen: set[str] = set()
+    watching = True
+
+    async def watch() -> None:
+        while watching:
+            seen.add(path.read_text() if path.exists() else "<missing>")
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+
+        def in_flight() -> bool:
+            return any(f["id"] == held["id"] and f["hits"] >= 1 for f in world.faults())
+
+        await wait_for(in_flight, 10, "a tick's Key Vault GET under way")
+        provider.kill()
+        await wait_for(
+            lambda: driver.metric("rotation_reconcile_error_total", error_type="GRPCProviderError"),
+            4.0,
+            "the tick failed",
+        )
+        await asyncio.sleep(0.5)
+        assert path.read_text() == "before"
+        await asyncio.to_thread(provider.start)
+        await wait_for(lambda: path.read_text() == "after", 10, "the next tick's new value")
+    finally:
+        watching = False
+        await watcher
+        if provider.proc is None:
+            provider.start()
+    assert seen <= {"before", "after"}, seen  # sampled every 10 ms: never missing, never else
+    await wait_for(lambda: events(admin_client, vol, "MountRotationFailed"), 3, "Warning event")
+    await wait_for(lambda: events(admin_client, vol, "MountRotationComplete"), 3, "Normal event")
+
+
 @pytest.mark.parametrize("status", [429, 503])
 async def test_fault_key_vault_throttled_or_failing(
     status: int,

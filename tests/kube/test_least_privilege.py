@@ -1,14 +1,19 @@
-"""Least privilege, proven: every verb of every rule of daemonset/rbac.yaml is needed by a
-named behaviour of the driver, and none is missing.
+"""Least privilege, proven: every verb of every rule of daemonset/rbac.yaml and
+daemonset/rbac-startup-taint.yaml is needed by a named behaviour of the driver, and none is
+missing.
 
 Each case runs the driver as a process, on a node of its own, with a token of a
-ServiceAccount of its own bound to one ClusterRole that holds the rules of daemonset/rbac.yaml
+ServiceAccount of its own bound to one ClusterRole that holds the rules of both files
 minus one verb of one rule (ids: `<ClusterRole>/<resource>/<verb>`). It exercises the
 behaviour that needs that verb and asserts it fails with a message from the driver (gRPC
 status, pod event or log line) that carries the API server's words for what was denied
-(`cannot <verb> resource "<resource>"`) and the ClusterRole of daemonset/rbac.yaml to check.
+(`cannot <verb> resource "<resource>"`) and the ClusterRole to check.
 The `full` case binds every rule and runs every behaviour: all succeed and the driver never
 logs a Forbidden.
+
+The startup taint's role is proven by drivers started with `--remove-startup-taint` on a Node
+registered with the taint and a CSINode that lists the driver: without one of its verbs the
+taint stays (the `full` case: it is removed).
 
 `secrets` get is granted by two ClusterRoles (sync and rotation), each optional: a case that
 drops a verb of one of them binds the rules without the other one (sync off, or rotation off),
@@ -43,31 +48,38 @@ from lightkube.models.core_v1 import (
     Container,
     CSIVolumeSource,
     LocalObjectReference,
+    NodeSpec,
     PodSpec,
+    Taint,
     Volume,
     VolumeMount,
 )
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.storage_v1 import CSINodeDriver, CSINodeSpec
 from lightkube.resources.authorization_v1 import SubjectAccessReview
 from lightkube.resources.core_v1 import (
     ConfigMap,
     Event,
     Namespace,
+    Node,
     Pod,
     Secret,
     ServiceAccount,
 )
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
+from lightkube.resources.storage_v1 import CSINode
 
 from csi_driver import mounter
 from csi_driver.kube import (
     ROLE_BASE,
     ROLE_ROTATION,
     ROLE_SYNC,
+    ROLE_TAINT,
     ROLE_TOKEN,
     SecretProviderClass,
     SecretProviderClassPodStatus,
 )
+from csi_driver.startup_taint import TAINT_KEY
 from testbed.controlplane import ControlPlane, manifests, service_account_kubeconfig
 from testbed.driver import DriverProcess
 from testbed.kubelet import DRIVER, Kubelet, PodVolume, rpc_error
@@ -85,7 +97,7 @@ WITHIN = 15.0  # seconds for what must happen
 ABSENT = 2.0  # seconds to show that what must not happen does not (watches are ~ms)
 
 
-# ---- the grants of daemonset/rbac.yaml ---------------------------------------------------------
+# ---- the grants of daemonset/rbac.yaml and rbac-startup-taint.yaml ---------------------------
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,7 @@ class Grant:
 
 def rbac_grants() -> list[Grant]:
     out = []
-    for doc in manifests("rbac.yaml"):
+    for doc in [*manifests("rbac.yaml"), *manifests("rbac-startup-taint.yaml")]:
         if doc["kind"] != "ClusterRole":
             continue
         role = str(doc["metadata"]["name"])  # type: ignore[index]
@@ -135,7 +147,7 @@ def rbac_grants() -> list[Grant]:
 
 
 GRANTS = rbac_grants()
-ROLES = {ROLE_BASE, ROLE_SYNC, ROLE_ROTATION, ROLE_TOKEN}
+ROLES = {ROLE_BASE, ROLE_SYNC, ROLE_ROTATION, ROLE_TOKEN, ROLE_TAINT}
 
 
 def bound_grants(dropped: Grant | None) -> list[Grant]:
@@ -578,6 +590,42 @@ async def rotation_event(c: Case, g: Grant | None) -> None:
     assert (vol.target / "a").read_text() == "two"
 
 
+async def _tainted(c: Case) -> bool:
+    node = await c.admin.get(Node, c.node)
+    return any(t.key == TAINT_KEY for t in (node.spec.taints if node.spec else None) or [])
+
+
+async def startup_taint(c: Case, g: Grant | None) -> None:
+    """--remove-startup-taint: the driver reads its Node (is the taint there?) and its CSINode
+    (has kubelet registered it?), then patches the taint off its Node."""
+    if g is None:
+
+        async def gone() -> bool:
+            return not await _tainted(c)
+
+        await eventually(gone, f"the startup taint off node {c.node}")
+        await c.log_line(f"startup taint {TAINT_KEY} removed from node {c.node}")
+        return
+    if g.resource == "csinodes":
+        # A CSINode it cannot read is "not registered": said in words after 60 s (the ERROR
+        # line and the Node event of test_startup_taint.py); before that, by the gauge alone.
+        async def waiting(condition: str) -> float:
+            return await asyncio.to_thread(
+                c.driver.metric, "startup_taint_waiting", waiting_for=condition
+            )
+
+        async def on_csinode() -> bool:
+            return await waiting("csinode") == 1
+
+        await eventually(on_csinode, "startup_taint_waiting{waiting_for=csinode} 1")
+        assert await waiting("node") == 0 and await waiting("provider/fake") == 0
+    else:
+        line = await c.denied_log(g, "startup taint", c.node)
+        assert line.startswith("E"), line  # klog's ERROR
+    await asyncio.sleep(ABSENT)
+    assert await _tainted(c), f"the startup taint left node {c.node} without {g.id}"
+
+
 # Which behaviour needs which grant: (ClusterRole, resource, verb) → behaviour.
 NEEDS: dict[tuple[str, str, str], Behaviour] = {
     (ROLE_BASE, "events", "create"): sync_failure_event,
@@ -599,6 +647,9 @@ NEEDS: dict[tuple[str, str, str], Behaviour] = {
     (ROLE_SYNC, "secrets", "watch"): secret_comes_back,
     (ROLE_ROTATION, "secrets", "get"): rotation,
     (ROLE_TOKEN, "serviceaccounts/token", "create"): rotation,
+    (ROLE_TAINT, "nodes", "get"): startup_taint,
+    (ROLE_TAINT, "nodes", "patch"): startup_taint,
+    (ROLE_TAINT, "csinodes", "get"): startup_taint,
 }
 ALL = [
     publish,
@@ -610,6 +661,7 @@ ALL = [
     spc_edit_resyncs,
     pod_adopted,
     rotation,
+    startup_taint,
 ]  # and restart_recovery last: it restarts the driver
 # A second behaviour a grant's drop must show, run in its case with rotation on.
 ALSO: dict[tuple[str, str, str], Behaviour] = {
@@ -622,9 +674,9 @@ def test_every_grant_is_needed_by_a_named_behaviour() -> None:
     """rbac.yaml and the table agree both ways: a verb no behaviour needs is a finding."""
     granted = {(g.role, g.resource, g.verb) for g in GRANTS}
     unneeded = sorted(granted - set(NEEDS))
-    assert not unneeded, f"no behaviour of the driver needs {unneeded}: drop them from rbac.yaml"
+    assert not unneeded, f"no behaviour of the driver needs {unneeded}: drop them from rbac*.yaml"
     missing = sorted(set(NEEDS) - granted)
-    assert not missing, f"behaviours need {missing}, which daemonset/rbac.yaml does not grant"
+    assert not missing, f"behaviours need {missing}, which daemonset/rbac*.yaml do not grant"
     assert {g.role for g in GRANTS} == ROLES
     assert set(NEEDS.values()) == {*ALL, restart_recovery}
 
@@ -638,6 +690,8 @@ SCOPE: dict[str, tuple[str, tuple[str, ...]]] = {
     "secretproviderclasses": ("secrets-store.csi.x-k8s.io", ()),
     "secretproviderclasspodstatuses": ("secrets-store.csi.x-k8s.io", ()),
     "csidrivers": ("storage.k8s.io", ("secrets-store.csi.k8s.io",)),
+    "nodes": ("", ()),  # its own Node: a name RBAC cannot template
+    "csinodes": ("storage.k8s.io", ()),
 }
 
 
@@ -670,6 +724,10 @@ class Run:
     @property
     def rotation(self) -> bool:
         return any(b in ROTATING for b in self.behaviours)
+
+    @property
+    def taint(self) -> bool:
+        return startup_taint in self.behaviours
 
 
 def runs() -> list[Run]:
@@ -765,6 +823,23 @@ async def _bind(admin: AsyncClient, name: str, grants: list[Grant]) -> None:
     await eventually(allowed, f"RBAC for {name} in effect")
 
 
+async def _tainted_node(admin: AsyncClient, node: str) -> None:
+    """A Node registered with the startup taint, and the CSINode kubelet writes once the
+    node-driver-registrar has registered the driver."""
+    await admin.create(
+        Node(
+            metadata=ObjectMeta(name=node),
+            spec=NodeSpec(taints=[Taint(key=TAINT_KEY, value="true", effect="NoSchedule")]),
+        )
+    )
+    await admin.create(
+        CSINode(
+            metadata=ObjectMeta(name=node),
+            spec=CSINodeSpec(drivers=[CSINodeDriver(name=DRIVER, nodeID=node)]),
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 async def cases(
     control_plane: ControlPlane,
@@ -781,6 +856,10 @@ async def cases(
         kubeconfig = await service_account_kubeconfig(
             control_plane, admin_client, "kube-system", name, root / f"{name}.kubeconfig"
         )
+        taint: tuple[str, ...] = ()
+        if run.taint:
+            await _tainted_node(admin_client, f"{name}-node")
+            taint = ("--remove-startup-taint", "--startup-taint-providers=fake")
         driver = DriverProcess(
             root,
             kubeconfig=kubeconfig,
@@ -790,6 +869,7 @@ async def cases(
             extra=(
                 f"--enable-secret-rotation={str(run.rotation).lower()}",
                 "--rotation-poll-interval=1s",
+                *taint,
             ),
         )
         await asyncio.to_thread(driver.start)
@@ -807,6 +887,11 @@ async def cases(
     for c in out.values():
         await c.close()
         await c.kubelet.close()
+    for run in CASES:
+        if run.taint:
+            for kind in (CSINode, Node):
+                with contextlib.suppress(ApiError):
+                    await admin_client.delete(kind, f"{out[run.id].name}-node")
     for c in out.values():  # for a look after a failed run
         shutil.copy(c.driver.log, f"/tmp/least-privilege-{c.name}.log")
 
