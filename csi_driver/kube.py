@@ -135,8 +135,8 @@ def denied_request_text(request: httpx2.Request) -> str:
 
 
 def rbac_hint(message: str, role: str | None = None) -> str:
-    """What to grant for a Forbidden message: the verb, the resource and the ClusterRole of
-    daemonset/rbac.yaml that holds it; "" when the message is not an RBAC denial."""
+    """What to grant for a Forbidden message: the verb, the resource and the ClusterRole that
+    holds it (and its file under daemonset/); "" when the message is not an RBAC denial."""
     m = _DENIED.search(message)
     if m is None:
         return ""
@@ -145,8 +145,9 @@ def rbac_hint(message: str, role: str | None = None) -> str:
     where = f"{resource}.{group}" if group else resource
     if role is None:
         return f"the driver's ServiceAccount needs {verb} on {where}"
+    source = "daemonset/rbac-startup-taint.yaml" if role == ROLE_TAINT else "daemonset/rbac.yaml"
     return (
-        f"check ClusterRole {role} (daemonset/rbac.yaml): it must allow {verb} on {where} "
+        f"check ClusterRole {role} ({source}): it must allow {verb} on {where} "
         "and be bound to the driver's ServiceAccount"
     )
 

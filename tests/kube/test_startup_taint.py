@@ -303,7 +303,11 @@ async def test_patch_forbidden_names_the_cluster_role(
         for r in caplog.records
         if r.levelno == logging.ERROR and 'cannot patch resource "nodes"' in r.getMessage()
     ]
-    assert denied and "ClusterRole secretproviderstartuptaint-role" in denied[0], denied
+    assert (
+        denied
+        and "ClusterRole secretproviderstartuptaint-role (daemonset/rbac-startup-taint.yaml)"
+        in denied[0]
+    ), denied
 
 
 async def test_driver_process_removes_the_taint(
