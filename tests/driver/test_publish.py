@@ -60,8 +60,9 @@ async def test_publish_read_unpublish(
     assert attrs["csi.storage.k8s.io/serviceAccount.name"] == "default"
     assert attrs["csi.storage.k8s.io/ephemeral"] == "true"
     tokens = json.loads(attrs["csi.storage.k8s.io/serviceAccount.tokens"])
-    assert set(tokens) == {"api://AzureADTokenExchange"}
-    assert tokens["api://AzureADTokenExchange"]["token"].count(".") == 2
+    # the CSIDriver's tokenRequests: workload identity and identity binding, as upstream's chart
+    assert set(tokens) == {"api://AzureADTokenExchange", "api://AKSIdentityBinding"}
+    assert all(t["token"].count(".") == 2 for t in tokens.values())
     assert (target / "permission").read_text() == "420"
     secrets = json.loads((target / "secrets.json").read_text())
     assert set(secrets) == {"csi.storage.k8s.io/serviceAccount.tokens"}
