@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,14 @@ _GET_ERRORS: dict[int, type[HttpResponseError]] = {
     409: ResourceExistsError,
     304: ResourceNotModifiedError,
 }
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_version(secret_id: str) -> str:
+    """The version in a secret's id, as SecretProperties.version reads it (a bounded memo: the
+    same ids come back on every Mount, and the parse is a urlparse)."""
+    return KeyVaultSecretIdentifier(secret_id).version or ""
+
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
@@ -273,7 +282,7 @@ class VaultClient:
             value=secret["value"],
             content_type=secret.get("contentType") or "",
             kid=secret.get("kid") or "",
-            version=(KeyVaultSecretIdentifier(sid).version or "") if sid else "",
+            version=_secret_version(sid) if sid else "",
         )
 
     async def _get_secret_bundle(self, name: str, version: str) -> dict[str, Any]:
