@@ -318,7 +318,8 @@ def report(
     if plots is not None:
         from bench.plots import write_all  # matplotlib: the `bench` extra
 
-        names = write_all(plots, figures.latency, figures.storms, figures.rss)
+        limits = f"cpu {plan.cpu_millis}m / memory {plan.memory_mib}Mi" if plan else ""
+        names = write_all(plots, figures.latency, figures.storms, figures.rss, limits)
         lines += ["", *(f"![{title}]({name})" for name, title in names)]
     return "\n".join(lines)
 

@@ -46,7 +46,7 @@ def latency_by_objects(path: Path, rows: Sequence[LatencyRow]) -> None:
     plt.close(fig)
 
 
-def storm_completion(path: Path, storms: Mapping[str, Sequence[Storm]]) -> None:
+def storm_completion(path: Path, storms: Mapping[str, Sequence[Storm]], limits: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, results in storms.items():
         for i, result in enumerate(results):
@@ -55,7 +55,7 @@ def storm_completion(path: Path, storms: Mapping[str, Sequence[Storm]]) -> None:
             label = f"{name} (storm {i + 1}: {result.wall_seconds:.1f} s)"
             style = "-" if i == 0 else ":"
             ax.step(xs, ys, style, where="post", color=COLOURS[name], label=label)
-    ax.set_title("Mount storm under cpu 50m / memory 100Mi: Mounts done over time")
+    ax.set_title(f"Mount storm under {limits}: Mounts done over time")
     ax.set_xlabel("seconds from the first Mount")
     ax.set_ylabel("pods mounted")
     ax.grid(alpha=0.3)
@@ -87,6 +87,7 @@ def write_all(
     latency: Sequence[LatencyRow],
     storms: Mapping[str, Sequence[Storm]],
     rss: Mapping[str, Sequence[tuple[int, float]]],
+    limits: str = "cpu 50m / memory 100Mi",
 ) -> list[tuple[str, str]]:
     """(file name, title) of each plot written into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def write_all(
     latency_by_objects(directory / written[0][0], latency)
     if storms:
         written.append(("bench-storm.svg", "Mount storm completion over time, ours and Go"))
-        storm_completion(directory / written[-1][0], storms)
+        storm_completion(directory / written[-1][0], storms, limits)
     written.append(("bench-rss.svg", "RSS over Mounts, ours and Go"))
     rss_over_mounts(directory / written[-1][0], rss)
     return written
