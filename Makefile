@@ -37,8 +37,11 @@ peers:
 test: install deb peers images
 	tests/netns-run $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# Latency, RSS and (root, cgroup v1) the storm under upstream's provider budget; SVG plots into
+# docs/ (matplotlib: the `bench` extra, installed here only).
 bench: install peers
-	tests/netns-run $(PY) -m bench $(BENCH_ARGS)
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	tests/netns-run $(PY) -m bench --plots docs $(BENCH_ARGS)
 
 demo: install deb
 	tests/netns-run $(PY) -m demo $(DEMO_ARGS)

@@ -19,44 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from bench.__main__ import SECRETS, request, seed, trust
+from bench.budget import budget
 from bench.report import write_section
 from secrets_store_api import provider_pb2
 from testbed.emulator import Emulator
 from testbed.peers import peer_path
 from testbed.provider import ProviderProcess, ours, upstream
-
-CGROUP = Path("/sys/fs/cgroup")
-
-
-@contextmanager
-def budget(name: str, cpu_millis: int, memory_mib: int) -> Iterator[list[str]]:
-    """cpu and memory groups; yields the argv prefix that puts a program in them before exec."""
-    cpu, memory = CGROUP / "cpu" / name, CGROUP / "memory" / name
-    for group in (cpu, memory):
-        if group.exists():
-            group.rmdir()
-        group.mkdir()
-    try:
-        (cpu / "cpu.cfs_period_us").write_text("100000")
-        (cpu / "cpu.cfs_quota_us").write_text(str(cpu_millis * 100))
-        (memory / "memory.limit_in_bytes").write_text(str(memory_mib * 1024 * 1024))
-        enter = f'echo $$ > {cpu}/cgroup.procs && echo $$ > {memory}/cgroup.procs && exec "$@"'
-        yield ["sh", "-c", enter, "sh"]
-    finally:
-        for group in (cpu, memory):
-            for _ in range(50):
-                try:
-                    group.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
 
 
 def wait_for(check: Callable[[], bool], deadline: float) -> float:
@@ -109,10 +83,10 @@ def run(rounds: int, cpu_millis: int, memory_mib: int) -> str:
         seed(emu)
         for _ in range(rounds):
             for name in ("ours", "Go"):
-                with budget(f"bench-startup-{name}", cpu_millis, memory_mib) as prefix:
+                with budget(f"bench-startup-{name}", cpu_millis, memory_mib) as groups:
                     sock = str(state / f"{name}.sock")
                     proc = ours(sock) if name == "ours" else upstream(go_binary, sock)
-                    proc.argv = [*prefix, *proc.argv]
+                    proc.argv = [*groups.prefix, *proc.argv]
                     try:
                         results[name].append(one_start(proc))
                     finally:

@@ -9,22 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceNotFoundError,
+    ResourceNotModifiedError,
     ServiceRequestError,
     ServiceRequestTimeoutError,
     ServiceResponseError,
     ServiceResponseTimeoutError,
 )
 from azure.core.pipeline import policies
+from azure.core.rest import HttpRequest
 
 # Each Key Vault package ships its own copy of the challenge policy (same behaviour).
 from azure.keyvault.certificates._shared.async_challenge_auth_policy import (
@@ -35,6 +40,7 @@ from azure.keyvault.keys._shared.async_challenge_auth_policy import (
     AsyncChallengeAuthPolicy as KeyChallenge,
 )
 from azure.keyvault.keys.aio import KeyClient
+from azure.keyvault.secrets import KeyVaultSecretIdentifier
 from azure.keyvault.secrets._shared.async_challenge_auth_policy import (
     AsyncChallengeAuthPolicy as SecretChallenge,
 )
@@ -54,14 +60,33 @@ def _lean_policies(
 ) -> list[Any]:
     """The SDK's pipeline without tracing, request-id, redirect and logging policies, which
     cost ~30% of a GET's CPU and do nothing here (we never log requests, never follow
-    redirects to other hosts)."""
+    redirects to other hosts), nor the headers policy (it adds headers given to the client or
+    per call, and we give none; each policy is a layer of coroutines on every request)."""
     return [
-        policies.HeadersPolicy(),
         policies.UserAgentPolicy(sdk_moniker="secrets-store-csi-provider-azure"),
-        policies.ContentDecodePolicy(),
+        # Key Vault answers UTF-8 JSON: naming the encoding spares parsing the Content-Type
+        # header with the email package on every answer (~8 % of a GET's CPU).
+        policies.ContentDecodePolicy(response_encoding="utf-8"),
         policies.AsyncRetryPolicy(**kwargs),
         challenge(credential, verify_challenge_resource=True),
     ]
+
+
+# What the generated Get Secret operation raises for these statuses (any other non-200 is an
+# HttpResponseError); the message of each comes from the response body, not from a model.
+_GET_ERRORS: dict[int, type[HttpResponseError]] = {
+    401: ClientAuthenticationError,
+    404: ResourceNotFoundError,
+    409: ResourceExistsError,
+    304: ResourceNotModifiedError,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_version(secret_id: str) -> str:
+    """The version in a secret's id, as SecretProperties.version reads it (a bounded memo: the
+    same ids come back on every Mount, and the parse is a urlparse)."""
+    return KeyVaultSecretIdentifier(secret_id).version or ""
 
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -195,6 +220,11 @@ class VaultClient:
             policies=_lean_policies(credential, SecretChallenge, kwargs),
             **kwargs,
         )
+        self._secrets_url = f"{self._secrets.vault_url.rstrip('/')}/secrets/"
+        self._secrets_api = self._secrets.api_version
+        # The generated client's pipeline, which its own operations run (no public handle;
+        # `send_request` deep-copies and re-parses every request).
+        self._secrets_pipeline = self._secrets._client._client._pipeline
         self._keys = KeyClient(
             vault_url,
             credential,
@@ -244,16 +274,37 @@ class VaultClient:
 
     async def get_secret(self, name: str, version: str) -> SecretValue:
         what = ("secret", name, version)
-        secret = await self._call(what, self._secrets.get_secret(name, version or None))
-        if secret.value is None:
+        secret = await self._call(what, self._get_secret_bundle(name, version))
+        if secret.get("value") is None:
             raise ProviderError(Kind.INTERNAL, f"{object_context(*what)}: secret value is nil")
-        props = secret.properties
+        sid = secret.get("id")
         return SecretValue(
-            value=secret.value,
-            content_type=props.content_type or "",
-            kid=props.key_id or "",
-            version=props.version or "",
+            value=secret["value"],
+            content_type=secret.get("contentType") or "",
+            kid=secret.get("kid") or "",
+            version=_secret_version(sid) if sid else "",
         )
+
+    async def _get_secret_bundle(self, name: str, version: str) -> dict[str, Any]:
+        """Get Secret through the SecretClient's own pipeline (retries, Retry-After, timeouts,
+        challenge auth): the request `SecretClient.get_secret` sends and the errors it raises,
+        without the generated request builder and model deserialisation (~40 % of a GET's CPU).
+        The bundle is the JSON the pipeline's ContentDecodePolicy already parsed."""
+        request = HttpRequest(
+            "GET",
+            f"{self._secrets_url}{quote(name, safe='')}/{quote(version, safe='')}"
+            f"?api-version={self._secrets_api}",
+            headers={"Accept": "application/json"},
+        )
+        answer = await self._secrets_pipeline.run(request, stream=False)
+        response = answer.http_response
+        if response.status_code != 200:
+            error = _GET_ERRORS.get(response.status_code, HttpResponseError)
+            raise error(response=response)
+        bundle = answer.context.get("deserialized_data")
+        if not isinstance(bundle, dict):
+            raise HttpResponseError(message="Get Secret answered no JSON object", response=response)
+        return bundle
 
     async def get_key(self, name: str, version: str) -> KeyValue:
         what = ("key", name, version)

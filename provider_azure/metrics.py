@@ -70,7 +70,7 @@ class Metrics:
             registry=self.registry,
             buckets=BUCKETS,
         )
-        self._series: dict[str, BoundedLRU[tuple[str, ...], bool]] = {
+        self._series: dict[str, BoundedLRU[tuple[str, ...], Any]] = {
             name: BoundedLRU(f"{name} series", MAX_SERIES)
             for name in ("keyvault_request", "grpc_request")
         }
@@ -87,10 +87,14 @@ class Metrics:
     ) -> None:
         series = self._series[name]
         key = tuple(labels)
-        if series.get(key) is None:
-            for evicted, _ in series.put(key, True):
+        child = series.get(key)
+        if child is None:
+            # the labelled child is kept with its series: `labels()` is a lock, a tuple and a
+            # dict look-up on every Key Vault GET otherwise
+            child = histogram.labels(*key)
+            for evicted, _ in series.put(key, child):
                 histogram.remove(*evicted)
-        histogram.labels(*key).observe(value)
+        child.observe(value)
 
     def _common(self) -> tuple[str, ...]:
         return (SCOPE, "", "", SERVICE_NAME, "azure", OS_TYPE)

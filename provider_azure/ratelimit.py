@@ -35,6 +35,12 @@ class TokenBucket:
 
     async def acquire(self) -> None:
         """Take one token, waiting (in order of arrival) while the bucket is empty."""
+        if not self._lock.locked():
+            # nobody waits and a token is there: take it without the lock's round trip
+            self._refill()
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
         async with self._lock:
             self._refill()
             if self._tokens < 1:
