@@ -179,7 +179,7 @@ async def test_managed_secret_change_restarts_once(restarts: World) -> None:
     assert "two" not in (event.message or "")
 
     await _set(world, managed, "two", label="again")  # the same data reported again
-    await _stays(world, app, 2)
+    await _stays(world, app, 2, seconds=MIN_INTERVAL + 1)  # past the rate limit's delay
     assert await _generation(world, plain) == 1  # not annotated
     assert await _generation(world, bad) == 1  # a bad value is not "true"
 
