@@ -50,6 +50,7 @@ KINDS: dict[str, Any] = {
     "DaemonSet": DaemonSet,
 }
 ROLE = "secrets-store-sync-controller-restart-on-change-role"
+RBAC_FILE = "daemonset/sync-controller/rbac-restart-on-change.yaml"
 
 WKey = tuple[str, str, str]  # kind, namespace, name
 
@@ -58,6 +59,16 @@ WKey = tuple[str, str, str]  # kind, namespace, name
 class Change:
     digest: str
     what: str  # for the event: "SecretProviderClass ns/name (objects a, b)" or "Secret ns/name"
+
+
+def _why(e: BaseException) -> str:
+    """The API server's words; a Forbidden one names this controller's role and file."""
+    if isinstance(e, ApiError) and e.status.code == 403:
+        return (
+            f"{e.status.message}; check ClusterRole {ROLE} ({RBAC_FILE}): it must be bound to "
+            "the sync controller's ServiceAccount"
+        )
+    return api_error_text(e)
 
 
 def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +226,7 @@ class RestartController:
                 "restart-on-change: pod %s/%s: owner not read: %s",
                 namespace,
                 pod,
-                api_error_text(e, ROLE),
+                _why(e),
             )
             return
         if wkey is None:
@@ -297,14 +308,14 @@ class RestartController:
                 kind,
                 ns,
                 name,
-                api_error_text(e, ROLE),
+                _why(e),
             )
             await self._event(
                 wkey,
                 self.workloads.get(wkey) or {},
                 "Warning",
                 "RestartFailed",
-                f"not restarted for {change.what}: {api_error_text(e, ROLE)}",
+                f"not restarted for {change.what}: {_why(e)}",
             )
             return
         self.workloads[wkey] = done
