@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 import httpx2 as httpx
 import pytest
 from lightkube import ApiError, codecs
-from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import Event, Pod, Secret
+from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 
 from csi_driver.kube import SecretProviderClassPodStatus
 from csi_driver.secret_writer import MANAGED_LABEL
@@ -288,3 +289,91 @@ async def test_rate_limit_then_controller_restart(restarts: World) -> None:
 
 async def _gen_is(world: World, app: str, n: int) -> bool:
     return await _generation(world, app) == n
+
+
+async def _statefulset(world: World, name: str) -> None:
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {ANNOTATION: "true"}},
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1"}]},
+            },
+        },
+    }
+    await world.admin.create(StatefulSet.from_dict(body))
+
+
+async def _sts_generation(world: World, name: str) -> int:
+    s = await world.admin.get(StatefulSet, name, namespace=NAMESPACE)
+    return int(s.metadata.generation or 0)
+
+
+async def test_statefulset_flapping_version_and_bare_pod(restarts: World) -> None:
+    """A StatefulSet's pod (owned directly): v1 → v2 one rollout, back to v1 another (a change
+    is a change); a pod with no owner: its SPCPS changes restart nothing and say why."""
+    world = restarts
+    sts, spc, bare = unique("sts"), unique("spc"), unique("bare")
+    await _statefulset(world, sts)
+    (pod,) = await until(lambda: _pods_if(world, sts, 1), what="the StatefulSet's pod")
+    await world.admin.create(
+        Pod.from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": bare, "namespace": NAMESPACE},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1"}]},
+            }
+        )
+    )
+    lone = await world.admin.get(Pod, bare, namespace=NAMESPACE)
+    for p in (pod, lone):
+        await _spcps(world, p, spc, "v1")
+    await _live(world)
+    for p in (pod, lone):
+        await _spcps(world, p, spc, "v2")
+    await until(lambda: _sts_is(world, sts, 2), what="the StatefulSet's rollout")
+    await until(
+        lambda: _logged(world, f"pod {NAMESPACE}/{bare} has no workload owner"), what="the log"
+    )
+    await _spcps(world, pod, spc, "v1")  # flaps back: after the minimum interval, once more
+    await until(lambda: _sts_is(world, sts, 3), within=MIN_INTERVAL + 5, what="the flap back")
+
+
+async def _sts_is(world: World, name: str, n: int) -> bool:
+    return await _sts_generation(world, name) == n
+
+
+async def _logged(world: World, text: str) -> bool:
+    return text in world.controller.text()
+
+
+async def test_patch_forbidden_names_the_role(restarts: World) -> None:
+    """The role's binding removed (running watches go on): the rollout is refused, and the
+    Warning event and the log name the role and its file; bound again, the next change rolls."""
+    world = restarts
+    secret, app = unique("forbidden"), unique("denied")
+    await _secret(world, secret, "one")
+    await _deployment(world, app, [secret])
+    await _live(world)
+    (binding,) = [
+        d
+        for d in manifests("sync-controller/rbac-restart-on-change.yaml")
+        if d["kind"] == "ClusterRoleBinding"
+    ]
+    name = str(binding["metadata"]["name"])  # type: ignore[index]
+    await world.admin.delete(ClusterRoleBinding, name)
+    try:
+        await _set(world, secret, "two")
+        (event,) = await until(lambda: _events(world, app, "RestartFailed"), what="RestartFailed")
+    finally:
+        await world.admin.apply(codecs.from_dict(binding), field_manager="tests", force=True)
+    assert event.type == "Warning"
+    assert "secrets-store-sync-controller-restart-on-change-role" in (event.message or "")
+    assert "rbac-restart-on-change.yaml" in world.controller.text()
+    assert await _generation(world, app) == 1
