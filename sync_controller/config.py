@@ -47,6 +47,26 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("workers", 8, "SecretSyncs synced at once [this controller only]", "int"),
     Flag("log-format-json", False, "JSON logs [this controller only]", "bool"),
+    Flag(
+        "enable-restart-on-change",
+        False,
+        "roll annotated Deployments/StatefulSets/DaemonSets when their pods' mounted versions "
+        "or managed Secrets change (docs/rotation.md) [this controller only]",
+        "bool",
+    ),
+    Flag(
+        "restart-min-interval",
+        60.0,
+        "restart-on-change: at least this long between two rollouts of one workload "
+        "[this controller only]",
+        "duration",
+    ),
+    Flag(
+        "restart-max-in-flight",
+        5,
+        "restart-on-change: at most this many rollouts unfinished at once [this controller only]",
+        "int",
+    ),
 )
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
@@ -70,6 +90,9 @@ class Config:
     provider_timeout: float
     workers: int
     log_json: bool
+    restart_on_change: bool
+    restart_min_interval: float
+    restart_max_in_flight: int
     pod_name: str
     pod_uid: str
 
@@ -111,6 +134,9 @@ def parse_args(argv: Sequence[str]) -> Config:
         provider_timeout=values["provider-timeout"],
         workers=max(1, values["workers"]),
         log_json=values["log-format-json"],
+        restart_on_change=values["enable-restart-on-change"],
+        restart_min_interval=max(0.0, values["restart-min-interval"]),
+        restart_max_in_flight=max(1, values["restart-max-in-flight"]),
         pod_name=os.environ.get("SYNC_CONTROLLER_POD_NAME", ""),
         pod_uid=os.environ.get("SYNC_CONTROLLER_POD_UID", ""),
     )

@@ -21,6 +21,13 @@ class Metrics:
             buckets=[0.01 * 2**i for i in range(14)],
             registry=registry,
         )
+        self.restarts = Counter(
+            "secretsync_restart_on_change",
+            "Rollouts by restart-on-change (result restarted) and requests held back by its "
+            "rate limits (result suppressed), by workload kind",
+            ["kind", "result"],
+            registry=registry,
+        )
 
     def observe(self, reason: str, ok: bool, seconds: float) -> None:
         self.reconcile.labels("success" if ok else "error", reason).inc()

@@ -26,6 +26,7 @@ from .controller import Controller
 from .fetch import Fetcher
 from .leader import Elector, LeaderLost, Timing
 from .reconcile import Reconciler, claim
+from .restart import RestartController
 from .tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,15 @@ async def _lead(config: Config, client: AsyncClient, elector: Elector, stop: asy
             return 0
     controller, reconciler = build(config, client)
     tasks = {asyncio.create_task(controller.run(reconciler)), stopping}
+    if config.restart_on_change:
+        restarts = RestartController(
+            client,
+            EventRecorder(client, FIELD_MANAGER, "", dedupe=True),
+            controller.metrics,
+            config.restart_min_interval,
+            config.restart_max_in_flight,
+        )
+        tasks.add(asyncio.create_task(restarts.run()))
     if config.leader_elect:
         tasks.add(asyncio.create_task(elector.hold()))
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -224,6 +224,7 @@ MATRIX: dict[str, tuple[dict[str, Any], tuple[Path, ...], str]] = {
                 "enabled": True,
                 "replicas": 2,
                 "rotationPollInterval": "1h",
+                "restartOnChange": {"enabled": True, "minInterval": "30s"},
                 "tokenRequestAudience": [
                     {"audience": "api://AzureADTokenExchange"},
                     {"audience": "api://other"},

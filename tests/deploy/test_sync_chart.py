@@ -140,3 +140,37 @@ def test_policies_follow_values(helm_bin: Path) -> None:
     assert parse_args(expand(manager)).audiences == ("api://a", "api://b")
     off = render(helm_bin, on(validatingAdmissionPolicies={"applyPolicies": False}))
     assert not names(off, "ValidatingAdmissionPolicy")
+
+
+RESTART_RBAC = "sync-controller/rbac-restart-on-change.yaml"
+RESTART_ROLE = "secrets-store-sync-controller-restart-on-change-role"
+
+
+def test_restart_on_change_off_by_default_and_on(helm_bin: Path) -> None:
+    """Off: no flag, no role (the controller never touches workloads). On: the flags from the
+    values and the rules of the plain manifest, bound to the controller's ServiceAccount."""
+    off = render(helm_bin, on())
+    assert RESTART_ROLE not in names(off, "ClusterRole")
+    assert parse_args(expand(container(_deployment(off), "manager"))).restart_on_change is False
+    docs = render(
+        helm_bin,
+        on(restartOnChange={"enabled": True, "minInterval": "2m", "maxInFlight": 3}),
+        namespace="secrets",
+    )
+    config = parse_args(expand(container(_deployment(docs), "manager")))
+    assert config.restart_on_change is True
+    assert (config.restart_min_interval, config.restart_max_in_flight) == (120.0, 3)
+    reference = plain(RESTART_RBAC)
+    assert (
+        find(docs, "ClusterRole", RESTART_ROLE)["rules"]
+        == find(reference, "ClusterRole", RESTART_ROLE)["rules"]
+    )
+    binding = find(docs, "ClusterRoleBinding", f"{RESTART_ROLE[:-4]}rolebinding")
+    assert binding["roleRef"]["name"] == RESTART_ROLE
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": "secrets-store-sync-controller-manager",
+            "namespace": "secrets",
+        }
+    ]
