@@ -1,4 +1,4 @@
-# Over 400 lines: one client per vault for the three object kinds, their listings and the one SDK error mapping.
+# Over 400 lines: the three object kinds, their listings and the one SDK error mapping.
 """Key Vault clients (Azure SDK `.aio`), one set per (identity, vault), and SDK error mapping.
 
 This is the clients layer: it turns SDK answers into plain values and SDK exceptions into

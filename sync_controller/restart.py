@@ -1,4 +1,4 @@
-# Over 400 lines: the triggers (SPCPS versions, managed Secrets), the owner walk and the rate limits of one controller.
+# Over 400 lines: the triggers, the owner walk and the rate limits of one controller.
 """Restart-on-change (opt-in, `--enable-restart-on-change`): roll an annotated Deployment,
 StatefulSet or DaemonSet once when what its pods consume changed.
 
