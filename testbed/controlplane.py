@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import httpx2 as httpx
 import yaml
@@ -25,6 +26,7 @@ from lightkube.generic_resource import create_global_resource
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount, ServiceAccountToken
+from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 
 from testbed import REPO
 from testbed.ports import free_port
@@ -271,6 +273,21 @@ async def wait_default_service_account(
         except Exception:
             await asyncio.sleep(0.05)
     raise TimeoutError("no default ServiceAccount")
+
+
+async def service_account_with_rules(
+    admin: AsyncClient, name: str, rules: list[dict[str, object]], namespace: str = "kube-system"
+) -> None:
+    """A ServiceAccount `name`, a ClusterRole `name` with `rules`, and the binding of the two."""
+    await admin.create(ServiceAccount(metadata=ObjectMeta(name=name, namespace=namespace)))
+    role = cast(ClusterRole, ClusterRole.from_dict({"metadata": {"name": name}, "rules": rules}))
+    await admin.create(role)
+    binding = {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    await admin.create(cast(ClusterRoleBinding, ClusterRoleBinding.from_dict(binding)))
 
 
 async def service_account_kubeconfig(

@@ -66,7 +66,6 @@ from lightkube.resources.core_v1 import (
     Secret,
     ServiceAccount,
 )
-from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 from lightkube.resources.storage_v1 import CSINode
 
 from csi_driver import mounter
@@ -80,7 +79,12 @@ from csi_driver.kube import (
     SecretProviderClassPodStatus,
 )
 from csi_driver.startup_taint import TAINT_KEY
-from testbed.controlplane import ControlPlane, manifests, service_account_kubeconfig
+from testbed.controlplane import (
+    ControlPlane,
+    manifests,
+    service_account_kubeconfig,
+    service_account_with_rules,
+)
 from testbed.driver import DriverProcess
 from testbed.kubelet import DRIVER, Kubelet, PodVolume, rpc_error
 from testbed.provider import ProviderProcess
@@ -787,23 +791,7 @@ async def _namespace(admin: AsyncClient) -> str:
 async def _bind(admin: AsyncClient, name: str, grants: list[Grant]) -> None:
     """A ServiceAccount, one ClusterRole with `grants`, the binding; waits until the
     authorizer answers with it."""
-    await admin.create(ServiceAccount(metadata=ObjectMeta(name=name, namespace="kube-system")))
-    await admin.create(
-        ClusterRole.from_dict({"metadata": {"name": name}, "rules": [g.rule() for g in grants]})
-    )
-    await admin.create(
-        ClusterRoleBinding.from_dict(
-            {
-                "metadata": {"name": name},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": name,
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}],
-            }
-        )
-    )
+    await service_account_with_rules(admin, name, [g.rule() for g in grants])
     probe = grants[0]
     resource, _, sub = probe.resource.partition("/")
 

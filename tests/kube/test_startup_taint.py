@@ -20,8 +20,7 @@ from lightkube.codecs import from_dict
 from lightkube.models.core_v1 import NodeSpec, Taint
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.models.storage_v1 import CSINodeDriver, CSINodeSpec
-from lightkube.resources.core_v1 import Event, Node, ServiceAccount
-from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
+from lightkube.resources.core_v1 import Event, Node
 from lightkube.resources.storage_v1 import CSINode
 from prometheus_client import CollectorRegistry
 
@@ -32,7 +31,12 @@ from csi_driver.provider_client import ProviderClients
 from csi_driver.servicers import IdentityServicer
 from csi_driver.startup_taint import KEPT, REMOVED, TAINT_KEY, StartupTaint
 from secrets_store_api import csi_pb2_grpc, provider_pb2_grpc
-from testbed.controlplane import ControlPlane, manifests, service_account_kubeconfig
+from testbed.controlplane import (
+    ControlPlane,
+    manifests,
+    service_account_kubeconfig,
+    service_account_with_rules,
+)
 from testbed.driver import DriverProcess
 from testbed.fake_provider import FakeProvider
 from tests.kube.fixtures import admin_client, control_plane, driver_kubeconfig
@@ -264,28 +268,12 @@ async def test_patch_forbidden_names_the_cluster_role(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     name = "taint-no-patch"
-    await admin_client.create(
-        ServiceAccount(metadata=ObjectMeta(name=name, namespace="kube-system"))
-    )
     rules = [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
         {"apiGroups": ["storage.k8s.io"], "resources": ["csinodes"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
-    await admin_client.create(ClusterRole.from_dict({"metadata": {"name": name}, "rules": rules}))
-    await admin_client.create(
-        ClusterRoleBinding.from_dict(
-            {
-                "metadata": {"name": name},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": name,
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}],
-            }
-        )
-    )
+    await service_account_with_rules(admin_client, name, rules)
     kubeconfig = await service_account_kubeconfig(
         control_plane, admin_client, "kube-system", name, root / "no-patch.kubeconfig"
     )
