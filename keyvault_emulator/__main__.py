@@ -100,6 +100,15 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_TOKEN_PROXY_SNI,
         help="the only name the token proxy's certificate carries (clients' --sni-name)",
     )
+    s.add_argument(
+        "--token-proxy-apiserver-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve the token proxy's port as the AKS API server endpoint does: clients that "
+        "do not name --token-proxy-sni get a certificate for these names (repeatable; e.g. "
+        "kubernetes.default.svc.cluster.local and hcp-kubernetes.<id>.svc.cluster.local)",
+    )
     s.add_argument("--log-level", default="info")
     d = sub.add_parser("seed", help="send a seed file to a running emulator")
     d.add_argument("files", type=Path, nargs="+")
@@ -229,7 +238,9 @@ async def _listen_token_proxy(
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    ctx = token_proxy_ssl_context(args.state_dir, args.token_proxy_sni)
+    ctx = token_proxy_ssl_context(
+        args.state_dir, args.token_proxy_sni, args.token_proxy_apiserver_san
+    )
     try:
         await web.TCPSite(runner, args.host, args.token_proxy_port, ssl_context=ctx).start()
     except OSError as exc:

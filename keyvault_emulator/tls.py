@@ -217,11 +217,36 @@ def server_ssl_context(pki: Pki) -> ssl.SSLContext:
     return ctx
 
 
-def token_proxy_ssl_context(state_dir: Path, sni_name: str) -> ssl.SSLContext:
+def token_proxy_ssl_context(
+    state_dir: Path, sni_name: str, apiserver_sans: list[str] | None = None
+) -> ssl.SSLContext:
     """The identity-binding proxy's listener: a certificate for `sni_name` only, from the
-    emulator's CA (so a client checking any other name fails its handshake)."""
+    emulator's CA (so a client checking any other name fails its handshake). With
+    `apiserver_sans`, it is the AKS API server endpoint instead: a client that does not name
+    `sni_name` gets a certificate for those names (the API server's, whose
+    `hcp-kubernetes.<id>.svc.cluster.local` SAN clients compute the SNI name from)."""
     ca_key, ca = _load_or_make_ca(state_dir)
-    cert_path, key_path = _issue_server_cert(state_dir, ca_key, ca, [sni_name], "token-proxy")
+    proxy = _context_for(state_dir, ca_key, ca, [sni_name], "token-proxy")
+    if not apiserver_sans:
+        return proxy
+    apiserver = _context_for(state_dir, ca_key, ca, apiserver_sans, "apiserver")
+
+    def by_name(conn: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        if name == sni_name:
+            conn.context = proxy
+
+    apiserver.sni_callback = by_name  # type: ignore[assignment]  # typeshed: SSLSocket only
+    return apiserver
+
+
+def _context_for(
+    state_dir: Path,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    names: list[str],
+    stem: str,
+) -> ssl.SSLContext:
+    cert_path, key_path = _issue_server_cert(state_dir, ca_key, ca, names, stem)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert_path), str(key_path))
     return ctx

@@ -55,7 +55,13 @@ FLAGS = [
         "",
         "identity binding token proxy URL (default https://kubernetes.default.svc.cluster.local)",
     ),
-    flags.Flag("sni-name", str, "", "TLS server name of the identity binding token proxy"),
+    flags.Flag(
+        "sni-name",
+        str,
+        "",
+        "TLS server name of the identity binding token proxy (default: computed at start "
+        "from the API server's certificate)",
+    ),
     flags.Flag(
         "keyvault-timeout",
         float,
@@ -179,6 +185,7 @@ async def _load(
         clients = ClientCache(
             ClientOptions(timeout=opts["keyvault-timeout"]), token_proxy=token_proxy
         )
+        clients.compute_sni()
         loading.set_result((Provider(content, default_cloud, metrics, clients), metrics))
         log.info("ready to mount")
     except BaseException as exc:

@@ -27,7 +27,7 @@ from .identity import Identity, IdentityMode
 from .keyvault import ClientOptions, VaultClient
 from .parameters import MountParameters
 from .ratelimit import TokenBucket
-from .token_proxy import ProxyTransport, TokenProxy, configure
+from .token_proxy import ProxyTransport, TokenProxy, configure, with_computed_sni
 
 
 @dataclass
@@ -127,6 +127,7 @@ class ClientCache:
         self.options = options or ClientOptions()
         # `--token-proxy-url` / `--sni-name`; upstream's defaults when not given.
         self.token_proxy = token_proxy or configure("", "")
+        self._sni: asyncio.Future[TokenProxy] | None = None
         self._credentials: BoundedLRU[tuple[str, ...], tuple[_Lease, _Assertion | None]] = (
             BoundedLRU("credentials", max_identities)
         )
@@ -139,6 +140,16 @@ class ClientCache:
         self._closing: set[asyncio.Future[None]] = set()
         self.credentials_built = 0
 
+    def compute_sni(self) -> None:
+        """Without `--sni-name`, start computing it (once; upstream does it at start)."""
+        if self._sni is None and self.token_proxy.needs_sni:
+            self._sni = asyncio.ensure_future(with_computed_sni(self.token_proxy))
+
+    async def _proxy_ready(self) -> None:
+        self.compute_sni()
+        if self._sni is not None:
+            self.token_proxy = await asyncio.shield(self._sni)
+
     def caches(self) -> tuple[BoundedLRU[Any, Any], ...]:
         return (self._credentials, self._clients, self._limiters)
 
@@ -148,6 +159,8 @@ class ClientCache:
     ) -> AsyncIterator[VaultClient]:
         """The client for this mount's identity and vault (the SPC's, or `vault_name`), kept
         open while the mount uses it."""
+        if params.identity.mode is IdentityMode.IDENTITY_BINDING:
+            await self._proxy_ready()
         async with self._lock:
             credential = self._credential(params)
             client = self._client(params, vault_name or params.vault_name)
@@ -212,6 +225,8 @@ class ClientCache:
             task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        if self._sni is not None and not self._sni.done():
+            self._sni.cancel()
         leases = [lease for _, lease in self._clients.clear()]
         leases += [lease for _, (lease, _) in self._credentials.clear()]
         self._limiters.clear()

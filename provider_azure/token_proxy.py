@@ -5,24 +5,29 @@ What upstream v1.8.2 does (internal/identitybinding, azidentity's customtokenpro
 and so what we do: the Entra ID token request is built as for workload identity (client
 credentials, the token as the client assertion) and only sent elsewhere. Its URL becomes the
 proxy URL joined with the request's own path (query kept); the TLS handshake names
-`--sni-name` and checks the proxy's certificate against that name, trusting the cluster CA
+`--sni-name` (or, without it, the name computed at start from the API server's certificate:
+cluster_sni.py) and checks the proxy's certificate against that name, trusting the cluster CA
 (`/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`, re-read when it changes) when that file
-exists, else the system's roots. Flag errors are kept and reported by the mounts that ask for
-identity binding, as upstream does, so other mounts keep working.
+exists, else the system's roots. Flag and computation errors are kept and reported by the mounts
+that ask for identity binding, as upstream does, so other mounts keep working.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from azure.core.pipeline.transport import AioHttpTransport
 
+from . import cluster_sni
 from .errors import Kind, ProviderError
 from .limits import shown
+
+log = logging.getLogger(__name__)
 
 IDENTITY_BINDING_AUDIENCE = "api://AKSIdentityBinding"
 DEFAULT_TOKEN_PROXY_URL = "https://kubernetes.default.svc.cluster.local"
@@ -39,6 +44,12 @@ class TokenProxy:
     sni_name: str
     ca_file: str = SERVICE_ACCOUNT_CA
     problem: str = ""
+    problem_kind: Kind = Kind.FAILED_PRECONDITION
+
+    @property
+    def needs_sni(self) -> bool:
+        """`--sni-name` was not given: the name is to be computed (with_computed_sni)."""
+        return not self.sni_name and not self.problem
 
     def describe(self) -> str:
         return f"the identity-binding token proxy ({self.url}, SNI {self.sni_name or '?'})"
@@ -46,10 +57,14 @@ class TokenProxy:
     def check(self) -> None:
         if self.problem:
             raise ProviderError(
-                Kind.FAILED_PRECONDITION,
+                self.problem_kind,
                 f"useAzureTokenProxy: the provider's identity-binding proxy is not usable: "
                 f"{self.problem}",
-                reason="token proxy flags",
+                reason="token proxy",
+            )
+        if not self.sni_name:
+            raise ProviderError(
+                Kind.INTERNAL, "useAzureTokenProxy: the SNI name was not computed", reason="sni"
             )
 
     def target(self, url: str) -> str:
@@ -64,14 +79,20 @@ def configure(url_flag: str, sni_flag: str, ca_file: str = SERVICE_ACCOUNT_CA) -
     url = url_flag.strip() or DEFAULT_TOKEN_PROXY_URL
     sni = sni_flag.strip()
     problem = _url_problem(url)
-    if not problem and not sni:
-        problem = (
-            "--sni-name is not set (upstream computes it from the API server's certificate; "
-            "this provider needs it given)"
-        )
-    if not problem and (len(sni) > 253 or not all(c.isalnum() or c in "-." for c in sni)):
+    if not problem and sni and (len(sni) > 253 or not all(c.isalnum() or c in "-." for c in sni)):
         problem = f"--sni-name {shown(sni)} must be a DNS name"
     return TokenProxy(url, sni, ca_file, problem)
+
+
+async def with_computed_sni(proxy: TokenProxy) -> TokenProxy:
+    """`proxy` with the SNI name computed from the API server's certificate, or with why not."""
+    try:
+        name = await cluster_sni.compute(proxy.ca_file)
+    except ProviderError as exc:
+        log.warning("cannot compute the identity-binding SNI name", extra={"error": exc.message})
+        return replace(proxy, problem=exc.message, problem_kind=exc.kind)
+    log.info("identity-binding SNI name computed", extra={"sni_name": name, "url": proxy.url})
+    return replace(proxy, sni_name=name)
 
 
 def _url_problem(url: str) -> str:

@@ -56,7 +56,19 @@ WI_KEY_ID = "wi-test-key"
 
 # The identity-binding token proxy of the session emulator (tests/conftest.py).
 TOKEN_PROXY_PORT = 8643
-TOKEN_PROXY_SNI = "aemulator.ests.aks"
+# Its port is also an AKS-like API server endpoint (--token-proxy-apiserver-san): a client that
+# does not name the proxy's SNI gets a certificate for kubernetes.default.svc.cluster.local and
+# hcp-kubernetes.<TEST_CLUSTER_ID>.svc.cluster.local, and the proxy's SNI name is the one that
+# id gives. The name was computed apart from the product, by coreutils:
+#   printf identity-binding$ID | openssl dgst -sha256 -binary | basenc --base32hex
+# (padding dropped, lower case, `a` before and `.ests.aks` after).
+TEST_CLUSTER_ID = "emulator-cluster-0"
+TOKEN_PROXY_SNI = "aa7mb1l8iugbmt4rkp3h7uv1kbnp3a6rilaoa5i7fuc10h1ftqjug.ests.aks"
+API_SERVER_HOST = "kubernetes.default.svc.cluster.local"
+TOKEN_PROXY_APISERVER_SANS = (
+    API_SERVER_HOST,
+    f"hcp-kubernetes.{TEST_CLUSTER_ID}.svc.cluster.local",
+)
 TOKEN_PROXY_URL = f"https://127.0.0.1:{TOKEN_PROXY_PORT}"
 IDENTITY_BINDING_AUDIENCE = "api://AKSIdentityBinding"
 

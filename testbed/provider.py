@@ -162,6 +162,31 @@ def upstream(
     return ProviderProcess(argv, socket, log, env)
 
 
+# Where a pod's service-account volume puts the cluster CA (upstream reads it at this fixed path).
+POD_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+def with_cluster_ca(argv: Sequence[str], ca_file: str | os.PathLike[str]) -> list[str]:
+    """`argv` run as in a pod: `ca_file` at POD_CLUSTER_CA, in a mount namespace of its own (a
+    tmpfs over /run there, so the machine's /run is untouched). The process keeps its pid."""
+    script = (
+        'mount -t tmpfs -o mode=0755 tmpfs /run && d=$(dirname "$1") && mkdir -p "$d" '
+        '&& cp "$0" "$1" && shift && exec "$@"'
+    )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        str(ca_file),
+        POD_CLUSTER_CA,
+        *argv,
+    ]
+
+
 def files_of(response: provider_pb2.MountResponse) -> list[tuple[str, int, bytes]]:
     return [(f.path, f.mode, f.contents) for f in response.files]
 

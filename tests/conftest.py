@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 
 from keyvault_emulator.tls import ensure_pki
-from testbed.emulator import DEFAULT_SEED, TOKEN_PROXY_PORT, TOKEN_PROXY_SNI, Emulator
+from testbed.emulator import (
+    DEFAULT_SEED,
+    TOKEN_PROXY_APISERVER_SANS,
+    TOKEN_PROXY_PORT,
+    TOKEN_PROXY_SNI,
+    Emulator,
+)
 
 NETNS_HINT = (
     "the Key Vault emulator tests must run inside the private namespace: "
@@ -80,6 +86,7 @@ def emulator() -> Iterator[Emulator]:
         extra_args=[
             f"--token-proxy-port={TOKEN_PROXY_PORT}",
             f"--token-proxy-sni={TOKEN_PROXY_SNI}",
+            *(f"--token-proxy-apiserver-san={san}" for san in TOKEN_PROXY_APISERVER_SANS),
         ],
     )
     os.environ["SSL_CERT_FILE"] = str(TRUST_BUNDLE)
