@@ -235,7 +235,7 @@ def token_proxy_ssl_context(
         if name == sni_name:
             conn.context = proxy
 
-    apiserver.sni_callback = by_name  # type: ignore[assignment]  # typeshed: SSLSocket only
+    apiserver.sni_callback = by_name
     return apiserver
 
 

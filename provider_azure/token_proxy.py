@@ -89,7 +89,7 @@ async def with_computed_sni(proxy: TokenProxy) -> TokenProxy:
     try:
         name = await cluster_sni.compute(proxy.ca_file)
     except ProviderError as exc:
-        log.warning("cannot compute the identity-binding SNI name", extra={"error": exc.message})
+        log.info("identity binding unavailable: no SNI name", extra={"error": exc.message})
         return replace(proxy, problem=exc.message, problem_kind=exc.kind)
     log.info("identity-binding SNI name computed", extra={"sni_name": name, "url": proxy.url})
     return replace(proxy, sni_name=name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -264,3 +265,31 @@ def test_same_sni_name_as_the_go_provider(tmp_path: Path, world: ProviderWorld) 
     go_log = (tmp_path / "go.log").read_text()
     assert re.search(rf'sniName="{re.escape(TOKEN_PROXY_SNI)}"', go_log), go_log[-2000:]
     assert TOKEN_PROXY_SNI in (tmp_path / "ours.log").read_text()
+
+
+@pytest.mark.peers
+async def test_deliberate_difference_go_provider_panics_on_an_overlapping_san(
+    apiserver: ApiServer, tmp_path: Path
+) -> None:
+    """A SAN `hcp-kubernetes.svc.cluster.local` (prefix and suffix overlap): the Go provider
+    dies at start (slice bounds out of range), for every mount, not only identity binding; ours
+    refuses the name (row `prefix-and-suffix-overlap` above) and serves the other modes."""
+    ca, port = await apiserver(API_SERVER_HOST, "hcp-kubernetes.svc.cluster.local")
+    argv = with_cluster_ca(
+        [str(peer("azure-provider")), f"--endpoint=unix://{tmp_path}/go.sock"], ca
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env={**os.environ, "KUBERNETES_SERVICE_PORT": str(port)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, out.decode()[-2000:]
+    assert b"panic: runtime error: slice bounds out of range [15:14]" in out
+    assert b"identitybinding.extractClusterID" in out
