@@ -285,7 +285,7 @@ async def _delete_pods(admin: AsyncClient) -> str | None:
 SLEEP = "trap 'exit 0' TERM; sleep 3600 & wait"
 
 
-def objects(*items: dict[str, str]) -> str:
+def objects(*items: dict[str, Any]) -> str:
     return yaml.safe_dump({"array": [yaml.safe_dump(i) for i in items]})
 
 
