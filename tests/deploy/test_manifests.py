@@ -180,6 +180,14 @@ def test_provider_daemonset_least_privilege() -> None:
     assert f"--provider-volume={host_dir}" in driver["args"]
     # Nothing of the node but that directory: no pods dir, no other hostPath.
     assert [v["name"] for v in spec["volumes"] if "hostPath" in v] == ["provider-vol"]
+    # Of the service-account volume, the cluster CA only (identity binding), never a token.
+    assert vols["cluster-ca"]["configMap"] == {
+        "name": "kube-root-ca.crt",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        "optional": True,
+    }
+    assert mounts["cluster-ca"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert not any("projected" in v or "secret" in v for v in spec["volumes"])
 
 
 def test_csidriver_consistent_with_rotation() -> None:

@@ -32,8 +32,8 @@ from typing import Any
 import grpc
 import pytest
 from lightkube import AsyncClient, codecs
+from lightkube.resources.core_v1 import ConfigMap, Pod
 from lightkube.resources.core_v1 import Node as NodeObject
-from lightkube.resources.core_v1 import Pod
 
 from provider_azure import RUNTIME_NAME, __version__
 from secrets_store_api import provider_pb2, provider_pb2_grpc
@@ -219,11 +219,28 @@ async def test_provider_daemonset_runs_as_written(world: World) -> None:
     (cs,) = ready.status.containerStatuses or []
     assert cs.ready and cs.restartCount == 0
     assert cs.image.endswith(PROVIDER_IMAGE)
-    # No token in the pod: the ServiceAccount and the pod both say so.
-    mounts = [m.mountPath for c in ready.spec.containers for m in c.volumeMounts or []]
-    assert not any("serviceaccount" in m for m in mounts), mounts
+    # No token in the pod: the ServiceAccount and the pod both say so; of the service-account
+    # directory only the cluster CA (a ConfigMap volume), for identity binding.
+    sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    mounts = {m.mountPath: m.name for c in ready.spec.containers for m in c.volumeMounts or []}
+    assert [p for p in mounts if "serviceaccount" in p] == [sa_dir], mounts
+    (ca_volume,) = [v for v in ready.spec.volumes or [] if v.name == mounts[sa_dir]]
+    assert ca_volume.configMap is not None and ca_volume.projected is None
+    assert ca_volume.configMap.name == "kube-root-ca.crt"
 
     sock = check_socket_and_process()
+    # The CA in the container is the cluster's (kube-root-ca.crt), alone: no token beside it.
+    root_ca = await admin.get(ConfigMap, "kube-root-ca.crt", namespace="kube-system")
+    pid = _container_pid("secrets-store-provider-azure")
+    # (the mount point as the container sees it: /var/run is a symlink to /run in the image)
+    (point,) = [
+        line.split()[4]
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if line.split()[4].endswith("/secrets/kubernetes.io/serviceaccount")
+    ]
+    in_pod = Path(f"/proc/{pid}/root{point}")
+    assert [n for n in os.listdir(in_pod) if not n.startswith("..")] == ["ca.crt"]
+    assert (in_pod / "ca.crt").read_text() == (root_ca.data or {})["ca.crt"]
 
     # The driver's side: a Version call over the socket from the node.
     async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
