@@ -172,6 +172,20 @@ def _container_pid(marker: str) -> int:
     raise LookupError(marker)
 
 
+def _service_account_dir_in_pod(marker: str) -> tuple[list[str], str]:
+    """What the container sees in its service-account directory: the names, and ca.crt. The
+    mount point as the container has it (/var/run is a symlink to /run in the image)."""
+    pid = _container_pid(marker)
+    (point,) = [
+        line.split()[4]
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if line.split()[4].endswith("/secrets/kubernetes.io/serviceaccount")
+    ]
+    in_pod = Path(f"/proc/{pid}/root{point}")
+    names = sorted(n for n in os.listdir(in_pod) if not n.startswith(".."))
+    return names, (in_pod / "ca.crt").read_text()
+
+
 def check_socket_and_process() -> Path:
     """The socket, in the directory kubelet created for the hostPath; the process kubelet
     started: uid 0, no capability at all, no new privileges, seccomp, read-only root."""
@@ -231,16 +245,9 @@ async def test_provider_daemonset_runs_as_written(world: World) -> None:
     sock = check_socket_and_process()
     # The CA in the container is the cluster's (kube-root-ca.crt), alone: no token beside it.
     root_ca = await admin.get(ConfigMap, "kube-root-ca.crt", namespace="kube-system")
-    pid = _container_pid("secrets-store-provider-azure")
-    # (the mount point as the container sees it: /var/run is a symlink to /run in the image)
-    (point,) = [
-        line.split()[4]
-        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-        if line.split()[4].endswith("/secrets/kubernetes.io/serviceaccount")
-    ]
-    in_pod = Path(f"/proc/{pid}/root{point}")
-    assert [n for n in os.listdir(in_pod) if not n.startswith("..")] == ["ca.crt"]
-    assert (in_pod / "ca.crt").read_text() == (root_ca.data or {})["ca.crt"]
+    names, ca = _service_account_dir_in_pod("secrets-store-provider-azure")
+    assert names == ["ca.crt"]
+    assert ca == (root_ca.data or {})["ca.crt"]
 
     # The driver's side: a Version call over the socket from the node.
     async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
