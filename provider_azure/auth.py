@@ -27,7 +27,7 @@ from .identity import Identity, IdentityMode
 from .keyvault import ClientOptions, VaultClient
 from .parameters import MountParameters
 from .ratelimit import TokenBucket
-from .token_proxy import ProxyTransport, TokenProxy, configure, with_computed_sni
+from .token_proxy import ProxyTransport, SniResolver, TokenProxy, configure
 
 
 @dataclass
@@ -126,8 +126,7 @@ class ClientCache:
     ) -> None:
         self.options = options or ClientOptions()
         # `--token-proxy-url` / `--sni-name`; upstream's defaults when not given.
-        self.token_proxy = token_proxy or configure("", "")
-        self._sni: asyncio.Future[TokenProxy] | None = None
+        self.sni = SniResolver(token_proxy or configure("", ""))
         self._credentials: BoundedLRU[tuple[str, ...], tuple[_Lease, _Assertion | None]] = (
             BoundedLRU("credentials", max_identities)
         )
@@ -140,15 +139,13 @@ class ClientCache:
         self._closing: set[asyncio.Future[None]] = set()
         self.credentials_built = 0
 
-    def compute_sni(self) -> None:
-        """Without `--sni-name`, start computing it (once; upstream does it at start)."""
-        if self._sni is None and self.token_proxy.needs_sni:
-            self._sni = asyncio.ensure_future(with_computed_sni(self.token_proxy))
+    @property
+    def token_proxy(self) -> TokenProxy:
+        return self.sni.current
 
-    async def _proxy_ready(self) -> None:
-        self.compute_sni()
-        if self._sni is not None:
-            self.token_proxy = await asyncio.shield(self._sni)
+    def compute_sni(self) -> None:
+        """Without `--sni-name`, start computing it (upstream does it at start)."""
+        self.sni.start()
 
     def caches(self) -> tuple[BoundedLRU[Any, Any], ...]:
         return (self._credentials, self._clients, self._limiters)
@@ -160,7 +157,7 @@ class ClientCache:
         """The client for this mount's identity and vault (the SPC's, or `vault_name`), kept
         open while the mount uses it."""
         if params.identity.mode is IdentityMode.IDENTITY_BINDING:
-            await self._proxy_ready()
+            await self.sni.ready()
         async with self._lock:
             credential = self._credential(params)
             client = self._client(params, vault_name or params.vault_name)
@@ -225,8 +222,7 @@ class ClientCache:
             task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        if self._sni is not None and not self._sni.done():
-            self._sni.cancel()
+        self.sni.close()
         leases = [lease for _, lease in self._clients.clear()]
         leases += [lease for _, (lease, _) in self._credentials.clear()]
         self._limiters.clear()

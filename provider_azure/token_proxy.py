@@ -14,9 +14,12 @@ that ask for identity binding, as upstream does, so other mounts keep working.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -93,6 +96,51 @@ async def with_computed_sni(proxy: TokenProxy) -> TokenProxy:
         return replace(proxy, problem=exc.message, problem_kind=exc.kind)
     log.info("identity-binding SNI name computed", extra={"sni_name": name, "url": proxy.url})
     return replace(proxy, sni_name=name)
+
+
+# After the API server could not be reached, an identity-binding mount tries again once this
+# long has passed since the last try (upstream never does: it needs a restart).
+RETRY_UNREACHABLE = 30.0
+
+
+class SniResolver:
+    """The proxy as mounts use it: without `--sni-name`, the name computed once (started at
+    start, as upstream), and again, at most every RETRY_UNREACHABLE seconds, while the last try
+    could not reach the API server. Other failures (a certificate without the SAN, no CA) are
+    kept, as upstream keeps them."""
+
+    def __init__(self, proxy: TokenProxy, clock: Callable[[], float] = time.monotonic) -> None:
+        self.configured = proxy
+        self.current = proxy
+        self.attempts = 0
+        self._clock = clock
+        self._task: asyncio.Future[TokenProxy] | None = None
+        self._started = 0.0
+
+    def start(self) -> None:
+        if self._task is None and self.configured.needs_sni:
+            self.attempts += 1
+            self._started = self._clock()
+            self._task = asyncio.ensure_future(with_computed_sni(self.configured))
+
+    async def ready(self) -> TokenProxy:
+        if self._task is not None and self._retry_due():
+            self._task = None
+        self.start()
+        if self._task is not None:
+            self.current = await asyncio.shield(self._task)
+        return self.current
+
+    def _retry_due(self) -> bool:
+        assert self._task is not None
+        if not self._task.done() or self._task.cancelled():
+            return False
+        unreachable = self._task.result().problem_kind is Kind.UNAVAILABLE
+        return unreachable and self._clock() - self._started >= RETRY_UNREACHABLE
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
 
 def _url_problem(url: str) -> str:

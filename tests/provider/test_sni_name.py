@@ -19,7 +19,7 @@ import pytest
 from keyvault_emulator.tls import ensure_pki, token_proxy_ssl_context
 from provider_azure import cluster_sni
 from provider_azure.errors import Kind, ProviderError
-from provider_azure.token_proxy import configure
+from provider_azure.token_proxy import RETRY_UNREACHABLE, SniResolver, configure
 from testbed.emulator import (
     API_SERVER_HOST,
     TEST_CLUSTER_ID,
@@ -293,3 +293,50 @@ async def test_deliberate_difference_go_provider_panics_on_an_overlapping_san(
     assert proc.returncode == 2, out.decode()[-2000:]
     assert b"panic: runtime error: slice bounds out of range [15:14]" in out
     assert b"identitybinding.extractClusterID" in out
+
+
+async def test_unreachable_is_tried_again_after_the_interval(
+    world: ProviderWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond upstream (which needs a restart): after an Unavailable try, a binding mount tries
+    again once RETRY_UNREACHABLE has passed since the last try, never sooner (fake time)."""
+    now = [1000.0]
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "1")  # nothing listens: unreachable
+    provider = _provider(configure(TOKEN_PROXY_URL, "", str(world.emulator.ca_path)))
+    provider.clients.sni = SniResolver(provider.clients.token_proxy, clock=lambda: now[0])
+    try:
+        err = await _refused(provider, _attrib(world))
+        assert err.kind is Kind.UNAVAILABLE, err.message
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(TOKEN_PROXY_PORT))  # back
+        now[0] += RETRY_UNREACHABLE - 1
+        err = await _refused(provider, _attrib(world))
+        assert err.kind is Kind.UNAVAILABLE and provider.clients.sni.attempts == 1
+        now[0] += 1
+        result = await provider.mount(json.dumps(_attrib(world)), "null", "420")
+        assert [f.path for f in result.files] == ["plain"]
+        assert provider.clients.sni.attempts == 2
+        assert provider.clients.token_proxy.sni_name == TOKEN_PROXY_SNI
+        now[0] += 10 * RETRY_UNREACHABLE  # computed: kept, never tried again
+        await provider.mount(json.dumps(_attrib(world)), "null", "420")
+        assert provider.clients.sni.attempts == 2
+    finally:
+        await provider.close()
+
+
+async def test_other_failures_are_kept(
+    world: ProviderWorld, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate without the SAN is the cluster's answer, not a hiccup: kept, as upstream."""
+    now = [0.0]
+    ca, port = await apiserver(API_SERVER_HOST)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(port))
+    provider = _provider(configure(TOKEN_PROXY_URL, "", ca))
+    provider.clients.sni = SniResolver(provider.clients.token_proxy, clock=lambda: now[0])
+    try:
+        for _ in range(2):
+            err = await _refused(provider, _attrib(world))
+            assert err.kind is Kind.FAILED_PRECONDITION, err.message
+            now[0] += 10 * RETRY_UNREACHABLE
+        assert provider.clients.sni.attempts == 1
+    finally:
+        await provider.close()
