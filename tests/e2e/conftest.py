@@ -313,6 +313,16 @@ async def create_spc(
     return name
 
 
+async def create_vault_spc(
+    admin: AsyncClient,
+    *items: dict[str, Any],
+    secret_objects: list[dict[str, Any]] | None = None,
+) -> str:
+    """An SPC for this tier's vault and tenant with these `objects` entries."""
+    parameters = {"keyvaultName": VAULT, "tenantId": TENANT_ID, "objects": objects(*items)}
+    return await create_spc(admin, parameters, secret_objects=secret_objects)
+
+
 async def create_sp_secret(
     admin: AsyncClient, client_id: str = SP_CLIENT, secret: str = SP_SECRET
 ) -> str:

@@ -18,16 +18,13 @@ from .conftest import (
     VAULT,
     Cluster,
     create_sp_secret,
-    create_spc,
-    objects,
+    create_vault_spc,
     pod_manifest,
     run_pod,
     unique,
 )
-from .test_sync_rotation import eventually, secret_data
+from .test_sync_rotation import INTERVAL, MOUNT, eventually, secret_data
 
-MOUNT = "/mnt/secrets-store"
-INTERVAL = float(ROTATION_INTERVAL.rstrip("s"))
 OFFICER_CLIENT, OFFICER_SECRET = "0e000004-0000-4000-8000-0000000000e4", "e2e-officer-secret"
 
 
@@ -78,16 +75,10 @@ async def test_selection_by_pattern_and_tags_follows_the_vault(cluster: Cluster)
     ]:
         operator.set_secret(name, value, tags=tags)
     creds = await create_sp_secret(cluster.admin)
-    spc = await create_spc(
+    spc = await create_vault_spc(
         cluster.admin,
-        {
-            "keyvaultName": VAULT,
-            "tenantId": TENANT_ID,
-            "objects": objects(
-                {"objectType": "secret", "objectNamePattern": f"{p}-*"},
-                {"objectType": "secret", "objectTags": {"story": p}, "filePermission": "0440"},
-            ),
-        },
+        {"objectType": "secret", "objectNamePattern": f"{p}-*"},
+        {"objectType": "secret", "objectTags": {"story": p}, "filePermission": "0440"},
     )
     pod = unique("select")
     await run_pod(cluster.admin, pod_manifest(pod, spc, secret_ref=creds))
@@ -127,22 +118,16 @@ async def test_json_keys_files_and_a_synced_env_var(cluster: Cluster) -> None:
     cluster.emulator.set_secret(VAULT, secret, json.dumps(document))
     creds = await create_sp_secret(cluster.admin)
     synced = unique("app-db")
-    spc = await create_spc(
+    spc = await create_vault_spc(
         cluster.admin,
         {
-            "keyvaultName": VAULT,
-            "tenantId": TENANT_ID,
-            "objects": objects(
-                {
-                    "objectName": secret,
-                    "objectType": "secret",
-                    "jmesPath": [
-                        {"path": "username", "objectAlias": "db-username"},
-                        {"path": "password", "objectAlias": "db-password"},
-                        {"path": '"db-host"', "objectAlias": "db-host"},
-                    ],
-                }
-            ),
+            "objectName": secret,
+            "objectType": "secret",
+            "jmesPath": [
+                {"path": "username", "objectAlias": "db-username"},
+                {"path": "password", "objectAlias": "db-password"},
+                {"path": '"db-host"', "objectAlias": "db-host"},
+            ],
         },
         secret_objects=[
             {

@@ -165,8 +165,8 @@ async def test_ca_does_not_trust_it(apiserver: ApiServer, tmp_path: Path) -> Non
             "/nonexistent/ca.crt",
             ["cannot read the cluster CA file /nonexistent/ca.crt", "--sni-name"],
         ),
-        ("garbage", ["no valid certificate in the cluster CA file"]),
-        ("huge", ["has more than 1048576 bytes"]),
+        pytest.param("garbage", ["no valid certificate in the cluster CA file"], id="not-pem"),
+        pytest.param("huge", ["has more than 1048576 bytes"], id="over-1-mib"),
     ],
 )
 async def test_bad_ca_file(tmp_path: Path, ca: str, words: list[str]) -> None:
