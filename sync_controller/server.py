@@ -17,6 +17,7 @@ from lightkube import AsyncClient, KubeConfig
 from prometheus_client import start_http_server
 
 from csi_driver.events import EventRecorder
+from csi_driver.kube import use_grants
 from csi_driver.provider_client import ProviderClients
 from csi_driver.secret_writer import SecretWriter
 
@@ -24,6 +25,7 @@ from .api import FIELD_MANAGER
 from .config import Config
 from .controller import Controller
 from .fetch import Fetcher
+from .grants import GRANTS
 from .leader import Elector, LeaderLost, Timing
 from .reconcile import Reconciler, claim
 from .restart import RestartController
@@ -51,7 +53,7 @@ def build(config: Config, client: AsyncClient) -> tuple[Controller, Reconciler]:
     fetcher = Fetcher(
         providers, Tokens(client, config.audiences), config.pod_name, config.pod_uid, share
     )
-    events = EventRecorder(client, FIELD_MANAGER, "", dedupe=True)
+    events = EventRecorder(client, FIELD_MANAGER, "", dedupe=True, log_as="secretsync")
     writer = SecretWriter(client, claim())
     controller = Controller(client, config.poll, config.workers)
     reconciler = Reconciler(controller, fetcher, writer, events, secrets.token_bytes(32))
@@ -59,6 +61,7 @@ def build(config: Config, client: AsyncClient) -> tuple[Controller, Reconciler]:
 
 
 async def run(config: Config) -> int:
+    use_grants(GRANTS)
     kube = KubeConfig.from_file(config.kubeconfig) if config.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kube, field_manager=FIELD_MANAGER)
     if config.metrics_addr not in ("", "0"):
