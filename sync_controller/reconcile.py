@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,8 +36,11 @@ def owns(meta: Mapping[str, Any], owners: list[dict[str, str]]) -> bool:
     return len(refs) == 1 and refs[0].get("uid") == owners[0]["uid"]
 
 
-def claim() -> Claim:
-    return Claim(labels={CONTROLLER_LABEL: ""}, owns=owns, recreate=False)
+def claim(fence: Callable[[], Awaitable[None]] | None = None) -> Claim:
+    """Our Secrets; `fence` (the leader's confirmation) before each write."""
+    if fence is None:
+        return Claim(labels={CONTROLLER_LABEL: ""}, owns=owns, recreate=False)
+    return Claim(labels={CONTROLLER_LABEL: ""}, owns=owns, recreate=False, fence=fence)
 
 
 class Status(Protocol):

@@ -47,15 +47,21 @@ async def _probe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
-def build(config: Config, client: AsyncClient) -> tuple[Controller, Reconciler]:
+def build(
+    config: Config, client: AsyncClient, elector: Elector | None = None
+) -> tuple[Controller, Reconciler]:
+    """The controller and its reconciler; with `elector`, every write is fenced by it."""
+    fence = elector.confirm if elector is not None else None
     providers = ProviderClients((config.provider_volume,), config.max_recv, config.provider_timeout)
     share = min(config.poll / 2, 60.0) if config.poll > 0 else 5.0
     fetcher = Fetcher(
         providers, Tokens(client, config.audiences), config.pod_name, config.pod_uid, share
     )
     events = EventRecorder(client, FIELD_MANAGER, "", dedupe=True, log_as="secretsync")
-    writer = SecretWriter(client, claim())
+    writer = SecretWriter(client, claim(fence))
     controller = Controller(client, config.poll, config.workers)
+    if fence is not None:
+        controller.fence = fence
     reconciler = Reconciler(controller, fetcher, writer, events, secrets.token_bytes(32))
     return controller, reconciler
 
@@ -97,7 +103,7 @@ async def _lead(config: Config, client: AsyncClient, elector: Elector, stop: asy
         if stop.is_set():
             acquiring.cancel()
             return 0
-    controller, reconciler = build(config, client)
+    controller, reconciler = build(config, client, elector if config.leader_elect else None)
     tasks = {asyncio.create_task(controller.run(reconciler)), stopping}
     if config.restart_on_change:
         restarts = RestartController(

@@ -43,6 +43,12 @@ class SyncControllerProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def identity(self) -> str:
+        """Its Lease holder identity (`<pod name>_<pid>`), once started."""
+        assert self.proc is not None
+        return f"{self.env['SYNC_CONTROLLER_POD_NAME']}_{self.proc.pid}"
+
     def again(self, log: Path) -> SyncControllerProcess:
         """Another process as this one (its flags, its pod name), logging to `log`."""
         kubeconfig, provider_dir, flags, pod_name, pod_uid = self._made
