@@ -172,10 +172,17 @@ class Reconciler:
         obj = SecretObject(
             0, sync.name, sync.type, {NAME_LABEL: sync.name, **sync.labels}, sync.annotations, ()
         )
+        previous = self.digests.get(sync.key)
+        # set before the write: its watch event can arrive before `ensure` returns, and must
+        # be known as ours (else a second, needless sync and status write follow)
+        self.digests[sync.key] = data_digest(self.key, _b64(data))
         outcome = await self.writer.ensure(sync.namespace, obj, data, [sync.owner()])
         if outcome.written or outcome.result is Written.UNCHANGED:
             self._forced[sync.key] = sync.force
-            self.digests[sync.key] = data_digest(self.key, _b64(data))
+        elif previous is None:
+            self.digests.pop(sync.key, None)
+        else:
+            self.digests[sync.key] = previous
         return hashed, outcome
 
     async def _succeeded(
