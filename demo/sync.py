@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx2 as httpx
@@ -28,6 +27,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret, ServiceAccount
 
 from demo import TENANT
+from demo.story import BEGUN, DemoFailed, peer, say, step, wait_for
 from testbed.controlplane import (
     ISSUER,
     ControlPlane,
@@ -35,7 +35,6 @@ from testbed.controlplane import (
     service_account_kubeconfig,
 )
 from testbed.emulator import Emulator
-from testbed.peers import is_built, peer_path
 from testbed.provider import ProviderProcess, ours
 from testbed.sync_controller import SyncControllerProcess
 
@@ -78,37 +77,6 @@ spec:
       - sourcePath: username
         targetKey: username
 """
-
-
-class DemoFailed(Exception):
-    pass
-
-
-BEGUN = time.monotonic()
-
-
-def step(text: str) -> None:
-    print(f"\n[{time.monotonic() - BEGUN:5.1f}s] ==> {text}", flush=True)
-
-
-def say(text: str) -> None:
-    print("    " + text.rstrip("\n").replace("\n", "\n    "), flush=True)
-
-
-def peer(binary: str) -> Path:
-    path = peer_path(binary)
-    if not is_built(path):
-        raise DemoFailed(f"peer {binary} missing at {path}: run `make peers` first")
-    return path
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not cond():
-        if time.monotonic() - started > timeout:
-            raise DemoFailed(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 class Demo:

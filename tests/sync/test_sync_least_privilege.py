@@ -85,20 +85,9 @@ class Case:
         await self.world.admin.create(SecretProviderClass.from_dict(_spc_body(name, objects)))
         return name
 
-    async def secretsync(self, spc: str, key: str, **spec: Any) -> str:
+    async def secretsync(self, spc: str, key: str) -> str:
         name = unique("ss")
-        body = {
-            "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
-            "kind": "SecretSync",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {
-                "secretProviderClassName": spc,
-                "serviceAccountName": "app",
-                "secretObject": {"type": "Opaque", "data": [{"sourcePath": key, "targetKey": "v"}]},
-                **spec,
-            },
-        }
-        await self.world.admin.create(SecretSync.from_dict(body))
+        await self.world.secretsync(name, spc, {key: "v"})
         self.syncs.append(name)
         return name
 
@@ -274,11 +263,7 @@ async def spc_edit(c: Case, g: Grant | None) -> None:
     async def edited() -> bool:
         return await c.value(name) == "after-edit"
 
-    if g is None:
-        await until(edited, within=WITHIN, what="the SPC edit followed")
-        return
-    await c.denied_log(g, "secretproviderclass watch interrupted")
-    await c.never(edited, "the SPC edit followed")
+    await _followed(c, g, edited, "the SPC edit followed", "secretproviderclass")
 
 
 async def edit_undone(c: Case, g: Grant | None) -> None:
@@ -292,11 +277,19 @@ async def edit_undone(c: Case, g: Grant | None) -> None:
     async def undone() -> bool:
         return await c.value(name) == "ours"
 
+    await _followed(c, g, undone, "the edit undone", "secret")
+
+
+async def _followed(
+    c: Case, g: Grant | None, check: Callable[[], Awaitable[bool]], what: str, watched: str
+) -> None:
+    """`check` comes true at once through the watch of `watched`; without the grant the
+    watch says why it is down, and `check` stays false."""
     if g is None:
-        await until(undone, within=WITHIN, what="the edit undone")
+        await until(check, within=WITHIN, what=what)
         return
-    await c.denied_log(g, "secret watch interrupted")
-    await c.never(undone, "the edit undone")
+    await c.denied_log(g, f"{watched} watch interrupted")
+    await c.never(check, what)
 
 
 async def forced_update(c: Case, g: Grant | None) -> None:

@@ -227,3 +227,12 @@ def test_the_drivers_hints_unchanged() -> None:
         f"check ClusterRole {kube.ROLE_SYNC} (daemonset/rbac.yaml): it must allow get on "
         "secrets and be bound to the driver's ServiceAccount"
     )
+
+
+def test_main_usage_error_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from sync_controller.__main__ import main
+
+    assert main(["--bogus"]) == 2
+    assert "flag provided but not defined: -bogus" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    assert '"version"' in capsys.readouterr().out
