@@ -25,6 +25,7 @@ import json
 import re
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,9 @@ class Measure:
         kv = self.emu.requests(service="kv")
         return {
             "key_vault_gets": sum(1 for r in kv if r["method"] == "GET"),
+            "key_vault_gets_by_status": dict(
+                sorted(Counter(str(r["status"]) for r in kv if r["method"] == "GET").items())
+            ),
             "entra_requests": len(self.emu.requests(service="entra")),
             "api_writes": _delta(self.before, after, writes=True),
             "api_reads": _delta(self.before, after, writes=False),

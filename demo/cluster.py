@@ -37,7 +37,7 @@ from lightkube.resources.storage_v1 import CSINode
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
 from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
-from demo.story import BEGUN, DemoFailed, peer, say, step, wait_for
+from demo.story import BEGUN, DemoFailed, kubectl, peer, say, step, wait_for
 from testbed import images
 from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
 from testbed.driver import DriverProcess
@@ -188,24 +188,8 @@ class Demo:
     def kubectl(
         self, *args: str, show: bool = True, kubeconfig: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        if show:
-            say("$ kubectl " + " ".join(a if " " not in a else repr(a) for a in args))
-        r = subprocess.run(
-            [
-                str(self.kubectl_bin),
-                f"--kubeconfig={kubeconfig or self.cp.admin_kubeconfig}",
-                f"--cache-dir={self.tmp / 'kubectl-cache'}",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if show and r.stdout.strip():
-            say("  " + r.stdout.rstrip().replace("\n", "\n  "))
-        if r.returncode != 0:
-            raise DemoFailed(f"kubectl {' '.join(args[:3])} failed: {r.stderr.strip()[-500:]}")
-        return r
+        config = kubeconfig or self.cp.admin_kubeconfig
+        return kubectl(self.kubectl_bin, config, self.tmp / "kubectl-cache", *args, show=show)
 
     def exec(self, *cmd: str, show: bool = True) -> str:
         return self.kubectl("exec", POD, "--", *cmd, show=show).stdout

@@ -3,6 +3,7 @@ headers, indented lines, Go peers from `make peers`, and waits that fail the dem
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,3 +39,25 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float, every: float =
             raise DemoFailed(f"{what}: not within {timeout:.0f}s")
         time.sleep(every)
     return time.monotonic() - started
+
+
+def kubectl(
+    binary: Path, kubeconfig: Path, cache_dir: Path, *args: str, show: bool = True, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """kubectl as the reader would type it, its output shown (stdout, then stderr, where
+    kubectl says e.g. "No resources found"); DemoFailed when it fails."""
+    if show:
+        say("$ kubectl " + " ".join(a if " " not in a else repr(a) for a in args))
+    r = subprocess.run(
+        [str(binary), f"--kubeconfig={kubeconfig}", f"--cache-dir={cache_dir}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = (r.stdout + r.stderr).rstrip() if r.returncode == 0 else r.stdout.rstrip()
+    if show and out:
+        say("  " + out.replace("\n", "\n  "))
+    if r.returncode != 0:
+        raise DemoFailed(f"kubectl {' '.join(args[:3])} failed: {r.stderr.strip()[-500:]}")
+    return r

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret, ServiceAccount
 
 from demo import TENANT
-from demo.story import BEGUN, DemoFailed, peer, say, step, wait_for
+from demo.story import BEGUN, DemoFailed, kubectl, peer, say, step, wait_for
 from testbed.controlplane import (
     ISSUER,
     ControlPlane,
@@ -95,25 +94,8 @@ class Demo:
         self.client: Client | None = None
 
     def kubectl(self, *args: str, stdin: str = "") -> str:
-        say("$ kubectl " + " ".join(args))
-        r = subprocess.run(
-            [
-                str(self.kubectl_bin),
-                f"--kubeconfig={self.cp.admin_kubeconfig}",
-                f"--cache-dir={self.tmp / 'kubectl-cache'}",
-                *args,
-            ],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        out = (r.stdout + r.stderr).rstrip()
-        if out:
-            say("  " + out.replace("\n", "\n  "))
-        if r.returncode != 0:
-            raise DemoFailed(f"kubectl {' '.join(args[:2])} failed")
-        return r.stdout
+        cache = self.tmp / "kubectl-cache"
+        return kubectl(self.kubectl_bin, self.cp.admin_kubeconfig, cache, *args, stdin=stdin).stdout
 
     def value(self) -> str | None:
         assert self.client is not None
