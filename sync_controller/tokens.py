@@ -1,9 +1,11 @@
 """Service-account tokens for a SecretSync's provider call (TokenRequest, one audience per
 request, 600 s as the Sync Controller asks and its admission policy checks), reused until a
-fifth of their life is left. The request itself is the driver's (csi_driver.tokens)."""
+fifth of their life is left; concurrent syncs of one (namespace, service account, audience)
+share one request. The request itself is the driver's (csi_driver.tokens)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from lightkube import AsyncClient
@@ -24,6 +26,7 @@ class Tokens:
         self.client = client
         self.audiences = audiences
         self._cache: dict[tuple[str, str, str], tuple[float, dict[str, str]]] = {}
+        self._inflight: dict[tuple[str, str, str], asyncio.Task[dict[str, str]]] = {}
 
     async def tokens_json(self, namespace: str, service_account: str) -> str:
         """kubelet's `{"<audience>":{"token":…,"expirationTimestamp":…}}`; "" with no audience."""
@@ -36,6 +39,15 @@ class Tokens:
         cached = self._cache.get(key)
         if cached is not None and time.monotonic() < cached[0]:
             return cached[1]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._request(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _request(self, key: tuple[str, str, str]) -> dict[str, str]:
+        namespace, service_account, audience = key
         try:
             value = await request_token(
                 self.client, namespace, service_account, audience, EXPIRATION

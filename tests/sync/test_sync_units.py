@@ -4,6 +4,7 @@ ownership rule, and the RBAC hints naming the controller's roles."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from sync_controller.api import API_VERSION, KIND, InputError, parse
 from sync_controller.fetch import SpcRef
 from sync_controller.grants import GRANTS, LEADER_ROLE, MANAGER_ROLE, RBAC_FILE
 from sync_controller.reconcile import Failure, build_data, data_digest, owns, sync_hash
+from sync_controller.tokens import TokenError, Tokens
 
 KEY = b"k" * 32
 SPC = SpcRef("ns", "spc", "uid-1/1", "azure", {})
@@ -236,3 +238,46 @@ def test_main_usage_error_and_version(capsys: pytest.CaptureFixture[str]) -> Non
     assert "flag provided but not defined: -bogus" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert '"version"' in capsys.readouterr().out
+
+
+class _TokenApi:
+    """Stands in for the API server's TokenRequest: counts the requests, answers after a beat."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.requests = 0
+        self.fail = fail
+
+    async def create(self, obj: Any, name: str, namespace: str) -> Any:
+        import datetime
+        import types
+
+        self.requests += 1
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise RuntimeError(f"no serviceaccount {namespace}/{name}")
+        exp = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+        return types.SimpleNamespace(
+            status=types.SimpleNamespace(token=f"t-{self.requests}", expirationTimestamp=exp)
+        )
+
+
+async def test_tokens_shared_in_flight_and_cached() -> None:
+    api = _TokenApi()
+    tokens = Tokens(api, ("aud",))  # type: ignore[arg-type]
+    got = await asyncio.gather(*(tokens.tokens_json("ns", "sa") for _ in range(20)))
+    assert api.requests == 1 and len(set(got)) == 1
+    assert '"aud":{"token":"t-1","expirationTimestamp":"2030-01-01T00:00:00Z"}' in got[0]
+    assert await tokens.tokens_json("ns", "sa") == got[0] and api.requests == 1  # cached
+    await tokens.tokens_json("ns", "other")
+    assert api.requests == 2
+
+
+async def test_tokens_failure_not_cached() -> None:
+    api = _TokenApi(fail=True)
+    tokens = Tokens(api, ("aud",))  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(TokenError) as e:
+            await asyncio.gather(*(tokens.tokens_json("ns", "sa") for _ in range(3)))
+        assert "failed to request a token for serviceaccount ns/sa" in str(e.value)
+        assert "(audience aud)" in str(e.value)
+    assert api.requests == 2  # one per round: shared in flight, never cached
