@@ -7,7 +7,7 @@ export PEERS_DIR
 PROTOS := proto/secrets_store_api/provider.proto proto/secrets_store_api/csi.proto
 DEB_PACKAGES := iproute2 util-linux mount containerd runc busybox-static buildah mmdebstrap
 
-.PHONY: install deb proto lint peers test test-unit bench demo demo-cluster images clean
+.PHONY: install deb proto lint peers test test-unit bench demo demo-cluster demo-sync images clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ demo: install deb
 # kube-controller-manager from `make peers`), with a synced Kubernetes Secret.
 demo-cluster: install deb peers
 	tests/netns-run $(PY) -m demo.cluster $(DEMO_ARGS)
+
+# A Kubernetes Secret from Key Vault with no pod: the SecretSync controller on a local control
+# plane (etcd, kube-apiserver, kube-controller-manager, kubectl from `make peers`).
+demo-sync: install deb peers
+	tests/netns-run $(PY) -m demo.sync $(DEMO_ARGS)
 
 # Container images of both daemons, built with buildah (no Docker engine, no registry).
 images: install deb

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from prometheus_client import disable_created_metrics
 
-from . import __version__
-from .config import FlagError, parse_args
+from .cli import start
+from .config import parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,14 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import standalone
 
         return standalone.main(args[1:])
-    try:
-        config = parse_args(args)
-    except FlagError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if config.version:
-        print(f'{{"version":"{__version__}","runtime":"python {sys.version.split()[0]}"}}')
-        return 0
+    config = start(parse_args, args)
+    if isinstance(config, int):
+        return config
     from . import logs
     from .server import run
 

@@ -133,7 +133,7 @@ class EventRecorder:
             self._warnings.clear()
         self._seen.add(key)
         if kind == "Warning":
-            log.warning("pod %s/%s: %s", pod.namespace, pod.name, message)
+            log.warning("%s %s/%s: %s", pod.kind.lower(), pod.namespace, pod.name, message)
         return True
 
     def _body(self, pod: PodRef, kind: str, reason: str, message: str) -> dict[str, Any]:

@@ -83,17 +83,47 @@ ROLE_ROTATION = "secretproviderrotation-role"
 ROLE_TOKEN = "secretprovidertokenrequest-role"
 # only where the startup taint is on (daemonset/rbac-startup-taint.yaml, chart startupTaint)
 ROLE_TAINT = "secretproviderstartuptaint-role"
-_ROLE_OF = {
-    ("", "events"): ROLE_BASE,
-    ("", "pods"): ROLE_BASE,
-    (GROUP, "secretproviderclasses"): ROLE_BASE,
-    (GROUP, "secretproviderclasspodstatuses"): ROLE_BASE,
-    ("storage.k8s.io", "csidrivers"): ROLE_BASE,
-    ("", "secrets"): ROLE_SYNC,
-    ("", "serviceaccounts/token"): ROLE_TOKEN,
-    ("", "nodes"): ROLE_TAINT,
-    ("storage.k8s.io", "csinodes"): ROLE_TAINT,
-}
+
+
+@dataclass(frozen=True)
+class Grants:
+    """Which role (and file) grants each resource to one program, for the hint a Forbidden
+    carries: the driver's, or the SecretSync controller's (it sets its own at start)."""
+
+    who: str  # "the driver": the subject of "… cannot <verb> resource …"
+    roles: Mapping[tuple[str, str], str]  # (API group, resource) → role name
+    files: Mapping[str, str]  # role name → the file that holds it
+    default_file: str
+    kinds: Mapping[str, str] = field(default_factory=dict)  # role → "Role" (else ClusterRole)
+
+    def file(self, role: str) -> str:
+        return self.files.get(role, self.default_file)
+
+
+DRIVER_GRANTS = Grants(
+    "the driver",
+    {
+        ("", "events"): ROLE_BASE,
+        ("", "pods"): ROLE_BASE,
+        (GROUP, "secretproviderclasses"): ROLE_BASE,
+        (GROUP, "secretproviderclasspodstatuses"): ROLE_BASE,
+        ("storage.k8s.io", "csidrivers"): ROLE_BASE,
+        ("", "secrets"): ROLE_SYNC,
+        ("", "serviceaccounts/token"): ROLE_TOKEN,
+        ("", "nodes"): ROLE_TAINT,
+        ("storage.k8s.io", "csinodes"): ROLE_TAINT,
+    },
+    {ROLE_TAINT: "daemonset/rbac-startup-taint.yaml"},
+    "daemonset/rbac.yaml",
+)
+_grants = [DRIVER_GRANTS]
+
+
+def use_grants(grants: Grants) -> None:
+    """This process is another program than the driver (its RBAC hints name its roles)."""
+    _grants[0] = grants
+
+
 # The API server's Forbidden text: `... cannot get resource "pods" in API group "" in ...`
 _DENIED = re.compile(r'cannot (\w+) resource "([^"]+)" in API group "([^"]*)"')
 
@@ -129,7 +159,7 @@ def denied_request_text(request: httpx2.Request) -> str:
         verb = _VERBS.get(request.method, request.method.lower())
     scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
     return (
-        f'{resource} is forbidden (HTTP 403): the driver cannot {verb} resource "{resource}" '
+        f'{resource} is forbidden (HTTP 403): {_grants[0].who} cannot {verb} resource "{resource}" '
         f'in API group "{group}" {scope}'
     )
 
@@ -141,14 +171,15 @@ def rbac_hint(message: str, role: str | None = None) -> str:
     if m is None:
         return ""
     verb, resource, group = m.groups()
-    role = role or _ROLE_OF.get((group, resource))
+    grants = _grants[0]
+    role = role or grants.roles.get((group, resource))
     where = f"{resource}.{group}" if group else resource
+    account = f"{grants.who}'s ServiceAccount"
     if role is None:
-        return f"the driver's ServiceAccount needs {verb} on {where}"
-    source = "daemonset/rbac-startup-taint.yaml" if role == ROLE_TAINT else "daemonset/rbac.yaml"
+        return f"{account} needs {verb} on {where}"
     return (
-        f"check ClusterRole {role} ({source}): it must allow {verb} on {where} "
-        "and be bound to the driver's ServiceAccount"
+        f"check {grants.kinds.get(role, 'ClusterRole')} {role} ({grants.file(role)}): it must "
+        f"allow {verb} on {where} and be bound to {account}"
     )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -70,6 +70,15 @@ def _driver_owns(meta: Mapping[str, Any], owners: list[dict[str, str]]) -> bool:
     return bool((meta.get("labels") or {}).get(MANAGED_LABEL) == "true")
 
 
+class Fenced(Exception):
+    """The claim's fence stopped a write (the writer is no longer entitled to write, e.g. a
+    controller that lost its Lease): raised through `ensure`, never an Outcome."""
+
+
+async def _unfenced() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Claim:
     """How a writer marks the Secrets it manages and knows them again: the driver's sync by
@@ -78,6 +87,7 @@ class Claim:
     labels: Mapping[str, str] = field(default_factory=lambda: {MANAGED_LABEL: "true"})
     owns: Callable[[Mapping[str, Any], list[dict[str, str]]], bool] = _driver_owns
     recreate: bool = True  # may delete and create (type change, immutable); else refuse
+    fence: Callable[[], Awaitable[None]] = _unfenced  # awaited before each write; may raise Fenced
 
 
 DRIVER_CLAIM = Claim()
@@ -151,7 +161,7 @@ class SecretWriter:
         data: Mapping[str, bytes],
         owners: list[dict[str, str]],
     ) -> Outcome:
-        """Make Secret `namespace/obj.secret_name` hold `data`; never raises."""
+        """Make Secret `namespace/obj.secret_name` hold `data`; raises only Fenced."""
         want = _Want(namespace, obj, _b64(data), {**obj.labels, **self.claim.labels}, owners)
         async with self._locks.setdefault((namespace, obj.secret_name), asyncio.Lock()):
             for _attempt in range(ATTEMPTS):
@@ -159,6 +169,8 @@ class SecretWriter:
                     outcome = await self._attempt(want)
                 except ApiError as e:
                     return Outcome(Result.REFUSED, api_error_text(e), e.status.code)
+                except Fenced:
+                    raise
                 except Exception as e:
                     return Outcome(Result.ERROR, api_error_text(e))
                 if outcome is not None:
@@ -199,6 +211,7 @@ class SecretWriter:
         return await self._replace(want, existing, new)
 
     async def _create(self, want: _Want) -> Outcome | None:
+        await self.claim.fence()
         try:
             await self.client.create(_secret(want.body({}, want.owners)))
         except ApiError as e:
@@ -218,6 +231,7 @@ class SecretWriter:
         existing["metadata"] = meta
         existing["data"] = want.encoded
         existing.pop("stringData", None)
+        await self.claim.fence()
         try:
             await self.client.replace(_secret(existing))
         except ApiError as e:
@@ -232,6 +246,7 @@ class SecretWriter:
     ) -> bool:
         """Delete and create (type and immutable Secrets cannot change in place); False when
         someone else created it in between (compare again)."""
+        await self.claim.fence()
         try:
             await self.client.delete(Secret, want.name, namespace=want.namespace)
         except ApiError as e:

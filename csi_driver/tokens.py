@@ -39,6 +39,46 @@ async def token_settings(client: AsyncClient, driver_name: str) -> TokenSettings
     )
 
 
+async def request_token(
+    client: AsyncClient,
+    namespace: str,
+    service_account: str,
+    audience: str,
+    expiration: int,
+    bound: BoundObjectReference | None = None,
+) -> dict[str, str]:
+    """One TokenRequest, as kubelet's entry for `audience`: `{"token":…,"expirationTimestamp":…}`
+    (the driver's rotation, bound to the pod; the SecretSync controller's, unbound)."""
+    try:
+        tr = await client.create(
+            ServiceAccountToken(
+                metadata=ObjectMeta(),
+                spec=TokenRequestSpec(
+                    audiences=[audience], expirationSeconds=expiration, boundObjectRef=bound
+                ),
+            ),
+            name=service_account,
+            namespace=namespace,
+        )
+    except Exception as e:
+        raise KubeError(
+            f"failed to request a token for serviceaccount {namespace}/{service_account}: "
+            f"{api_error_text(e)}"
+        ) from None
+    status = tr.status
+    if status is None or not status.token or status.expirationTimestamp is None:
+        raise KubeError("token request returned no token")
+    return {
+        "token": status.token,
+        "expirationTimestamp": status.expirationTimestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def tokens_json(tokens: dict[str, dict[str, str]]) -> str:
+    """kubelet's `csi.storage.k8s.io/serviceAccount.tokens` value; "" for none."""
+    return json.dumps(tokens, separators=(",", ":")) if tokens else ""
+
+
 async def pod_tokens(
     client: AsyncClient,
     settings: TokenSettings,
@@ -49,33 +89,11 @@ async def pod_tokens(
     service_account: str,
 ) -> str:
     """`{"<audience>":{"token":…,"expirationTimestamp":…}}` (kubelet's format); "" for none."""
-    out: dict[str, dict[str, str]] = {}
-    for audience, expiration in settings.audiences:
-        try:
-            tr = await client.create(
-                ServiceAccountToken(
-                    metadata=ObjectMeta(),
-                    spec=TokenRequestSpec(
-                        audiences=[audience],
-                        expirationSeconds=expiration or 3600,
-                        boundObjectRef=BoundObjectReference(
-                            apiVersion="v1", kind="Pod", name=pod_name, uid=pod_uid
-                        ),
-                    ),
-                ),
-                name=service_account,
-                namespace=namespace,
-            )
-        except Exception as e:
-            raise KubeError(
-                f"failed to request a token for serviceaccount {namespace}/{service_account}: "
-                f"{api_error_text(e)}"
-            ) from None
-        status = tr.status
-        if status is None or not status.token or status.expirationTimestamp is None:
-            raise KubeError("token request returned no token")
-        out[audience] = {
-            "token": status.token,
-            "expirationTimestamp": status.expirationTimestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    return json.dumps(out, separators=(",", ":")) if out else ""
+    bound = BoundObjectReference(apiVersion="v1", kind="Pod", name=pod_name, uid=pod_uid)
+    out = {
+        audience: await request_token(
+            client, namespace, service_account, audience, expiration or 3600, bound
+        )
+        for audience, expiration in settings.audiences
+    }
+    return tokens_json(out)

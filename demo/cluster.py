@@ -37,12 +37,12 @@ from lightkube.resources.storage_v1 import CSINode
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClassPodStatus
 from demo import CLIENT_ID, CLIENT_SECRET, SPC_PARAMETERS
+from demo.story import BEGUN, DemoFailed, kubectl, peer, say, step, wait_for
 from testbed import images
 from testbed.controlplane import driver_token_kubeconfig, prepare_cluster
 from testbed.driver import DriverProcess
 from testbed.emulator import Emulator
 from testbed.node import NODE_NAME, NODE_PEERS, new_node
-from testbed.peers import is_built, peer_path
 from testbed.ports import free_port
 from testbed.provider import ProviderProcess, ours
 from testbed.registrar import Registrar
@@ -138,37 +138,6 @@ class Interrupted(BaseException):
     """SIGTERM: unwinds like Ctrl-C, through every clean-up step."""
 
 
-class DemoFailed(Exception):
-    pass
-
-
-BEGUN = time.monotonic()
-
-
-def step(text: str) -> None:
-    print(f"\n[{time.monotonic() - BEGUN:6.1f}s] ==> {text}", flush=True)
-
-
-def say(text: str) -> None:
-    print("    " + text.rstrip("\n").replace("\n", "\n    "), flush=True)
-
-
-def peer(binary: str) -> Path:
-    path = peer_path(binary)
-    if not is_built(path):
-        raise DemoFailed(f"peer {binary} missing at {path}: run `make peers` first")
-    return path
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout: float, every: float = 0.1) -> float:
-    started = time.monotonic()
-    while not cond():
-        if time.monotonic() - started > timeout:
-            raise DemoFailed(f"{what}: not within {timeout:.0f}s")
-        time.sleep(every)
-    return time.monotonic() - started
-
-
 def secret_data(client: Client, name: str) -> dict[str, str] | None:
     try:
         s = client.get(Secret, name, namespace=NAMESPACE)
@@ -219,24 +188,8 @@ class Demo:
     def kubectl(
         self, *args: str, show: bool = True, kubeconfig: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        if show:
-            say("$ kubectl " + " ".join(a if " " not in a else repr(a) for a in args))
-        r = subprocess.run(
-            [
-                str(self.kubectl_bin),
-                f"--kubeconfig={kubeconfig or self.cp.admin_kubeconfig}",
-                f"--cache-dir={self.tmp / 'kubectl-cache'}",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if show and r.stdout.strip():
-            say("  " + r.stdout.rstrip().replace("\n", "\n  "))
-        if r.returncode != 0:
-            raise DemoFailed(f"kubectl {' '.join(args[:3])} failed: {r.stderr.strip()[-500:]}")
-        return r
+        config = kubeconfig or self.cp.admin_kubeconfig
+        return kubectl(self.kubectl_bin, config, self.tmp / "kubectl-cache", *args, show=show)
 
     def exec(self, *cmd: str, show: bool = True) -> str:
         return self.kubectl("exec", POD, "--", *cmd, show=show).stdout

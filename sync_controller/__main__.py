@@ -6,19 +6,15 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .config import FlagError, parse_args
+from csi_driver.cli import start
+
+from .config import parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse_args(list(sys.argv[1:] if argv is None else argv))
-    except FlagError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if config.version:
-        print(f'{{"version":"{__version__}","runtime":"python {sys.version.split()[0]}"}}')
-        return 0
+    config = start(parse_args, sys.argv[1:] if argv is None else argv)
+    if isinstance(config, int):
+        return config
     from csi_driver import logs
 
     from .server import run

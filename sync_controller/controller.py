@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
@@ -20,6 +20,7 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from csi_driver.kube import SecretProviderClass, api_error_text, to_dict, watch_forever
+from csi_driver.secret_writer import Fenced
 
 from .api import CONTROLLER_LABEL, SecretSync
 from .fetch import SpcRef
@@ -32,6 +33,10 @@ Key = tuple[str, str]
 MAX_BACKOFF = 60.0
 
 
+async def _unfenced() -> None:
+    return None
+
+
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
@@ -39,9 +44,15 @@ def _key(obj: Mapping[str, Any]) -> Key:
 
 class Controller:
     def __init__(
-        self, client: AsyncClient, poll: float, workers: int = 8, metrics: Metrics | None = None
+        self,
+        client: AsyncClient,
+        poll: float,
+        workers: int = 8,
+        metrics: Metrics | None = None,
+        fence: Callable[[], Awaitable[None]] = _unfenced,
     ) -> None:
         self.client = client
+        self.fence = fence  # awaited before a status write; raises Fenced when we may not
         self.poll = poll
         self.workers = workers
         self.metrics = metrics or Metrics()
@@ -77,6 +88,7 @@ class Controller:
 
     async def write_status(self, sync_obj: Mapping[str, Any], status: dict[str, Any]) -> None:
         ns, name = _key(sync_obj)
+        await self.fence()
         try:
             await self.client.patch(
                 SecretSync.Status,
@@ -200,6 +212,8 @@ class Controller:
         started = time.monotonic()
         try:
             done = await self.reconciler.reconcile(obj)
+        except Fenced:
+            raise  # no longer the leader: the worker ends, and the process with it
         except Exception:
             log.exception("secretsync %s/%s: reconcile failed", *key)
             done = None

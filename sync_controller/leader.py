@@ -5,6 +5,10 @@ duration by the candidate's own clock (no trust in another node's clock); the ho
 every retry period and gives up (the process exits, as controller-runtime's does) when it
 cannot renew within the renew deadline or sees another holder. On shutdown it releases the
 Lease so a successor need not wait.
+
+Between renewals the Lease can still be lost (taken over after a stall the renewals did not
+see, or by hand): every write is fenced by `confirm`, a fresh read of the holder (shared by
+concurrent writers and good for CONFIRM_FOR seconds), so a deposed leader stops before writing.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from lightkube import ApiError, AsyncClient
 from lightkube.resources.coordination_v1 import Lease
 
 from csi_driver.kube import api_error_text, to_dict
+from csi_driver.secret_writer import Fenced
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "29f1d54e.secret-sync.x-k8s.io"  # the Sync Controller's election id
+CONFIRM_FOR = 0.2  # seconds a confirmed holder is trusted for (writes in a burst share a read)
 
 
-class LeaderLost(Exception):
-    pass
+class LeaderLost(Fenced):
+    """This process no longer holds the Lease: it stops (exit 1) and writes nothing more."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Elector:
         self.timing = timing
         self._seen: tuple[str, str] = ("", "")  # (holder, renewTime) last observed
         self._seen_at = 0.0
+        self._renewed = 0.0  # monotonic time of the last write of our own record
+        self._confirmed = -CONFIRM_FOR  # monotonic start of the last read that showed us
+        self._confirming: asyncio.Task[str] | None = None
 
     async def acquire(self) -> None:
         log.info("waiting for lease %s/%s as %s", self.namespace, LEASE_NAME, self.identity)
@@ -80,6 +89,33 @@ class Elector:
                 log.warning("lease renewal failed: %s", api_error_text(e))
             if time.monotonic() - last_ok > self.timing.renew_deadline:
                 raise LeaderLost(f"could not renew lease within {self.timing.renew_deadline}s")
+
+    async def confirm(self) -> None:
+        """The fence before a write: still the holder, by a read at most CONFIRM_FOR old;
+        raises LeaderLost. A read that fails falls back to the renewals: held if renewed
+        within the renew deadline."""
+        if time.monotonic() - self._confirmed < CONFIRM_FOR:
+            return
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._read_holder())
+        try:
+            holder = await asyncio.shield(self._confirming)
+        except Exception as e:
+            if time.monotonic() - self._renewed <= self.timing.renew_deadline:
+                return
+            raise LeaderLost(f"could not confirm lease: {api_error_text(e)}") from None
+        if holder != self.identity:
+            raise LeaderLost(
+                f"lease {self.namespace}/{LEASE_NAME} is held by {holder or 'nobody'}: not writing"
+            )
+
+    async def _read_holder(self) -> str:
+        started = time.monotonic()
+        lease = to_dict(await self.client.get(Lease, LEASE_NAME, namespace=self.namespace))
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+        if holder == self.identity:
+            self._confirmed = max(self._confirmed, started)
+        return holder
 
     async def release(self) -> None:
         try:
@@ -132,6 +168,7 @@ class Elector:
                 return False
             raise
         self._seen, self._seen_at = (self.identity, stamp), time.monotonic()
+        self._renewed = self._seen_at
         return True
 
     async def _create(self) -> bool:
@@ -154,4 +191,5 @@ class Elector:
             if e.status.code == 409:
                 return False
             raise
+        self._renewed = time.monotonic()
         return True

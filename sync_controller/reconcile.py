@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,8 +36,11 @@ def owns(meta: Mapping[str, Any], owners: list[dict[str, str]]) -> bool:
     return len(refs) == 1 and refs[0].get("uid") == owners[0]["uid"]
 
 
-def claim() -> Claim:
-    return Claim(labels={CONTROLLER_LABEL: ""}, owns=owns, recreate=False)
+def claim(fence: Callable[[], Awaitable[None]] | None = None) -> Claim:
+    """Our Secrets; `fence` (the leader's confirmation) before each write."""
+    if fence is None:
+        return Claim(labels={CONTROLLER_LABEL: ""}, owns=owns, recreate=False)
+    return Claim(labels={CONTROLLER_LABEL: ""}, owns=owns, recreate=False, fence=fence)
 
 
 class Status(Protocol):
@@ -169,10 +172,17 @@ class Reconciler:
         obj = SecretObject(
             0, sync.name, sync.type, {NAME_LABEL: sync.name, **sync.labels}, sync.annotations, ()
         )
+        previous = self.digests.get(sync.key)
+        # set before the write: its watch event can arrive before `ensure` returns, and must
+        # be known as ours (else a second, needless sync and status write follow)
+        self.digests[sync.key] = data_digest(self.key, _b64(data))
         outcome = await self.writer.ensure(sync.namespace, obj, data, [sync.owner()])
         if outcome.written or outcome.result is Written.UNCHANGED:
             self._forced[sync.key] = sync.force
-            self.digests[sync.key] = data_digest(self.key, _b64(data))
+        elif previous is None:
+            self.digests.pop(sync.key, None)
+        else:
+            self.digests[sync.key] = previous
         return hashed, outcome
 
     async def _succeeded(

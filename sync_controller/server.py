@@ -17,6 +17,7 @@ from lightkube import AsyncClient, KubeConfig
 from prometheus_client import start_http_server
 
 from csi_driver.events import EventRecorder
+from csi_driver.kube import use_grants
 from csi_driver.provider_client import ProviderClients
 from csi_driver.secret_writer import SecretWriter
 
@@ -24,6 +25,7 @@ from .api import FIELD_MANAGER
 from .config import Config
 from .controller import Controller
 from .fetch import Fetcher
+from .grants import GRANTS
 from .leader import Elector, LeaderLost, Timing
 from .reconcile import Reconciler, claim
 from .restart import RestartController
@@ -45,20 +47,27 @@ async def _probe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
-def build(config: Config, client: AsyncClient) -> tuple[Controller, Reconciler]:
+def build(
+    config: Config, client: AsyncClient, elector: Elector | None = None
+) -> tuple[Controller, Reconciler]:
+    """The controller and its reconciler; with `elector`, every write is fenced by it."""
+    fence = elector.confirm if elector is not None else None
     providers = ProviderClients((config.provider_volume,), config.max_recv, config.provider_timeout)
     share = min(config.poll / 2, 60.0) if config.poll > 0 else 5.0
     fetcher = Fetcher(
         providers, Tokens(client, config.audiences), config.pod_name, config.pod_uid, share
     )
-    events = EventRecorder(client, FIELD_MANAGER, "", dedupe=True)
-    writer = SecretWriter(client, claim())
+    events = EventRecorder(client, FIELD_MANAGER, "", dedupe=True, log_as="secretsync")
+    writer = SecretWriter(client, claim(fence))
     controller = Controller(client, config.poll, config.workers)
+    if fence is not None:
+        controller.fence = fence
     reconciler = Reconciler(controller, fetcher, writer, events, secrets.token_bytes(32))
     return controller, reconciler
 
 
 async def run(config: Config) -> int:
+    use_grants(GRANTS)
     kube = KubeConfig.from_file(config.kubeconfig) if config.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kube, field_manager=FIELD_MANAGER)
     if config.metrics_addr not in ("", "0"):
@@ -94,7 +103,7 @@ async def _lead(config: Config, client: AsyncClient, elector: Elector, stop: asy
         if stop.is_set():
             acquiring.cancel()
             return 0
-    controller, reconciler = build(config, client)
+    controller, reconciler = build(config, client, elector if config.leader_elect else None)
     tasks = {asyncio.create_task(controller.run(reconciler)), stopping}
     if config.restart_on_change:
         restarts = RestartController(

@@ -26,7 +26,12 @@ from lightkube.generic_resource import create_global_resource
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount, ServiceAccountToken
-from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
+from lightkube.resources.rbac_authorization_v1 import (
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+)
 
 from testbed import REPO
 from testbed.ports import free_port
@@ -288,6 +293,25 @@ async def service_account_with_rules(
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
     }
     await admin.create(cast(ClusterRoleBinding, ClusterRoleBinding.from_dict(binding)))
+
+
+async def role_with_rules(
+    admin: AsyncClient,
+    name: str,
+    namespace: str,
+    rules: list[dict[str, object]],
+    account_namespace: str = "kube-system",
+) -> None:
+    """A Role `name` in `namespace` with `rules`, bound to the ServiceAccount `name` (of
+    `account_namespace`): the namespaced half of a least-privilege case."""
+    meta = {"name": name, "namespace": namespace}
+    await admin.create(cast(Role, Role.from_dict({"metadata": meta, "rules": rules})))
+    binding = {
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": account_namespace}],
+    }
+    await admin.create(cast(RoleBinding, RoleBinding.from_dict(binding)))
 
 
 async def service_account_kubeconfig(

@@ -34,6 +34,7 @@ class SyncControllerProcess:
             *flags,
         ]
         self.log = log
+        self._made = (kubeconfig, provider_dir, flags, pod_name, pod_uid)
         self.env = {
             **os.environ,
             "SYNC_CONTROLLER_POD_NAME": pod_name,
@@ -41,6 +42,19 @@ class SyncControllerProcess:
             "SYNC_CONTROLLER_POD_NAMESPACE": "kube-system",
         }
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def identity(self) -> str:
+        """Its Lease holder identity (`<pod name>_<pid>`), once started."""
+        assert self.proc is not None
+        return f"{self.env['SYNC_CONTROLLER_POD_NAME']}_{self.proc.pid}"
+
+    def again(self, log: Path) -> SyncControllerProcess:
+        """Another process as this one (its flags, its pod name), logging to `log`."""
+        kubeconfig, provider_dir, flags, pod_name, pod_uid = self._made
+        return SyncControllerProcess(
+            kubeconfig, provider_dir, log, *flags, pod_name=pod_name, pod_uid=pod_uid
+        )
 
     def start(self) -> SyncControllerProcess:
         out = open(self.log, "ab")  # noqa: SIM115 (closed with the process)

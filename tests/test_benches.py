@@ -70,3 +70,12 @@ def test_bounded_bench() -> None:
     rss_rows = [line for line in out.splitlines() if line.startswith("| 20 |")]
     assert rss_rows, out
     assert "heaviest Mounts in flight" in out, out
+
+
+def test_secretsync_bench() -> None:
+    peer("kube-apiserver")
+    out = _run("-m", "bench.secretsync", "--syncs", "4", "--spcs", "2", "--poll", "3")
+    result = _json_tail(out)
+    assert {"first_sync", "idle_poll", "poll_after_one_object_changed"} <= set(result), out
+    idle = result["idle_poll"]
+    assert isinstance(idle, dict) and {"key_vault_gets", "api_writes", "rss_mib"} <= set(idle)

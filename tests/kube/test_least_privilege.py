@@ -88,6 +88,7 @@ from testbed.controlplane import (
 from testbed.driver import DriverProcess
 from testbed.kubelet import DRIVER, Kubelet, PodVolume, rpc_error
 from testbed.provider import ProviderProcess
+from testbed.rbac import Grant, grants
 from tests.kube.fixtures import admin_client, control_plane
 
 __all__ = ["admin_client", "control_plane"]
@@ -104,50 +105,9 @@ ABSENT = 2.0  # seconds to show that what must not happen does not (watches are 
 # ---- the grants of daemonset/rbac.yaml and rbac-startup-taint.yaml ---------------------------
 
 
-@dataclass(frozen=True)
-class Grant:
-    """One verb of one rule of one ClusterRole."""
-
-    role: str
-    group: str
-    resource: str
-    names: tuple[str, ...]
-    verb: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.role}/{self.resource}/{self.verb}"
-
-    def rule(self) -> dict[str, Any]:
-        rule: dict[str, Any] = {
-            "apiGroups": [self.group],
-            "resources": [self.resource],
-            "verbs": [self.verb],
-        }
-        if self.names:
-            rule["resourceNames"] = list(self.names)
-        return rule
-
-    @property
-    def denied_text(self) -> str:
-        """The API server's words for this denial, as the driver must pass them on."""
-        return f'cannot {self.verb} resource "{self.resource}"'
-
-
 def rbac_grants() -> list[Grant]:
-    out = []
-    for doc in [*manifests("rbac.yaml"), *manifests("rbac-startup-taint.yaml")]:
-        if doc["kind"] != "ClusterRole":
-            continue
-        role = str(doc["metadata"]["name"])  # type: ignore[index]
-        for rule in doc.get("rules") or []:  # type: ignore[attr-defined]
-            for group in rule.get("apiGroups") or [""]:
-                for resource in rule["resources"]:
-                    for verb in rule["verbs"]:
-                        out.append(
-                            Grant(role, group, resource, tuple(rule.get("resourceNames", [])), verb)
-                        )
-    return out
+    docs: list[dict[str, Any]] = [*manifests("rbac.yaml"), *manifests("rbac-startup-taint.yaml")]
+    return [g for g in grants(docs) if not g.namespace]
 
 
 GRANTS = rbac_grants()

@@ -257,8 +257,10 @@ async def world(
         "--leader-election-renew-deadline=2s",
         "--leader-election-retry-period=0.5s",
     ).start()
+    world = World(admin, emulator, provider, controller, kubeconfig, sync_root)
     try:
-        yield World(admin, emulator, provider, controller, kubeconfig, sync_root)
+        yield world
     finally:
+        world.controller.stop()  # the one a test handed over to, if any
         controller.stop()
         provider.stop()
