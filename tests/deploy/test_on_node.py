@@ -78,8 +78,10 @@ class World:
     tmp: Path
 
 
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def node_with_images(*names: str) -> AsyncIterator[World]:
+    """A real node (kubelet, containerd, kube-scheduler, the control plane) with these images
+    from `make images` imported; stopped and removed on exit."""
     for program in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
         if shutil.which(program) is None:
             missing(f"{program} is missing: run `make deb`")
@@ -88,13 +90,12 @@ async def world() -> AsyncIterator[World]:
     bins = {n: peer(n) for n in NODE_PEERS}
     reap_stale()
     tmp = run_dir()
-    provider_tar = export_image(PROVIDER_IMAGE, tmp / "provider.tar")
-    driver_tar = export_image(DRIVER_IMAGE, tmp / "driver.tar")
+    tarballs = [export_image(n, tmp / f"{n.rsplit('/', 1)[-1].split(':')[0]}.tar") for n in names]
     node = new_node(tmp, bins)
     cp = node.cp
     admin: AsyncClient | None = None
     try:
-        node.start_runtime([provider_tar, driver_tar])
+        node.start_runtime(tarballs)
         cp.start()
         admin = await prepare_cluster(cp)
         node.start_scheduler()
@@ -103,16 +104,21 @@ async def world() -> AsyncIterator[World]:
         yield World(node, cp, admin, tmp)
     finally:
         try:
-            if admin is not None:
-                await _delete_daemonsets(admin)
+            node.stop()
         finally:
-            try:
-                node.stop()
-            finally:
-                if admin is not None:
-                    await admin.close()
-                cp.stop()
-                shutil.rmtree(tmp, ignore_errors=True)
+            if admin is not None:
+                await admin.close()
+            cp.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def world() -> AsyncIterator[World]:
+    async with node_with_images(PROVIDER_IMAGE, DRIVER_IMAGE) as w:
+        try:
+            yield w
+        finally:
+            await _delete_daemonsets(w.admin)
 
 
 async def _wait_node_ready(node: Node, admin: AsyncClient) -> None:
@@ -161,7 +167,7 @@ def provider_docs() -> list[dict[str, Any]]:
     return docs
 
 
-def _container_pid(marker: str) -> int:
+def container_pid(marker: str) -> int:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -172,10 +178,10 @@ def _container_pid(marker: str) -> int:
     raise LookupError(marker)
 
 
-def _service_account_dir_in_pod(marker: str) -> tuple[list[str], str]:
+def service_account_dir_in_pod(marker: str) -> tuple[list[str], str]:
     """What the container sees in its service-account directory: the names, and ca.crt. The
     mount point as the container has it (/var/run is a symlink to /run in the image)."""
-    pid = _container_pid(marker)
+    pid = container_pid(marker)
     (point,) = [
         line.split()[4]
         for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
@@ -188,18 +194,24 @@ def _service_account_dir_in_pod(marker: str) -> tuple[list[str], str]:
 
 def check_socket_and_process() -> Path:
     """The socket, in the directory kubelet created for the hostPath; the process kubelet
-    started: uid 0, no capability at all, no new privileges, seccomp, read-only root."""
+    started: uid 0, confined (assert_confined)."""
     sock = SOCKET_DIR / "azure.sock"
     assert sock.is_socket()
     assert sock.stat().st_uid == 0 and sock.stat().st_mode & 0o077 == 0
     assert oct(SOCKET_DIR.stat().st_mode & 0o777) == "0o755"
-    pid = _container_pid("secrets-store-provider-azure")
+    assert_confined(container_pid("secrets-store-provider-azure"), 0)
+    return sock
+
+
+def assert_confined(pid: int, uid: int) -> None:
+    """A container's process as kubelet started it: this uid, no capability at all, no new
+    privileges, the runtime's default seccomp profile, a read-only root."""
     fields = dict(
         line.split(":\t", 1)
         for line in Path(f"/proc/{pid}/status").read_text().splitlines()
         if ":\t" in line
     )
-    assert fields["Uid"].split()[:2] == ["0", "0"]
+    assert fields["Uid"].split()[:2] == [str(uid)] * 2, fields["Uid"]
     for cap in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
         assert int(fields[cap], 16) == 0, f"{cap} = {fields[cap]}"
     assert fields["NoNewPrivs"] == "1"
@@ -211,7 +223,6 @@ def check_socket_and_process() -> Path:
         if line.split()[4] == "/"
     )
     assert "ro" in root[5].split(","), root
-    return sock
 
 
 async def test_provider_daemonset_runs_as_written(world: World) -> None:
@@ -245,7 +256,7 @@ async def test_provider_daemonset_runs_as_written(world: World) -> None:
     sock = check_socket_and_process()
     # The CA in the container is the cluster's (kube-root-ca.crt), alone: no token beside it.
     root_ca = await admin.get(ConfigMap, "kube-root-ca.crt", namespace="kube-system")
-    names, ca = _service_account_dir_in_pod("secrets-store-provider-azure")
+    names, ca = service_account_dir_in_pod("secrets-store-provider-azure")
     assert names == ["ca.crt"]
     assert ca == (root_ca.data or {})["ca.crt"]
 

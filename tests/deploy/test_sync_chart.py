@@ -65,6 +65,19 @@ def test_deployment(helm_bin: Path) -> None:
         assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {"name": "providervol", "mountPath": "/provider"} in c["volumeMounts"]
+    # the controller's token (it may request tokens for any ServiceAccount) stays with the
+    # manager: the provider's token path holds the cluster CA alone, so the ServiceAccount
+    # admission adds no token there (tests/deploy/test_sync_on_node.py sees it in the pod)
+    sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert not any(m["mountPath"] == sa_dir for m in manager["volumeMounts"])
+    (ca_mount,) = (m for m in provider["volumeMounts"] if m["mountPath"] == sa_dir)
+    assert ca_mount["readOnly"] is True
+    (ca_volume,) = (v for v in pod["volumes"] if v["name"] == ca_mount["name"])
+    assert ca_volume["configMap"] == {
+        "name": "kube-root-ca.crt",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        "optional": True,
+    }
 
 
 def test_provider_container_replaced(helm_bin: Path) -> None:
