@@ -30,7 +30,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -43,7 +42,7 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret, Servi
 
 from csi_driver.kube import SecretProviderClass
 from sync_controller.api import CONTROLLER_LABEL, NAME_LABEL, SecretSync
-from sync_controller.leader import LEASE_NAME
+from sync_controller.leader import LEASE_NAME, Timing
 from testbed.emulator import TENANT_ID, Emulator
 from testbed.node import E2E_ISSUER
 from testbed.peers import peer
@@ -68,7 +67,7 @@ CLIENT = "0e000001-0000-4000-8000-0000000005b1"
 AUDIENCE = "api://AzureADTokenExchange"
 POLL = 3.0
 DEPLOYMENT = "secrets-store-sync-controller"
-SELECTOR = {"app": DEPLOYMENT}
+SELECTOR: dict[str, Any] = {"app": DEPLOYMENT}
 NONROOT = 65532
 CA_DIR = "/etc/emulator-ca"
 MANAGER_MARKER = "secrets-store-sync-controller"
@@ -181,9 +180,7 @@ async def _delete_controller(admin: AsyncClient) -> None:
         await asyncio.sleep(0.2)
 
 
-async def until(
-    check: Callable[[], Awaitable[Any]], within: float, what: str, world: World
-) -> Any:
+async def until(check: Callable[[], Awaitable[Any]], within: float, what: str, world: World) -> Any:
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
@@ -342,6 +339,7 @@ async def test_chart_controller_syncs_and_fails_over(world: World, emulator: Emu
     assert labels[CONTROLLER_LABEL] == "" and labels[NAME_LABEL] == "db" and labels["app"] == "web"
     sync = await admin.get(SecretSync, "db", namespace=NAMESPACE)
     (owner,) = secret.metadata.ownerReferences or []
+    assert sync.metadata is not None
     assert (owner.kind, owner.name, owner.uid) == ("SecretSync", "db", sync.metadata.uid)
     assert owner.apiVersion == "secret-sync.x-k8s.io/v1alpha1"
 
@@ -359,33 +357,52 @@ async def test_chart_controller_syncs_and_fails_over(world: World, emulator: Emu
     await until(lambda: _has_value(admin, "from-the-node-2"), POLL + 3, "the change", world)
     followed = time.monotonic() - changed
 
-    # the leader killed (no Lease release): the Deployment's new pod takes over
-    pid = await asyncio.to_thread(container_pid, MANAGER_MARKER)
-    await admin.delete(Pod, leader.metadata.name, namespace=SYSTEM, grace_period=0)
-    os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    successor = await until(
-        lambda: _running_pod(admin, exclude=leader.metadata.name if leader.metadata else ""),
-        60,
-        "the replacement pod running",
-        world,
-    )
-    assert successor.metadata is not None and successor.metadata.name is not None
-    new_name = successor.metadata.name
-
-    async def taken_over() -> bool:
-        return (await _holder(admin)).startswith(f"{new_name}_")
-
-    await until(taken_over, 45, "the Lease taken over", world)
-    takeover = time.monotonic() - killed
+    # the leader's pod deleted (SIGTERM, the chart's grace period): it releases the Lease, the
+    # Deployment's new pod takes it as soon as it runs; a change made meanwhile is caught up
     emulator.set_secret(VAULT, "db-password", "from-the-node-3")
+    started = time.monotonic()
+    await admin.delete(Pod, leader.metadata.name, namespace=SYSTEM)
+    leader = await _taken_over(world, leader, "deleted")
+    graceful = time.monotonic() - started
+    # sooner than the Lease could expire: the deleted leader released it (SIGTERM reached the
+    # manager, PID 1 in its container)
+    assert graceful < Timing().duration, f"{graceful:.1f}s: the Lease was not released"
+    await until(lambda: _has_value(admin, "from-the-node-3"), POLL + 5, "the catch-up", world)
+
+    # the leader killed (SIGKILL, the pod force-deleted: no release): the new pod waits out
+    # the Lease, then catches up; a change after that follows within the poll
+    assert leader.metadata is not None and leader.metadata.name is not None
+    os.kill(await asyncio.to_thread(container_pid, MANAGER_MARKER), signal.SIGKILL)
+    started = time.monotonic()
+    await admin.delete(Pod, leader.metadata.name, namespace=SYSTEM, grace_period=0)
+    emulator.set_secret(VAULT, "db-password", "from-the-node-4")
+    await _taken_over(world, leader, "killed")
+    killed = time.monotonic() - started
+    await until(lambda: _has_value(admin, "from-the-node-4"), POLL + 5, "the catch-up", world)
+    emulator.set_secret(VAULT, "db-password", "from-the-node-5")
     changed = time.monotonic()
-    await until(
-        lambda: _has_value(admin, "from-the-node-3"), POLL + 5, "the change after takeover", world
-    )
-    after_takeover = time.monotonic() - changed
+    await until(lambda: _has_value(admin, "from-the-node-5"), POLL + 3, "a change after", world)
+    after = time.monotonic() - changed
     print(
         f"\n[sync-on-node] first Secret {first_secret:.1f}s after apply; a change followed in "
-        f"{followed:.1f}s (poll {POLL:g}s); takeover {takeover:.1f}s after the kill; a change "
-        f"after it followed in {after_takeover:.1f}s"
+        f"{followed:.1f}s (poll {POLL:g}s); Lease taken over {graceful:.1f}s after the leader's "
+        f"pod was deleted, {killed:.1f}s after it was killed; a change after that followed in "
+        f"{after:.1f}s"
     )
+
+
+async def _taken_over(world: World, old: Pod, how: str) -> Pod:
+    """The Deployment's new pod running and holding the Lease."""
+    assert old.metadata is not None and old.metadata.name is not None
+    gone = old.metadata.name
+    new: Pod = await until(
+        lambda: _running_pod(world.admin, exclude=gone), 60, f"a pod after the {how} one", world
+    )
+    assert new.metadata is not None
+    identity = f"{new.metadata.name}_"
+
+    async def holds() -> bool:
+        return (await _holder(world.admin)).startswith(identity)
+
+    await until(holds, 45, f"the Lease taken from the {how} leader", world)
+    return new
