@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import yaml
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
@@ -41,7 +40,9 @@ from csi_driver.kube import SecretProviderClass
 from sync_controller.api import SecretSync
 from testbed.controlplane import ISSUER, service_account_kubeconfig
 from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
+from testbed.mount_attributes import objects_yaml
 from testbed.provider import ours
+from testbed.secretsync import secretsync_body, spc_body
 from testbed.sync_controller import SyncControllerProcess
 
 VAULT = "kv-bench"
@@ -95,38 +96,17 @@ def _object(spc: int, obj: int) -> str:
 
 
 def _spc(spc: int, objects: int) -> dict[str, Any]:
-    items = [
-        yaml.safe_dump({"objectName": _object(spc, o), "objectType": "secret"})
-        for o in range(objects)
-    ]
-    return {
-        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-        "kind": "SecretProviderClass",
-        "metadata": {"name": f"spc-{spc:03d}", "namespace": NAMESPACE},
-        "spec": {
-            "provider": "azure",
-            "parameters": {
-                "keyvaultName": VAULT,
-                "tenantId": TENANT_ID,
-                "clientID": CLIENT,
-                "objects": yaml.safe_dump({"array": items}),
-            },
-        },
-    }
+    items = ({"objectName": _object(spc, o), "objectType": "secret"} for o in range(objects))
+    return spc_body(
+        f"spc-{spc:03d}", NAMESPACE, vault=VAULT, client_id=CLIENT, objects=objects_yaml(*items)
+    )
 
 
 def _secretsync(i: int, spc: int, objects: int) -> dict[str, Any]:
-    data = [{"sourcePath": _object(spc, o), "targetKey": f"k{o}"} for o in range(objects)]
-    return {
-        "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
-        "kind": "SecretSync",
-        "metadata": {"name": f"ss-{i:04d}", "namespace": NAMESPACE},
-        "spec": {
-            "secretProviderClassName": f"spc-{spc:03d}",
-            "serviceAccountName": ACCOUNT,
-            "secretObject": {"type": "Opaque", "data": data},
-        },
-    }
+    data = {_object(spc, o): f"k{o}" for o in range(objects)}
+    return secretsync_body(
+        f"ss-{i:04d}", NAMESPACE, f"spc-{spc:03d}", data, service_account=ACCOUNT
+    )
 
 
 class ApiCounts:

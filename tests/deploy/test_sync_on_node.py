@@ -44,8 +44,10 @@ from csi_driver.kube import SecretProviderClass
 from sync_controller.api import CONTROLLER_LABEL, NAME_LABEL, SecretSync
 from sync_controller.leader import LEASE_NAME, Timing
 from testbed.emulator import TENANT_ID, Emulator
+from testbed.mount_attributes import objects_yaml
 from testbed.node import E2E_ISSUER
 from testbed.peers import peer
+from testbed.secretsync import secretsync_body, spc_body
 
 from .render import Doc, container, find, render
 from .test_on_node import (
@@ -205,48 +207,20 @@ async def _apply_app_objects(admin: AsyncClient) -> None:
     SecretSync."""
     await admin.create(Namespace(metadata=ObjectMeta(name=NAMESPACE)))
     await admin.create(ServiceAccount(metadata=ObjectMeta(name="app", namespace=NAMESPACE)))
-    objects = "array:\n" + "".join(
-        f"  - |\n    objectName: {o}\n    objectType: secret\n" for o in ("db-password", "username")
+    objects = objects_yaml(
+        *({"objectName": o, "objectType": "secret"} for o in ("db-password", "username"))
     )
-    await admin.create(
-        SecretProviderClass.from_dict(
-            {
-                "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-                "kind": "SecretProviderClass",
-                "metadata": {"name": "db", "namespace": NAMESPACE},
-                "spec": {
-                    "provider": "azure",
-                    "parameters": {
-                        "keyvaultName": VAULT,
-                        "tenantId": TENANT_ID,
-                        "clientID": CLIENT,
-                        "objects": objects,
-                    },
-                },
-            }
-        )
+    spc = spc_body("db", NAMESPACE, vault=VAULT, client_id=CLIENT, objects=objects)
+    await admin.create(SecretProviderClass.from_dict(spc))
+    sync = secretsync_body(
+        "db",
+        NAMESPACE,
+        "db",
+        {"db-password": "password", "username": "user"},
+        service_account="app",
+        secret_object={"labels": {"app": "web"}},
     )
-    await admin.create(
-        SecretSync.from_dict(
-            {
-                "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
-                "kind": "SecretSync",
-                "metadata": {"name": "db", "namespace": NAMESPACE},
-                "spec": {
-                    "secretProviderClassName": "db",
-                    "serviceAccountName": "app",
-                    "secretObject": {
-                        "type": "Opaque",
-                        "data": [
-                            {"sourcePath": "db-password", "targetKey": "password"},
-                            {"sourcePath": "username", "targetKey": "user"},
-                        ],
-                        "labels": {"app": "web"},
-                    },
-                },
-            }
-        )
-    )
+    await admin.create(SecretSync.from_dict(sync))
 
 
 async def _secret_data(admin: AsyncClient) -> dict[str, str] | None:

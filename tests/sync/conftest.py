@@ -27,8 +27,10 @@ from csi_driver.kube import SecretProviderClass
 from sync_controller.api import SecretSync
 from testbed.controlplane import ISSUER, ControlPlane, service_account_kubeconfig
 from testbed.emulator import TENANT_ID, Emulator
+from testbed.mount_attributes import objects_yaml
 from testbed.peers import peer
 from testbed.provider import ProviderProcess, ours
+from testbed.secretsync import secretsync_body, spc_body
 from testbed.sync_controller import SyncControllerProcess
 from tests.deploy.render import render
 from tests.kube.fixtures import admin_client, control_plane
@@ -103,44 +105,25 @@ class World:
     async def spc(
         self, name: str, objects: list[str], namespace: str = NAMESPACE, client_id: str = CLIENT
     ) -> None:
-        lines = ["array:"] + [
-            f"  - |\n    objectName: {o}\n    objectType: secret" for o in objects
-        ]
-        body = {
-            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-            "kind": "SecretProviderClass",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "provider": "azure",
-                "parameters": {
-                    "keyvaultName": VAULT,
-                    "tenantId": TENANT_ID,
-                    "clientID": client_id,
-                    "objects": "\n".join(lines),
-                },
-            },
-        }
+        items = ({"objectName": o, "objectType": "secret"} for o in objects)
+        body = spc_body(
+            name, namespace, vault=VAULT, client_id=client_id, objects=objects_yaml(*items)
+        )
         await self.admin.create(SecretProviderClass.from_dict(body))
 
     async def secretsync(
         self, name: str, spc: str, data: dict[str, str], namespace: str = NAMESPACE, **extra: Any
     ) -> None:
-        secret_object: dict[str, Any] = {
-            "type": extra.pop("type", "Opaque"),
-            "data": [{"sourcePath": s, "targetKey": t} for s, t in data.items()],
-        }
-        secret_object.update(extra.pop("secret_object", {}))
-        body = {
-            "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
-            "kind": "SecretSync",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "secretProviderClassName": spc,
-                "serviceAccountName": extra.pop("service_account", "app"),
-                "secretObject": secret_object,
-                **extra,
-            },
-        }
+        body = secretsync_body(
+            name,
+            namespace,
+            spc,
+            data,
+            service_account=extra.pop("service_account", "app"),
+            secret_type=extra.pop("type", "Opaque"),
+            secret_object=extra.pop("secret_object", None),
+            **extra,
+        )
         await self.admin.create(SecretSync.from_dict(body))
 
     async def get_sync(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:

@@ -47,8 +47,9 @@ from testbed.controlplane import (
     service_account_kubeconfig,
     service_account_with_rules,
 )
-from testbed.emulator import TENANT_ID
+from testbed.mount_attributes import objects_yaml
 from testbed.rbac import Grant, grants
+from testbed.secretsync import spc_body
 from testbed.sync_controller import SyncControllerProcess
 
 from .conftest import AUDIENCE, CLIENT, NAMESPACE, VAULT, World, condition, decoded, until
@@ -148,24 +149,10 @@ class Case:
 
 
 def _spc_body(name: str, objects: dict[str, str]) -> dict[str, Any]:
-    lines = ["array:"] + [
-        f"  - |\n    objectName: {o}\n    objectAlias: {a}\n    objectType: secret"
-        for a, o in objects.items()
-    ]
-    return {
-        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-        "kind": "SecretProviderClass",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "provider": "azure",
-            "parameters": {
-                "keyvaultName": VAULT,
-                "tenantId": TENANT_ID,
-                "clientID": CLIENT,
-                "objects": "\n".join(lines),
-            },
-        },
-    }
+    items = (
+        {"objectName": o, "objectAlias": a, "objectType": "secret"} for a, o in objects.items()
+    )
+    return spc_body(name, NAMESPACE, vault=VAULT, client_id=CLIENT, objects=objects_yaml(*items))
 
 
 # ---- the behaviours ----------------------------------------------------------------------------
