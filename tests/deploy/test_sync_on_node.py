@@ -257,6 +257,31 @@ async def _running_pod(admin: AsyncClient, exclude: str = "") -> Pod | None:
     return None
 
 
+async def _ready_pod(admin: AsyncClient) -> Pod | None:
+    """A pod Ready by its probes, neither container restarted."""
+    pod = await _running_pod(admin)
+    if pod is None or pod.status is None:
+        return None
+    ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    restarts = [s.restartCount for s in pod.status.containerStatuses or []]
+    assert restarts == [0, 0], restarts
+    return pod if ready else None
+
+
+def check_endpoints() -> None:
+    """On the node's network: the manager's probe and metrics (the chart's ports 8081, 8085),
+    the provider's health and metrics (8989, 8898), as the probes and a scraper reach them."""
+    with httpx.Client(timeout=5) as http:
+        for url in ("http://127.0.0.1:8081/healthz", "http://127.0.0.1:8989/healthz"):
+            assert http.get(url).status_code == 200, url
+        manager = http.get("http://127.0.0.1:8085/metrics").text
+        assert any(
+            line.startswith("secretsync_reconcile_total{") and 'result="success"' in line
+            for line in manager.splitlines()
+        ), manager[-2000:]
+        assert "# TYPE keyvault_request histogram" in http.get("http://127.0.0.1:8898/metrics").text
+
+
 def check_pod_as_run(pod: Pod) -> None:
     """The running pod's spec: what the chart asked for, as the API server kept it."""
     assert pod.spec is not None
@@ -317,10 +342,11 @@ async def test_chart_controller_syncs_and_fails_over(world: World, emulator: Emu
     assert (owner.kind, owner.name, owner.uid) == ("SecretSync", "db", sync.metadata.uid)
     assert owner.apiVersion == "secret-sync.x-k8s.io/v1alpha1"
 
-    # the pod and its processes as run
-    leader = await until(lambda: _running_pod(admin), 30, "the controller pod running", world)
+    # the pod and its processes as run; its probes pass, its endpoints answer
+    leader = await until(lambda: _ready_pod(admin), 60, "the controller pod Ready", world)
     assert leader.metadata is not None and leader.metadata.name is not None
     check_pod_as_run(leader)
+    await asyncio.to_thread(check_endpoints)
     await asyncio.to_thread(check_processes_as_run)
     holder = await _holder(admin)
     assert holder.startswith(f"{leader.metadata.name}_"), holder
