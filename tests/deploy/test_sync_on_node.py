@@ -48,6 +48,7 @@ from testbed.mount_attributes import objects_yaml
 from testbed.node import E2E_ISSUER
 from testbed.peers import peer
 from testbed.secretsync import secretsync_body, spc_body
+from tests.sync.conftest import policies_enforced
 
 from .render import Doc, container, find, render
 from .test_on_node import (
@@ -341,6 +342,9 @@ async def test_chart_controller_syncs_and_fails_over(world: World, emulator: Emu
     assert sync.metadata is not None
     assert (owner.kind, owner.name, owner.uid) == ("SecretSync", "db", sync.metadata.uid)
     assert owner.apiVersion == "secret-sync.x-k8s.io/v1alpha1"
+
+    # the chart's admission policies are in force for the controller's ServiceAccount
+    await policies_enforced(world.cp, admin, NAMESPACE)
 
     # the pod and its processes as run; its probes pass, its endpoints answer
     leader = await until(lambda: _ready_pod(admin), 60, "the controller pod Ready", world)

@@ -170,6 +170,12 @@ async def _apply_policies(admin: AsyncClient, cp: ControlPlane) -> None:
     for doc in docs:
         if doc["kind"].startswith("ValidatingAdmissionPolicy"):
             await admin.apply(codecs.from_dict(doc), field_manager="tests", force=True)
+    await policies_enforced(cp, admin, NAMESPACE)
+
+
+async def policies_enforced(cp: ControlPlane, admin: AsyncClient, namespace: str) -> None:
+    """Back once the chart's policies refuse the controller's ServiceAccount a token request
+    they do not allow (an audience not listed) for the ServiceAccount `app` of `namespace`."""
     kubeconfig = await service_account_kubeconfig(
         cp, admin, "kube-system", CONTROLLER_SA, cp.workdir / "sync-probe.kubeconfig"
     )
@@ -180,7 +186,7 @@ async def _apply_policies(admin: AsyncClient, cp: ControlPlane) -> None:
     try:
         for _ in range(100):
             try:
-                await client.create(probe, name="app", namespace=NAMESPACE)
+                await client.create(probe, name="app", namespace=namespace)
             except ApiError as e:
                 if e.status.code == 403 and "SecretSync controller" in str(e.status.message):
                     return
