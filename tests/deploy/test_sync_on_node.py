@@ -14,11 +14,14 @@ this node:
   CA would be trusted from the image;
 - values: rotationPollInterval 3s, a toleration for the node's not-ready taint.
 
-Proven: the Secret appears with the right data, labels and owner; a change in Key Vault
-reaches it within the poll; the leader killed (SIGKILL, pod force-deleted) → the new pod takes
-the Lease and a further change syncs; the pod and its processes as run: non-root, read-only
-root, no privilege escalation, no capability, default seccomp, no hostPath, and no
-Kubernetes token in the provider sidecar.
+Proven: the Secret appears with the right data, labels and owner, under the chart's admission
+policies (shown in force); a change in Key Vault reaches it within the poll; the leader's pod
+deleted → it releases the Lease and the new pod takes it before it could expire; the leader
+killed (SIGKILL, pod force-deleted) → the new pod takes the Lease once it expires; changes made
+meanwhile are caught up and a further change syncs; the pod Ready by its probes with nothing
+restarted, its probe and metrics ports answering; the pod and its processes as run: non-root,
+read-only root, no privilege escalation, no capability, default seccomp, no hostPath, and no
+Kubernetes token in the provider sidecar (the chart gave it the controller's: fixed).
 """
 
 from __future__ import annotations
@@ -87,12 +90,19 @@ def chart_docs() -> list[Doc]:
             "tolerations": [{"operator": "Exists"}],
         }
     }
-    return [
+    docs = [
         d
         for d in render(peer("helm"), values, namespace=SYSTEM)
         if "sync-controller" in d["metadata"]["name"]
         or d["metadata"]["name"] == "secretsyncs.secret-sync.x-k8s.io"
     ]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+        + ["CustomResourceDefinition", "Deployment"]
+        + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4
+    ), kinds
+    return docs
 
 
 def on_this_node(docs: list[Doc], apiserver: str) -> list[Doc]:
