@@ -6,7 +6,8 @@ takes to serve its CSI socket under the driver's limits (cpu 200m, memory 200Mi)
     tests/netns-run .venv/bin/python -m bench.startup [--rounds 5] [--cpu-millis 50]
         [--driver-cpu-millis 200] [--write docs/benchmarks.md]
 
-The rounds interleave the two providers; medians are reported (a CFS quota makes latency jitter
+The rounds interleave the providers (ours as its image runs it, ours trusting the CA bundle
+file as it did before, the Go provider); medians are reported (a CFS quota makes latency jitter
 with its 100 ms period), with the CPU seconds the group used up to the first Mount. Our
 processes run as in their images: our packages byte-compiled (pip compiles them at install;
 PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make every start compile them),
