@@ -13,6 +13,7 @@ import pytest
 from testbed.emulator import workload_token
 from testbed.mount_attributes import attributes, objects_yaml
 from testbed.provider import ours
+from testbed.trust import SYSTEM_CERT_DIR, image_trust_env
 
 from .conftest import SP_SECRET, WI_APP, ProviderWorld
 
@@ -87,3 +88,29 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
         assert secret not in text
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert any(line.get("msg") == "mount" and line.get("files") == 2 for line in lines)
+
+
+@pytest.mark.parametrize("emulator_ca_listed", [True, False])
+def test_mount_with_the_image_trust(
+    tmp_path: Path, world: ProviderWorld, emulator_ca_listed: bool
+) -> None:
+    """The provider image's trust (no bundle file, hashed directories; testbed/trust.py): a
+    Mount reaches the emulator when its CA is in a listed directory, and fails certificate
+    verification when only the system's directory is listed."""
+    env = image_trust_env(world.emulator.ca_path, tmp_path / "certs")
+    if not emulator_ca_listed:
+        env["SSL_CERT_DIR"] = SYSTEM_CERT_DIR
+    proc = ours(str(tmp_path / "azure.sock"), log=tmp_path / "provider.log", env=env)
+    attrib = attributes(
+        vault=world.vault,
+        tenant=world.tenant,
+        objects=objects_yaml({"objectName": "plain", "objectType": "secret"}),
+    )
+    with proc:
+        if emulator_ca_listed:
+            assert proc.mount(attrib, world.secrets).files[0].contents == b"plain-value"
+            return
+        with pytest.raises(grpc.RpcError) as info:
+            proc.mount(attrib, world.secrets)
+    details = info.value.details() if isinstance(info.value, grpc.Call) else ""
+    assert "CERTIFICATE_VERIFY_FAILED" in (details or ""), details
