@@ -4,6 +4,8 @@ driver sends; health, metrics, logs without secrets, stale socket, SIGTERM."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -114,3 +116,40 @@ def test_mount_with_the_image_trust(
             proc.mount(attrib, world.secrets)
     details = info.value.details() if isinstance(info.value, grpc.Call) else ""
     assert "CERTIFICATE_VERIFY_FAILED" in (details or ""), details
+
+
+@pytest.mark.parametrize("mounted", [True, False])
+def test_mounted_bundle_is_read_under_the_image_trust(
+    tmp_path: Path, world: ProviderWorld, mounted: bool
+) -> None:
+    """Upstream's custom-cloud recipe (a node's /etc/ssl/certs mounted into the provider pod)
+    under the image's no-bundle setting: a directory of SSL_CERT_DIR that is a mount has its
+    bundle read (here an unhashed ca-certificates.crt holding the emulator's CA), so the Mount
+    verifies; the same directory not mounted keeps the image's setting and fails to verify."""
+    certs = tmp_path / "node-certs"
+    certs.mkdir()
+    if mounted:
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(certs)], check=True)
+    try:
+        shutil.copyfile(world.emulator.ca_path, certs / "ca-certificates.crt")
+        env = {"SSL_CERT_FILE": "/dev/null", "SSL_CERT_DIR": f"{certs}:{SYSTEM_CERT_DIR}"}
+        proc = ours(str(tmp_path / "azure.sock"), log=tmp_path / "provider.log", env=env)
+        attrib = attributes(
+            vault=world.vault,
+            tenant=world.tenant,
+            objects=objects_yaml({"objectName": "plain", "objectType": "secret"}),
+        )
+        with proc:
+            if mounted:
+                assert proc.mount(attrib, world.secrets).files[0].contents == b"plain-value"
+            else:
+                with pytest.raises(grpc.RpcError) as info:
+                    proc.mount(attrib, world.secrets)
+                call = info.value
+                assert isinstance(call, grpc.Call)
+                assert "CERTIFICATE_VERIFY_FAILED" in (call.details() or "")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(certs)], check=True)
+    log = (tmp_path / "provider.log").read_text()
+    assert ("reading the mounted CA bundle" in log) is mounted
