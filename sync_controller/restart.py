@@ -36,6 +36,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.operators import exists
 from lightkube.resources.apps_v1 import DaemonSet, Deployment, ReplicaSet, StatefulSet
@@ -43,7 +44,14 @@ from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import PatchType
 
 from csi_driver.events import EventSink, PodRef
-from csi_driver.kube import SecretProviderClassPodStatus, api_error_text, to_dict, watch_forever
+from csi_driver.kube import (
+    SecretProviderClassPodStatus,
+    api_error_text,
+    denied_request_text,
+    is_forbidden,
+    to_dict,
+    watch_forever,
+)
 from csi_driver.secret_writer import MANAGED_LABEL
 
 from .api import CONTROLLER_LABEL
@@ -73,13 +81,18 @@ class Change:
 
 
 def _why(e: BaseException) -> str:
-    """The API server's words; a Forbidden one names this controller's role and file."""
+    """The API server's words; a Forbidden one (a watch's too) names this controller's role
+    and file, not the driver's."""
     if isinstance(e, ApiError) and e.status.code == 403:
-        return (
-            f"{e.status.message}; check ClusterRole {ROLE} ({RBAC_FILE}): it must be bound to "
-            "the sync controller's ServiceAccount"
-        )
-    return api_error_text(e)
+        text = str(e.status.message)
+    elif isinstance(e, httpx2.HTTPStatusError) and is_forbidden(e):
+        text = denied_request_text(e.request)  # a watch: the body is not read
+    else:
+        return api_error_text(e)
+    return (
+        f"{text}; check ClusterRole {ROLE} ({RBAC_FILE}): it must grant this and be bound "
+        "to the sync controller's ServiceAccount"
+    )
 
 
 def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,7 +251,8 @@ class RestartController:
         try:
             wkey = await self.owner_of(namespace, pod)
         except Exception as e:
-            log.warning(
+            log.log(
+                logging.ERROR if is_forbidden(e) else logging.WARNING,
                 "restart-on-change: pod %s/%s: owner not read: %s",
                 namespace,
                 pod,
@@ -381,7 +395,9 @@ class RestartController:
         tasks = [
             *(
                 asyncio.create_task(
-                    watch_forever(self.client, res, self.on_workload(kind), what=kind.lower())
+                    watch_forever(
+                        self.client, res, self.on_workload(kind), what=kind.lower(), describe=_why
+                    )
                 )
                 for kind, res in KINDS.items()
             ),
@@ -409,6 +425,7 @@ class RestartController:
                     SecretProviderClassPodStatus,
                     self.on_spcps,
                     what="secretproviderclasspodstatus",
+                    describe=_why,
                 )
             ),
             asyncio.create_task(self._worker()),
