@@ -40,6 +40,7 @@ from .conftest import (
     Cluster,
     create_sp_secret,
     create_spc,
+    deployment_manifest,
     objects,
     unique,
 )
@@ -136,21 +137,9 @@ def _subpath_container() -> dict[str, Any]:
 
 async def _deployment(cluster: Cluster, name: str, template: dict[str, Any], opt_in: bool) -> None:
     annotations = {ANNOTATION: "true"} if opt_in else {}
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1},
-            },
-            "template": template,
-        },
-    }
-    await cluster.admin.create(Deployment.from_dict(body))
+    await cluster.admin.create(
+        Deployment.from_dict(deployment_manifest(name, template, annotations))
+    )
 
 
 async def _statefulset(cluster: Cluster, name: str, template: dict[str, Any]) -> None:
@@ -227,7 +216,8 @@ async def _stays(cluster: Cluster, res: Any, name: str, generation: int, seconds
         await asyncio.sleep(0.5)
 
 
-async def _spc_with_synced_secret(cluster: Cluster, obj: str, secret: str) -> str:
+async def _spc(cluster: Cluster, obj: str, synced: str | None = None) -> str:
+    """An SPC mounting `obj` as the file `value`, synced to the Secret `synced` (key `v`)."""
     return await create_spc(
         cluster.admin,
         {
@@ -235,10 +225,26 @@ async def _spc_with_synced_secret(cluster: Cluster, obj: str, secret: str) -> st
             "tenantId": TENANT_ID,
             "objects": objects({"objectName": obj, "objectType": "secret", "objectAlias": "value"}),
         },
-        secret_objects=[
-            {"secretName": secret, "type": "Opaque", "data": [{"objectName": "value", "key": "v"}]}
+        secret_objects=None
+        if synced is None
+        else [
+            {"secretName": synced, "type": "Opaque", "data": [{"objectName": "value", "key": "v"}]}
         ],
     )
+
+
+async def _change_and_roll(
+    cluster: Cluster, res: Any, name: str, obj: str, value: str
+) -> tuple[float, float]:
+    """Sets the new value in Key Vault; returns the seconds until the template is patched and
+    until the rollout is done."""
+    changed = time.monotonic()
+    cluster.emulator.set_secret(VAULT, obj, value)
+    await eventually(lambda: _gen_is(cluster, res, name, 2), ROLLOUT, "the template patched")
+    patched = time.monotonic() - changed
+    assert patched <= PATCHED_WITHIN, f"patched {patched:.1f}s after the change"
+    await eventually(lambda: _rolled_out(cluster, res, name, 2), ROLLOUT, "the rollout")
+    return patched, time.monotonic() - changed
 
 
 async def test_env_var_deployment_rolled_once_unannotated_kept(
@@ -247,7 +253,7 @@ async def test_env_var_deployment_rolled_once_unannotated_kept(
     obj, secret = unique("roc-env"), unique("roc-synced")
     cluster.emulator.set_secret(VAULT, obj, "env-v1")
     creds = await create_sp_secret(cluster.admin)
-    spc = await _spc_with_synced_secret(cluster, obj, secret)
+    spc = await _spc(cluster, obj, secret)
     app, plain = unique("roc-app"), unique("roc-plain")
     await _deployment(cluster, app, _template(app, spc, creds, _env_container(secret)), True)
     await _deployment(cluster, plain, _template(plain, spc, creds, _env_container(secret)), False)
@@ -261,15 +267,7 @@ async def test_env_var_deployment_rolled_once_unannotated_kept(
         assert _printenv(cluster, old_plain) == ["env-v1"] * 2
         assert len(await _replicasets(cluster, app)) == 1
 
-        changed = time.monotonic()
-        cluster.emulator.set_secret(VAULT, obj, "env-v2")
-        await eventually(
-            lambda: _gen_is(cluster, Deployment, app, 2), ROLLOUT, "the template patched"
-        )
-        patched = time.monotonic() - changed
-        assert patched <= PATCHED_WITHIN, f"patched {patched:.1f}s after the change"
-        await eventually(lambda: _rolled_out(cluster, Deployment, app, 2), ROLLOUT, "the rollout")
-        ready = time.monotonic() - changed
+        patched, ready = await _change_and_roll(cluster, Deployment, app, obj, "env-v2")
         new = await _pods(cluster, app)
         assert len(new) == 2 and not {p.metadata.uid for p in new} & {  # type: ignore[union-attr]
             p.metadata.uid  # type: ignore[union-attr]
@@ -315,14 +313,7 @@ async def test_subpath_statefulset_rolled_once(
     obj = unique("roc-sub")
     cluster.emulator.set_secret(VAULT, obj, "sub-v1")
     creds = await create_sp_secret(cluster.admin)
-    spc = await create_spc(
-        cluster.admin,
-        {
-            "keyvaultName": VAULT,
-            "tenantId": TENANT_ID,
-            "objects": objects({"objectName": obj, "objectType": "secret", "objectAlias": "value"}),
-        },
-    )
+    spc = await _spc(cluster, obj)
     sts = unique("roc-sts")
     await _statefulset(cluster, sts, _template(sts, spc, creds, _subpath_container()))
     try:
@@ -338,15 +329,7 @@ async def test_subpath_statefulset_rolled_once(
         revision = (
             await cluster.admin.get(StatefulSet, sts, namespace=NAMESPACE)
         ).status.currentRevision  # type: ignore[union-attr]
-        changed = time.monotonic()
-        cluster.emulator.set_secret(VAULT, obj, "sub-v2")
-        await eventually(
-            lambda: _gen_is(cluster, StatefulSet, sts, 2), ROLLOUT, "the template patched"
-        )
-        patched = time.monotonic() - changed
-        assert patched <= PATCHED_WITHIN, f"patched {patched:.1f}s after the change"
-        await eventually(lambda: _rolled_out(cluster, StatefulSet, sts, 2), ROLLOUT, "the rollout")
-        ready = time.monotonic() - changed
+        patched, ready = await _change_and_roll(cluster, StatefulSet, sts, obj, "sub-v2")
         new = await _pods(cluster, sts)
         assert not {p.metadata.uid for p in new} & {p.metadata.uid for p in old}  # type: ignore[union-attr]
         assert read(new) == ["sub-v2"] * 2

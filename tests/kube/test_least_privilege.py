@@ -134,9 +134,11 @@ class Grant:
         return f'cannot {self.verb} resource "{self.resource}"'
 
 
-def rbac_grants() -> list[Grant]:
+def rbac_grants(*files: str) -> list[Grant]:
+    """Every verb of every rule of the ClusterRoles in `files` (under daemonset/; the
+    driver's two by default)."""
     out = []
-    for doc in [*manifests("rbac.yaml"), *manifests("rbac-startup-taint.yaml")]:
+    for doc in manifests(*(files or ("rbac.yaml", "rbac-startup-taint.yaml"))):
         if doc["kind"] != "ClusterRole":
             continue
         role = str(doc["metadata"]["name"])  # type: ignore[index]

@@ -41,7 +41,7 @@ from .test_restart_on_change import (
     _events,
     _generation,
     _live,
-    _pods_if,
+    _reporting,
     _restarting,
     _secret,
     _set,
@@ -153,10 +153,7 @@ async def test_lease_lost_mid_patch_no_second_patch(
 ) -> None:
     world = restarts
     app, spc = unique("lease"), unique("spc")
-    await _deployment(world, app, [], replicas=2)
-    pods = await until(lambda: _pods_if(world, app, 2), what="two pods")
-    for pod in pods:
-        await _spcps(world, pod, spc, "v1")
+    pods = await _reporting(world, app, spc)
 
     world.controller.stop()  # releases the Lease: the in-process leader below takes it
     config = parse_args(

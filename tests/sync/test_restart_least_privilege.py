@@ -29,12 +29,11 @@ from lightkube.resources.apps_v1 import DaemonSet, Deployment, StatefulSet
 from sync_controller.restart import ANNOTATION, RBAC_FILE, ROLE, SETTLE
 from testbed.controlplane import (
     ControlPlane,
-    manifests,
     service_account_kubeconfig,
     service_account_with_rules,
 )
 from testbed.sync_controller import SyncControllerProcess
-from tests.kube.test_least_privilege import Grant
+from tests.kube.test_least_privilege import Grant, rbac_grants
 
 from .conftest import NAMESPACE, World, unique, until
 from .test_restart_on_change import (
@@ -54,22 +53,8 @@ WITHIN = 20.0  # seconds for what must happen
 ABSENT = SETTLE + 2.0  # seconds to show that a patch that must not happen does not
 
 
-def _grants(name: str) -> list[Grant]:
-    out = []
-    for doc in manifests(name):
-        if doc["kind"] != "ClusterRole":
-            continue
-        role = str(doc["metadata"]["name"])  # type: ignore[index]
-        for rule in doc.get("rules") or []:  # type: ignore[attr-defined]
-            for group in rule.get("apiGroups") or [""]:
-                for resource in rule["resources"]:
-                    for verb in rule["verbs"]:
-                        out.append(Grant(role, group, resource, (), verb))
-    return out
-
-
-GRANTS = _grants("sync-controller/rbac-restart-on-change.yaml")
-BASE = [g for g in _grants("sync-controller/rbac.yaml") if g.role != ROLE]
+GRANTS = rbac_grants("sync-controller/rbac-restart-on-change.yaml")
+BASE = rbac_grants("sync-controller/rbac.yaml")
 
 
 @pytest.fixture(scope="module")
