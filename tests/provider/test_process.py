@@ -92,6 +92,24 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
     assert any(line.get("msg") == "mount" and line.get("files") == 2 for line in lines)
 
 
+def _verifies_emulator(tmp_path: Path, world: ProviderWorld, env: dict[str, str]) -> bool:
+    """A provider started with `env` mounts a secret (True), or fails certificate
+    verification (False); anything else fails the test."""
+    proc = ours(str(tmp_path / "azure.sock"), log=tmp_path / "provider.log", env=env)
+    attrib = attributes(
+        vault=world.vault,
+        tenant=world.tenant,
+        objects=objects_yaml({"objectName": "plain", "objectType": "secret"}),
+    )
+    with proc:
+        try:
+            return proc.mount(attrib, world.secrets).files[0].contents == b"plain-value"
+        except grpc.RpcError as exc:
+            assert isinstance(exc, grpc.Call)
+            assert "CERTIFICATE_VERIFY_FAILED" in (exc.details() or ""), exc.details()
+            return False
+
+
 @pytest.mark.parametrize("emulator_ca_listed", [True, False])
 def test_mount_with_the_image_trust(
     tmp_path: Path, world: ProviderWorld, emulator_ca_listed: bool
@@ -102,20 +120,7 @@ def test_mount_with_the_image_trust(
     env = image_trust_env(world.emulator.ca_path, tmp_path / "certs")
     if not emulator_ca_listed:
         env["SSL_CERT_DIR"] = SYSTEM_CERT_DIR
-    proc = ours(str(tmp_path / "azure.sock"), log=tmp_path / "provider.log", env=env)
-    attrib = attributes(
-        vault=world.vault,
-        tenant=world.tenant,
-        objects=objects_yaml({"objectName": "plain", "objectType": "secret"}),
-    )
-    with proc:
-        if emulator_ca_listed:
-            assert proc.mount(attrib, world.secrets).files[0].contents == b"plain-value"
-            return
-        with pytest.raises(grpc.RpcError) as info:
-            proc.mount(attrib, world.secrets)
-    details = info.value.details() if isinstance(info.value, grpc.Call) else ""
-    assert "CERTIFICATE_VERIFY_FAILED" in (details or ""), details
+    assert _verifies_emulator(tmp_path, world, env) is emulator_ca_listed
 
 
 @pytest.mark.parametrize("mounted", [True, False])
@@ -133,21 +138,7 @@ def test_mounted_bundle_is_read_under_the_image_trust(
     try:
         shutil.copyfile(world.emulator.ca_path, certs / "ca-certificates.crt")
         env = {"SSL_CERT_FILE": "/dev/null", "SSL_CERT_DIR": f"{certs}:{SYSTEM_CERT_DIR}"}
-        proc = ours(str(tmp_path / "azure.sock"), log=tmp_path / "provider.log", env=env)
-        attrib = attributes(
-            vault=world.vault,
-            tenant=world.tenant,
-            objects=objects_yaml({"objectName": "plain", "objectType": "secret"}),
-        )
-        with proc:
-            if mounted:
-                assert proc.mount(attrib, world.secrets).files[0].contents == b"plain-value"
-            else:
-                with pytest.raises(grpc.RpcError) as info:
-                    proc.mount(attrib, world.secrets)
-                call = info.value
-                assert isinstance(call, grpc.Call)
-                assert "CERTIFICATE_VERIFY_FAILED" in (call.details() or "")
+        assert _verifies_emulator(tmp_path, world, env) is mounted
     finally:
         if mounted:
             subprocess.run(["umount", str(certs)], check=True)
