@@ -238,12 +238,14 @@ async def watch_forever(
     on_start: Callable[[], None] | None = None,
     on_error: Callable[[BaseException, str], None] | None = None,
     blip_level: int = logging.WARNING,
+    describe: Callable[[BaseException], str] | None = None,
     **selectors: Any,
 ) -> None:
     """Watch `resource` across namespaces forever, re-watching with backoff (0.5 s doubling to
     30 s, reset by the next event). `on_start` runs before every (re)watch, `on_error` with
     the error and its text. A Forbidden is an operator's error to fix, not a blip: logged as
-    an error; other interruptions at `blip_level`."""
+    an error; other interruptions at `blip_level`. `describe` says an error in the caller's
+    words (another component's role to check); api_error_text by default."""
     delay = 0.5
     while True:
         try:
@@ -255,7 +257,7 @@ async def watch_forever(
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            text = api_error_text(e)
+            text = (describe or api_error_text)(e)
             if on_error is not None:
                 on_error(e, text)
             log.log(

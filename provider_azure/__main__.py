@@ -14,7 +14,7 @@ import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, clouds, flags, logs
+from . import __version__, clouds, flags, logs, trust
 from .errors import ProviderError
 
 if TYPE_CHECKING:
@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"version": __version__, "buildDate": ""}, separators=(",", ":")))
         raise SystemExit(0)
     log.info("Starting Azure Key Vault Provider", extra={"version": __version__})
+    bundle = trust.settle(os.environ)
+    if bundle is not None:
+        log.info("reading the mounted CA bundle", extra={"SSL_CERT_FILE": str(bundle)})
     try:
         code = _run(serve(opts))
     except (ValueError, OSError, ProviderError) as exc:

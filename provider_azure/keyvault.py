@@ -11,9 +11,11 @@ import asyncio
 import contextvars
 import datetime
 import functools
+import importlib
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -31,17 +33,9 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline import policies
 from azure.core.rest import HttpRequest
+from azure.keyvault.secrets import KeyVaultSecretIdentifier
 
 # Each Key Vault package ships its own copy of the challenge policy (same behaviour).
-from azure.keyvault.certificates._shared.async_challenge_auth_policy import (
-    AsyncChallengeAuthPolicy as CertChallenge,
-)
-from azure.keyvault.certificates.aio import CertificateClient
-from azure.keyvault.keys._shared.async_challenge_auth_policy import (
-    AsyncChallengeAuthPolicy as KeyChallenge,
-)
-from azure.keyvault.keys.aio import KeyClient
-from azure.keyvault.secrets import KeyVaultSecretIdentifier
 from azure.keyvault.secrets._shared.async_challenge_auth_policy import (
     AsyncChallengeAuthPolicy as SecretChallenge,
 )
@@ -50,6 +44,27 @@ from azure.keyvault.secrets.aio import SecretClient
 from .errors import Kind, ProviderError, object_context
 from .limits import MAX_LISTED_OBJECTS, MAX_LISTED_VERSIONS
 from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from azure.keyvault.certificates.aio import CertificateClient
+    from azure.keyvault.keys.aio import KeyClient
+
+# The key and certificate SDKs are imported when a mount first asks for a key or a certificate
+# (their import is ~30 ms of CPU, 0.6 s under a 50m quota, before a first secrets-only Mount).
+_KEYS = ("azure.keyvault.keys.aio", "azure.keyvault.keys._shared.async_challenge_auth_policy")
+_CERTS = (
+    "azure.keyvault.certificates.aio",
+    "azure.keyvault.certificates._shared.async_challenge_auth_policy",
+)
+
+
+async def _sdk(client: str, policy: str) -> tuple[Any, Any]:
+    """An SDK client module and its challenge-policy module, imported off the event loop the
+    first time."""
+    for name in (client, policy):
+        if name not in sys.modules:
+            await asyncio.to_thread(importlib.import_module, name)
+    return sys.modules[client], sys.modules[policy]
 
 
 def _env_proxies() -> bool:
@@ -226,23 +241,35 @@ class VaultClient:
         # The generated client's pipeline, which its own operations run (no public handle;
         # `send_request` deep-copies and re-parses every request).
         self._secrets_pipeline = self._secrets._client._client._pipeline
-        self._keys = KeyClient(
-            vault_url,
-            credential,
-            policies=_lean_policies(credential, KeyChallenge, kwargs),
-            **kwargs,
-        )
-        self._certs = CertificateClient(
-            vault_url,
-            credential,
-            policies=_lean_policies(credential, CertChallenge, kwargs),
-            **kwargs,
-        )
+        self._url, self._credential, self._kwargs = vault_url, credential, kwargs
+        self._keys: KeyClient | None = None
+        self._certs: CertificateClient | None = None
+
+    async def _key_client(self) -> KeyClient:
+        if self._keys is None:
+            aio, policy = await _sdk(*_KEYS)
+            if self._keys is None:  # another mount may have built it meanwhile
+                self._keys = aio.KeyClient(
+                    self._url, self._credential, **self._options(policy), **self._kwargs
+                )
+        return self._keys
+
+    async def _cert_client(self) -> CertificateClient:
+        if self._certs is None:
+            aio, policy = await _sdk(*_CERTS)
+            if self._certs is None:
+                self._certs = aio.CertificateClient(
+                    self._url, self._credential, **self._options(policy), **self._kwargs
+                )
+        return self._certs
+
+    def _options(self, policy_module: Any) -> dict[str, Any]:
+        challenge = policy_module.AsyncChallengeAuthPolicy
+        return {"policies": _lean_policies(self._credential, challenge, self._kwargs)}
 
     async def close(self) -> None:
-        await asyncio.gather(
-            self._secrets.close(), self._keys.close(), self._certs.close(), return_exceptions=True
-        )
+        clients = [c for c in (self._secrets, self._keys, self._certs) if c is not None]
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
     async def _call(self, what: tuple[str, str, str], coro: Any) -> Any:
         waiting = [self._vault_service]
@@ -309,7 +336,8 @@ class VaultClient:
 
     async def get_key(self, name: str, version: str) -> KeyValue:
         what = ("key", name, version)
-        key = await self._call(what, self._keys.get_key(name, version or None))
+        keys = await self._key_client()
+        key = await self._call(what, keys.get_key(name, version or None))
         jwk = key.key
         return KeyValue(
             kty=str(getattr(jwk.kty, "value", jwk.kty) or ""),
@@ -323,10 +351,11 @@ class VaultClient:
 
     async def get_certificate(self, name: str, version: str) -> CertificateValue:
         what = ("cert", name, version)
+        certs = await self._cert_client()
         if version:
-            cert = await self._call(what, self._certs.get_certificate_version(name, version))
+            cert = await self._call(what, certs.get_certificate_version(name, version))
         else:
-            cert = await self._call(what, self._certs.get_certificate(name))
+            cert = await self._call(what, certs.get_certificate(name))
         if cert.cer is None:
             raise ProviderError(Kind.INTERNAL, f"{object_context(*what)}: certificate value is nil")
         return CertificateValue(cer=bytes(cert.cer), version=cert.properties.version or "")
@@ -339,9 +368,9 @@ class VaultClient:
             if object_type == "secret":
                 pager: Any = self._secrets.list_properties_of_secret_versions(name)
             elif object_type == "key":
-                pager = self._keys.list_properties_of_key_versions(name)
+                pager = (await self._key_client()).list_properties_of_key_versions(name)
             else:
-                pager = self._certs.list_properties_of_certificate_versions(name)
+                pager = (await self._cert_client()).list_properties_of_certificate_versions(name)
             out: list[VersionInfo] = []
             async for props in pager:
                 if props.enabled is False:
@@ -369,9 +398,9 @@ class VaultClient:
             if object_type == "secret":
                 pager: Any = self._secrets.list_properties_of_secrets()
             elif object_type == "key":
-                pager = self._keys.list_properties_of_keys()
+                pager = (await self._key_client()).list_properties_of_keys()
             else:
-                pager = self._certs.list_properties_of_certificates()
+                pager = (await self._cert_client()).list_properties_of_certificates()
             out: list[ObjectInfo] = []
             async for props in pager:
                 if len(out) == MAX_LISTED_OBJECTS:

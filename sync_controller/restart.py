@@ -16,6 +16,14 @@ and resourceVersion; never a value nor a hash of one. The same change reported a
 another pod, another node) has the same digest: no patch. New pods mount what is already
 current: an added SPCPS is never a change. The digest in the template is the memory: a
 restarted controller starts from what the watches list, which are not changes.
+
+One rotation is often reported twice: the driver writes the pods' SPCPS, then the Secret it
+syncs from the same files, milliseconds apart. So a workload's first change waits `settle`
+seconds for the others, and one patch carries every digest gathered (comma separated): any
+of them reported again later is a no-op.
+
+A paused Deployment is patched like any other (harmless: Kubernetes rolls it when it is
+resumed, with the new annotation) but is not counted as a rollout in flight.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.operators import exists
 from lightkube.resources.apps_v1 import DaemonSet, Deployment, ReplicaSet, StatefulSet
@@ -35,7 +44,14 @@ from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import PatchType
 
 from csi_driver.events import EventSink, PodRef
-from csi_driver.kube import SecretProviderClassPodStatus, api_error_text, to_dict, watch_forever
+from csi_driver.kube import (
+    SecretProviderClassPodStatus,
+    api_error_text,
+    denied_request_text,
+    is_forbidden,
+    to_dict,
+    watch_forever,
+)
 from csi_driver.secret_writer import MANAGED_LABEL
 
 from .api import CONTROLLER_LABEL
@@ -54,6 +70,8 @@ ROLE = "secrets-store-sync-controller-restart-on-change-role"
 RBAC_FILE = "daemonset/sync-controller/rbac-restart-on-change.yaml"
 
 WKey = tuple[str, str, str]  # kind, namespace, name
+SETTLE = 2.0  # seconds a workload's first change waits for the rest of the same rotation
+MAX_DIGESTS = 16  # digests one patch carries (33 characters each in the annotation)
 
 
 @dataclass(frozen=True)
@@ -63,13 +81,18 @@ class Change:
 
 
 def _why(e: BaseException) -> str:
-    """The API server's words; a Forbidden one names this controller's role and file."""
+    """The API server's words; a Forbidden one (a watch's too) names this controller's role
+    and file, not the driver's."""
     if isinstance(e, ApiError) and e.status.code == 403:
-        return (
-            f"{e.status.message}; check ClusterRole {ROLE} ({RBAC_FILE}): it must be bound to "
-            "the sync controller's ServiceAccount"
-        )
-    return api_error_text(e)
+        text = str(e.status.message)
+    elif isinstance(e, httpx2.HTTPStatusError) and is_forbidden(e):
+        text = denied_request_text(e.request)  # a watch: the body is not read
+    else:
+        return api_error_text(e)
+    return (
+        f"{text}; check ClusterRole {ROLE} ({RBAC_FILE}): it must grant this and be bound "
+        "to the sync controller's ServiceAccount"
+    )
 
 
 def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,7 +146,10 @@ def _versions(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _rolled_out(obj: Mapping[str, Any]) -> bool:
+    """Nothing of ours in flight: rolled out, or paused (it rolls when resumed)."""
     meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    if spec.get("paused"):
+        return True
     if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
         return False
     if "desiredNumberScheduled" in status:  # DaemonSet
@@ -142,6 +168,7 @@ class RestartController:
         min_interval: float,
         max_in_flight: int,
         rollout_timeout: float = 600.0,
+        settle: float = SETTLE,
     ) -> None:
         self.client = client
         self.events = events
@@ -149,13 +176,14 @@ class RestartController:
         self.min_interval = min_interval
         self.max_in_flight = max(1, max_in_flight)
         self.rollout_timeout = rollout_timeout
+        self.settle = settle
         self.workloads: dict[WKey, dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}  # data and rv of managed ones
         self.spcps: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         self._last: dict[WKey, float] = {}  # monotonic time of the last rollout
         self._in_flight: dict[WKey, float] = {}  # patched, not yet rolled out: since when
-        self._pending: dict[WKey, Change] = {}  # waiting for the rate limits
-        self._queue: asyncio.Queue[tuple[WKey, Change]] = asyncio.Queue()
+        self._pending: dict[WKey, dict[str, Change]] = {}  # by digest: settling, rate limited
+        self._queue: asyncio.Queue[WKey] = asyncio.Queue()
         self._warned: dict[WKey, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -223,7 +251,8 @@ class RestartController:
         try:
             wkey = await self.owner_of(namespace, pod)
         except Exception as e:
-            log.warning(
+            log.log(
+                logging.ERROR if is_forbidden(e) else logging.WARNING,
                 "restart-on-change: pod %s/%s: owner not read: %s",
                 namespace,
                 pod,
@@ -253,17 +282,21 @@ class RestartController:
     # ---- acting ----------------------------------------------------------------------------
 
     def request(self, wkey: WKey, change: Change) -> None:
-        if self._current_digest(wkey) == change.digest:
+        if change.digest in self._covered(wkey):
             return  # this change has been acted on already
-        queued = self._pending.get(wkey)
-        self._pending[wkey] = change
-        if queued is None:
-            self._queue.put_nowait((wkey, change))
+        pending = self._pending.setdefault(wkey, {})
+        first = not pending
+        if len(pending) < MAX_DIGESTS:
+            pending[change.digest] = change
+        if first:  # the rest of the same rotation joins it while it settles
+            asyncio.get_running_loop().call_later(self.settle, self._queue.put_nowait, wkey)
 
-    def _current_digest(self, wkey: WKey) -> str:
+    def _covered(self, wkey: WKey) -> set[str]:
+        """The digests of the changes the current pod template was rolled for."""
         obj = self.workloads.get(wkey) or {}
         template = (obj.get("spec") or {}).get("template") or {}
-        return str((_meta(template).get("annotations") or {}).get(DIGEST_ANNOTATION) or "")
+        value = str((_meta(template).get("annotations") or {}).get(DIGEST_ANNOTATION) or "")
+        return {d for d in value.split(",") if d}
 
     def _wait_for(self, wkey: WKey) -> float:
         now = time.monotonic()
@@ -277,23 +310,25 @@ class RestartController:
 
     async def _worker(self) -> None:
         while True:
-            wkey, _ = await self._queue.get()
-            change = self._pending.get(wkey)
-            if change is None:
+            wkey = await self._queue.get()
+            if not self._pending.get(wkey):
                 continue
             wait = self._wait_for(wkey)
             if wait > 0:
                 self.metrics.restarts.labels(wkey[0], "suppressed").inc()
                 log.info("restart-on-change: %s %s/%s: rate limited, in %.1fs", *wkey, wait)
-                asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, (wkey, change))
+                asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, wkey)
                 continue
-            self._pending.pop(wkey, None)
-            if self._current_digest(wkey) == change.digest:
-                continue
-            await self._restart(wkey, change)
+            covered = self._covered(wkey)
+            fresh = [c for c in self._pending.pop(wkey).values() if c.digest not in covered]
+            if fresh:
+                await self._restart(wkey, fresh)
 
-    async def _restart(self, wkey: WKey, change: Change) -> None:
+    async def _restart(self, wkey: WKey, changes: list[Change]) -> None:
         kind, ns, name = wkey
+        change = Change(
+            ",".join(c.digest for c in changes), ", ".join(dict.fromkeys(c.what for c in changes))
+        )
         patch = {
             "spec": {"template": {"metadata": {"annotations": {DIGEST_ANNOTATION: change.digest}}}}
         }
@@ -321,7 +356,8 @@ class RestartController:
             return
         self.workloads[wkey] = done
         self._last[wkey] = time.monotonic()
-        self._in_flight[wkey] = time.monotonic()
+        if not _rolled_out(done):
+            self._in_flight[wkey] = time.monotonic()
         self.metrics.restarts.labels(kind, "restarted").inc()
         log.info("restart-on-change: %s %s/%s restarted: %s changed", kind, ns, name, change.what)
         await self._event(
@@ -329,7 +365,10 @@ class RestartController:
             done,
             "Normal",
             "RestartedOnChange",
-            f"rollout restart: {change.what} changed (digest {change.digest})",
+            f"rollout restart: {change.what} changed (digest {change.digest})"
+            + (
+                " (paused: it rolls when resumed)" if (done.get("spec") or {}).get("paused") else ""
+            ),
         )
 
     def _warn(self, wkey: WKey, obj: Mapping[str, Any], value: str) -> None:
@@ -356,7 +395,9 @@ class RestartController:
         tasks = [
             *(
                 asyncio.create_task(
-                    watch_forever(self.client, res, self.on_workload(kind), what=kind.lower())
+                    watch_forever(
+                        self.client, res, self.on_workload(kind), what=kind.lower(), describe=_why
+                    )
                 )
                 for kind, res in KINDS.items()
             ),
@@ -384,6 +425,7 @@ class RestartController:
                     SecretProviderClassPodStatus,
                     self.on_spcps,
                     what="secretproviderclasspodstatus",
+                    describe=_why,
                 )
             ),
             asyncio.create_task(self._worker()),

@@ -376,6 +376,26 @@ def pod_manifest(
     }
 
 
+def deployment_manifest(
+    name: str, template: dict[str, Any], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """2 replicas, rolling one at a time (one surge, one unavailable), selected by `app`."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations or {}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1},
+            },
+            "template": template,
+        },
+    }
+
+
 async def run_pod(admin: AsyncClient, manifest: dict[str, Any], within: float = 60) -> Pod:
     """Create the pod and wait until it is Running; on timeout, say why (events)."""
     pod = await admin.create(Pod.from_dict(manifest))

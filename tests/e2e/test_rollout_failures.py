@@ -23,6 +23,7 @@ from .conftest import (
     Cluster,
     create_sp_secret,
     create_spc,
+    deployment_manifest,
     objects,
     pod_events,
     pod_manifest,
@@ -69,24 +70,7 @@ async def test_deployment_rollout_keeps_synced_secret(cluster: Cluster) -> None:
         ],
     )
     template: dict[str, Any] = {"metadata": {"labels": {"app": name}}, "spec": pod["spec"]}
-    await cluster.admin.create(
-        Deployment.from_dict(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": name, "namespace": NAMESPACE},
-                "spec": {
-                    "replicas": 2,
-                    "selector": {"matchLabels": {"app": name}},
-                    "strategy": {
-                        "type": "RollingUpdate",
-                        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1},
-                    },
-                    "template": template,
-                },
-            }
-        )
-    )
+    await cluster.admin.create(Deployment.from_dict(deployment_manifest(name, template)))
 
     async def ready() -> bool:
         d = await cluster.admin.get(Deployment, name, namespace=NAMESPACE)

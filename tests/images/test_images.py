@@ -145,6 +145,42 @@ def test_every_module_imports(image: Image) -> None:
     assert int(done.stdout.strip()) > 5
 
 
+def test_bytecode_is_unchecked(image: Image) -> None:
+    """Every module of the venv has bytecode a start uses without compiling or comparing source
+    timestamps (unchecked-hash: flags 0b01 after the magic number)."""
+    _, package = IMAGES[image.name]
+    with image.container() as ctr, ctr.rootfs() as rootfs:
+        site = _site_packages(rootfs)
+        for top in (
+            package,
+            "secrets_store_api",
+            "azure" if package == "provider_azure" else "grpc",
+        ):
+            sources = sorted((site / top).rglob("*.py"))
+            assert sources, top
+            for source in sources:
+                (pyc,) = source.parent.glob(f"__pycache__/{source.stem}.cpython-*.pyc")
+                flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+                assert flags == 0b01, f"{pyc.relative_to(site)}: flags {flags:#b}"
+
+
+def test_provider_trusts_through_the_hashed_directory(provider_image: Image) -> None:
+    """No CA bundle parsed at start (SSL_CERT_FILE=/dev/null); the system CAs are found per
+    handshake in /etc/ssl/certs by their hash links (tests/provider/test_process.py shows a
+    Mount through such a directory)."""
+    env = dict(e.split("=", 1) for e in provider_image.config["Env"])
+    assert env["SSL_CERT_FILE"] == "/dev/null"
+    assert env["SSL_CERT_DIR"] == "/etc/ssl/certs"
+    code = "import ssl; print(ssl.create_default_context().cert_store_stats()['x509_ca'])"
+    with provider_image.container() as ctr:
+        done = ctr.run(["/opt/venv/bin/python3", "-c", code])
+        with ctr.rootfs() as rootfs:
+            links = list((rootfs / "etc/ssl/certs").glob("*.0"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    assert len(links) > 100
+
+
 def test_hadolint_is_clean() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     if not os.access(hadolint, os.X_OK):

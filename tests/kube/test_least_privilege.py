@@ -105,8 +105,10 @@ ABSENT = 2.0  # seconds to show that what must not happen does not (watches are 
 # ---- the grants of daemonset/rbac.yaml and rbac-startup-taint.yaml ---------------------------
 
 
-def rbac_grants() -> list[Grant]:
-    docs: list[dict[str, Any]] = [*manifests("rbac.yaml"), *manifests("rbac-startup-taint.yaml")]
+def rbac_grants(*files: str) -> list[Grant]:
+    """Every verb of every rule of the ClusterRoles in `files` (under daemonset/; the
+    driver's two by default)."""
+    docs: list[dict[str, Any]] = manifests(*(files or ("rbac.yaml", "rbac-startup-taint.yaml")))
     return [g for g in grants(docs) if not g.namespace]
 
 

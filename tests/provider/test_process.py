@@ -4,6 +4,8 @@ driver sends; health, metrics, logs without secrets, stale socket, SIGTERM."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from testbed.emulator import workload_token
 from testbed.mount_attributes import attributes, objects_yaml
 from testbed.provider import ours
+from testbed.trust import SYSTEM_CERT_DIR, image_trust_env
 
 from .conftest import SP_SECRET, WI_APP, ProviderWorld
 
@@ -87,3 +90,57 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
         assert secret not in text
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert any(line.get("msg") == "mount" and line.get("files") == 2 for line in lines)
+
+
+def _verifies_emulator(tmp_path: Path, world: ProviderWorld, env: dict[str, str]) -> bool:
+    """A provider started with `env` mounts a secret (True), or fails certificate
+    verification (False); anything else fails the test."""
+    proc = ours(str(tmp_path / "azure.sock"), log=tmp_path / "provider.log", env=env)
+    attrib = attributes(
+        vault=world.vault,
+        tenant=world.tenant,
+        objects=objects_yaml({"objectName": "plain", "objectType": "secret"}),
+    )
+    with proc:
+        try:
+            return proc.mount(attrib, world.secrets).files[0].contents == b"plain-value"
+        except grpc.RpcError as exc:
+            assert isinstance(exc, grpc.Call)
+            assert "CERTIFICATE_VERIFY_FAILED" in (exc.details() or ""), exc.details()
+            return False
+
+
+@pytest.mark.parametrize("emulator_ca_listed", [True, False])
+def test_mount_with_the_image_trust(
+    tmp_path: Path, world: ProviderWorld, emulator_ca_listed: bool
+) -> None:
+    """The provider image's trust (no bundle file, hashed directories; testbed/trust.py): a
+    Mount reaches the emulator when its CA is in a listed directory, and fails certificate
+    verification when only the system's directory is listed."""
+    env = image_trust_env(world.emulator.ca_path, tmp_path / "certs")
+    if not emulator_ca_listed:
+        env["SSL_CERT_DIR"] = SYSTEM_CERT_DIR
+    assert _verifies_emulator(tmp_path, world, env) is emulator_ca_listed
+
+
+@pytest.mark.parametrize("mounted", [True, False])
+def test_mounted_bundle_is_read_under_the_image_trust(
+    tmp_path: Path, world: ProviderWorld, mounted: bool
+) -> None:
+    """Upstream's custom-cloud recipe (a node's /etc/ssl/certs mounted into the provider pod)
+    under the image's no-bundle setting: a directory of SSL_CERT_DIR that is a mount has its
+    bundle read (here an unhashed ca-certificates.crt holding the emulator's CA), so the Mount
+    verifies; the same directory not mounted keeps the image's setting and fails to verify."""
+    certs = tmp_path / "node-certs"
+    certs.mkdir()
+    if mounted:
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(certs)], check=True)
+    try:
+        shutil.copyfile(world.emulator.ca_path, certs / "ca-certificates.crt")
+        env = {"SSL_CERT_FILE": "/dev/null", "SSL_CERT_DIR": f"{certs}:{SYSTEM_CERT_DIR}"}
+        assert _verifies_emulator(tmp_path, world, env) is mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(certs)], check=True)
+    log = (tmp_path / "provider.log").read_text()
+    assert ("reading the mounted CA bundle" in log) is mounted

@@ -227,10 +227,7 @@ async def _pods(world: World, app: str) -> list[Pod]:
 async def test_spcps_versions_change_restarts_once(restarts: World) -> None:
     world = restarts
     app, spc = unique("mounts"), unique("spc")
-    await _deployment(world, app, [], replicas=2)
-    pods = await until(lambda: _pods_if(world, app, 2), what="the Deployment controller's two pods")
-    for pod in pods:
-        await _spcps(world, pod, spc, "v1")
+    pods = await _reporting(world, app, spc)
     await _live(world)
     for pod in pods:  # two nodes rotate, seconds apart: one rollout
         await _spcps(world, pod, spc, "v2")
@@ -247,6 +244,18 @@ async def test_spcps_versions_change_restarts_once(restarts: World) -> None:
     for pod in new:  # the new pods mount the new version: no loop
         await _spcps(world, pod, spc, "v2")
     await _stays(world, app, 2, seconds=1.5)
+
+
+async def _reporting(world: World, app: str, spc: str) -> list[Pod]:
+    """An annotated Deployment of 2 whose pods (made by the Deployment controller) report
+    version v1 of `spc` in their SPCPS."""
+    await _deployment(world, app, [], replicas=2)
+    pods: list[Pod] = await until(
+        lambda: _pods_if(world, app, 2), what="the Deployment controller's two pods"
+    )
+    for pod in pods:
+        await _spcps(world, pod, spc, "v1")
+    return pods
 
 
 async def _pods_if(world: World, app: str, n: int) -> list[Pod] | None:

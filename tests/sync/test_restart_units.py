@@ -3,6 +3,7 @@ the annotation's values, and the global limit on rollouts in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, cast
 
@@ -13,6 +14,8 @@ from csi_driver.events import NoEvents
 from sync_controller.metrics import Metrics
 from sync_controller.restart import (
     ANNOTATION,
+    DIGEST_ANNOTATION,
+    Change,
     RestartController,
     _rolled_out,
     opted_in,
@@ -88,3 +91,55 @@ def test_max_in_flight_holds_others_back_until_done_or_timeout() -> None:
     assert busy not in c._in_flight and c._wait_for(other) <= 0  # rolled out: free again
     c._in_flight[busy] = time.monotonic() - 31
     assert c._wait_for(other) <= 0 and busy not in c._in_flight  # past the rollout timeout
+
+
+def test_paused_is_not_in_flight() -> None:
+    """A paused Deployment's patch starts no rollout: it must not hold a slot of the global
+    limit (for up to the rollout timeout) until someone resumes it."""
+    paused = {
+        "metadata": {"generation": 5},
+        "spec": {"replicas": 2, "paused": True},
+        "status": {"observedGeneration": 4, "updatedReplicas": 0},
+    }
+    assert _rolled_out(paused)
+    assert not _rolled_out({**paused, "spec": {"replicas": 2, "paused": False}})
+
+
+async def test_one_rotation_reported_twice_is_one_patch() -> None:
+    """The SPCPS versions and the synced Secret of one rotation arrive milliseconds apart:
+    one patch carries both digests; either reported again later is a no-op. (No clock: a
+    zero settle still lets every request made before the loop runs again join the first.)"""
+    c = RestartController(
+        cast(AsyncClient, None), NoEvents(), Metrics(CollectorRegistry()), 0.0, 5, settle=0.0
+    )
+    wkey = ("Deployment", "ns", "app")
+    c.workloads[wkey] = {"metadata": {"name": "app", "namespace": "ns"}, "spec": {}}
+    patches: list[list[str]] = []
+
+    async def restart(key: tuple[str, str, str], changes: list[Change]) -> None:
+        patches.append([ch.digest for ch in changes])
+        template = {"metadata": {"annotations": {DIGEST_ANNOTATION: ",".join(patches[-1])}}}
+        c.workloads[key] = {**c.workloads[key], "spec": {"template": template}}
+
+    c._restart = restart  # type: ignore[method-assign]
+    worker = asyncio.create_task(c._worker())
+    try:
+        c.request(wkey, Change("spc-digest", "SecretProviderClass ns/spc"))
+        c.request(wkey, Change("secret-digest", "Secret ns/s"))
+        await _turns()
+        assert patches == [["spc-digest", "secret-digest"]]
+        c.request(wkey, Change("secret-digest", "Secret ns/s"))  # reported again
+        c.request(wkey, Change("spc-digest", "SecretProviderClass ns/spc"))  # another node
+        await _turns()
+        assert patches == [["spc-digest", "secret-digest"]]
+        c.request(wkey, Change("next", "Secret ns/s"))  # a new change: a new patch
+        await _turns()
+        assert patches[-1] == ["next"]
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+
+async def _turns() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
