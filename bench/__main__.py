@@ -102,6 +102,28 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+@dataclass(frozen=True)
+class CpuRow:
+    """CPU seconds each provider process used over one row's interleaved Mounts."""
+
+    latency: int
+    objects: int
+    mounts: int
+    ours_seconds: float
+    go_seconds: float
+
+    def line(self) -> str:
+        ours_ms, go_ms = (
+            self.ours_seconds * 1000 / self.mounts,
+            self.go_seconds * 1000 / self.mounts,
+        )
+        ratio = f"{ours_ms / go_ms:.2f}x" if go_ms else "n/a"
+        return (
+            f"| {self.latency} ms | {self.objects} | {self.mounts} | {ours_ms:.2f} | {go_ms:.2f} "
+            f"| {ours_ms / self.objects:.3f} | {go_ms / self.objects:.3f} | {ratio} |"
+        )
+
+
 @dataclass
 class Figures:
     """Everything one run measured: the tables, and the series the plots draw."""
@@ -111,6 +133,7 @@ class Figures:
     rss: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     storms: dict[str, list[StormResult]] = field(default_factory=dict)
     usage: dict[str, Usage] = field(default_factory=dict)
+    cpu: list[CpuRow] = field(default_factory=list)
 
 
 def latency_rows(
@@ -125,9 +148,12 @@ def latency_rows(
             timed(theirs, attrib)
         a: list[float] = []
         b: list[float] = []
+        cpu_mine, cpu_theirs = mine.cpu_seconds(), theirs.cpu_seconds()
         for _ in range(rounds):
             a.append(timed(mine, attrib))
             b.append(timed(theirs, attrib))
+        cpu_mine, cpu_theirs = mine.cpu_seconds() - cpu_mine, theirs.cpu_seconds() - cpu_theirs
+        figures.cpu.append(CpuRow(latency, n, rounds, cpu_mine, cpu_theirs))
         a50, a99, b50, b99 = pct(a, 0.5), pct(a, 0.99), pct(b, 0.5), pct(b, 0.99)
         figures.latency.append((latency, n, a50, a99, b50, b99))
         figures.rows.append(
@@ -135,6 +161,7 @@ def latency_rows(
             f"| {a50 / b50:.2f}x | {a99 / b99:.2f}x |"
         )
         print(figures.rows[-1], flush=True)
+        print(figures.cpu[-1].line(), flush=True)
     return figures
 
 
@@ -168,6 +195,7 @@ def unconstrained(
             part = latency_rows(mine, theirs, emu, rounds, latency)
             figures.rows += part.rows
             figures.latency += part.latency
+            figures.cpu += part.cpu
         emu.set_latency(0)
         figures.rss = {"ours": rss_series(mine, rss_mounts), "Go": rss_series(theirs, rss_mounts)}
     finally:
@@ -294,6 +322,20 @@ def run(
     return report(figures, rounds, rss_mounts, plan, plots)
 
 
+def cpu_table(rows: list[CpuRow]) -> list[str]:
+    return [
+        "CPU of each provider process over the same interleaved Mounts (user + system seconds of "
+        "all its threads from /proc/<pid>/stat, read before and after each row: the gRPC "
+        "server included, the bench's client and the emulator not; 10 ms ticks, so a row's "
+        "total is ±10 ms):",
+        "",
+        "| emulator latency | objects | Mounts | ours CPU ms per Mount | Go CPU ms per Mount "
+        "| ours CPU ms per GET | Go CPU ms per GET | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|",
+        *(row.line() for row in rows),
+    ]
+
+
 def report(
     figures: Figures, rounds: int, rss_mounts: int, plan: StormPlan | None, plots: Path | None
 ) -> str:
@@ -308,6 +350,8 @@ def report(
         "| p50 ratio | p99 ratio |",
         "|---|---|---|---|---|---|---|---|",
         *figures.rows,
+        "",
+        *cpu_table(figures.cpu),
         "",
         f"RSS of our provider: {ours_rss[0][1]:.1f} MiB before, {ours_rss[-1][1]:.1f} MiB "
         f"after {rss_mounts} mounts of 10 objects (max {max(r for _, r in ours_rss):.1f}); "

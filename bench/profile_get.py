@@ -20,15 +20,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.__main__ import SECRETS, VAULT, request, seed, trust
-from provider_azure import clouds
-from provider_azure.auth import ClientCache
-from provider_azure.fetch import ContentOptions
-from provider_azure.metrics import Metrics
-from provider_azure.provider import Provider
-from provider_azure.ratelimit import TokenBucket
 from testbed.emulator import Emulator
+
+if TYPE_CHECKING:
+    # imported by _profile, after trust(): aiohttp builds its default SSL context on import
+    from provider_azure.provider import Provider
 
 
 async def _mounts(provider: Provider, attrib: str, secrets: str, count: int) -> None:
@@ -68,6 +67,13 @@ def grouped(stats: pstats.Stats, mounts: int) -> str:
 
 
 async def _profile(objects: int, mounts: int, top: int, dump: str | None = None) -> str:
+    from provider_azure import clouds
+    from provider_azure.auth import ClientCache
+    from provider_azure.fetch import ContentOptions
+    from provider_azure.metrics import Metrics
+    from provider_azure.provider import Provider
+    from provider_azure.ratelimit import TokenBucket
+
     clients = ClientCache()
     # Key Vault's budget (a bucket of 2,000 GETs refilled at 200/s) would pace this loop after
     # its first 40 Mounts and put the lock-and-sleep path in the profile: not what one Mount

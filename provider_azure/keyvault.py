@@ -12,6 +12,7 @@ import contextvars
 import datetime
 import functools
 import importlib
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -72,17 +73,22 @@ def _env_proxies() -> bool:
 
 
 def _lean_policies(
-    credential: AsyncTokenCredential, challenge: Any, kwargs: dict[str, Any]
+    credential: AsyncTokenCredential, challenge: Any, kwargs: dict[str, Any], decode: bool = True
 ) -> list[Any]:
     """The SDK's pipeline without tracing, request-id, redirect and logging policies, which
     cost ~30% of a GET's CPU and do nothing here (we never log requests, never follow
     redirects to other hosts), nor the headers policy (it adds headers given to the client or
-    per call, and we give none; each policy is a layer of coroutines on every request)."""
+    per call, and we give none; each policy is a layer of coroutines on every request).
+
+    `decode=False` leaves out the ContentDecodePolicy: the generated Key Vault operations read
+    `response.json()` themselves and never the context it fills, and Get Secret (below) parses
+    the body with `json.loads`, so for the secrets client it parses every answer for nobody
+    (~5 % of a GET's CPU)."""
     return [
         policies.UserAgentPolicy(sdk_moniker="secrets-store-csi-provider-azure"),
         # Key Vault answers UTF-8 JSON: naming the encoding spares parsing the Content-Type
         # header with the email package on every answer (~8 % of a GET's CPU).
-        policies.ContentDecodePolicy(response_encoding="utf-8"),
+        *([policies.ContentDecodePolicy(response_encoding="utf-8")] if decode else []),
         policies.AsyncRetryPolicy(**kwargs),
         challenge(credential, verify_challenge_resource=True),
     ]
@@ -233,7 +239,7 @@ class VaultClient:
         self._secrets = SecretClient(
             vault_url,
             credential,
-            policies=_lean_policies(credential, SecretChallenge, kwargs),
+            policies=_lean_policies(credential, SecretChallenge, kwargs, decode=False),
             **kwargs,
         )
         self._secrets_url = f"{self._secrets.vault_url.rstrip('/')}/secrets/"
@@ -317,7 +323,7 @@ class VaultClient:
         """Get Secret through the SecretClient's own pipeline (retries, Retry-After, timeouts,
         challenge auth): the request `SecretClient.get_secret` sends and the errors it raises,
         without the generated request builder and model deserialisation (~40 % of a GET's CPU).
-        The bundle is the JSON the pipeline's ContentDecodePolicy already parsed."""
+        The bundle is the body's JSON (Key Vault answers UTF-8; `json.loads` reads bytes)."""
         request = HttpRequest(
             "GET",
             f"{self._secrets_url}{quote(name, safe='')}/{quote(version, safe='')}"
@@ -329,7 +335,10 @@ class VaultClient:
         if response.status_code != 200:
             error = _GET_ERRORS.get(response.status_code, HttpResponseError)
             raise error(response=response)
-        bundle = answer.context.get("deserialized_data")
+        try:
+            bundle = json.loads(response.body())
+        except ValueError:
+            bundle = None
         if not isinstance(bundle, dict):
             raise HttpResponseError(message="Get Secret answered no JSON object", response=response)
         return bundle

@@ -130,6 +130,14 @@ class ProviderProcess:
                 return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far, all its threads (/proc/<pid>/stat)."""
+        assert self.proc is not None
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, from field 3
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
     def __enter__(self) -> ProviderProcess:
         self.start()
         return self

@@ -53,6 +53,12 @@ def test_provider_bench_against_the_go_provider() -> None:
     rows = [line for line in out.splitlines() if line.startswith("| 0 ms |")]
     assert {row.split("|")[2].strip() for row in rows} == {"1", "10", "50"}, out
     assert "RSS of our provider" in out and "Go provider" in out
+    # the CPU table: one row per size, Mounts = rounds, and our 50-secret Mount's CPU seen (it
+    # is over 10 ms, and /proc/<pid>/stat counts in 10 ms ticks; Go's may be under one tick)
+    cpu = out[out.index("| emulator latency | objects | Mounts |") :].split("\n\n")[0]
+    cells = [row.split("|") for row in cpu.splitlines()[2:]]
+    assert [(c[2].strip(), c[3].strip()) for c in cells] == [("1", "1"), ("10", "1"), ("50", "1")]
+    assert float(cells[-1][4]) > 0 and float(cells[-1][5]) >= 0, cpu
     storm = [line for line in out.splitlines() if line.startswith(("| ours |", "| Go |"))]
     assert len(storm) == 2 and all(row.split("|")[4].strip() == "0" for row in storm), out
     assert "Storm wall time, ours / Go" in out, out
