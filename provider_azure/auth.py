@@ -23,6 +23,7 @@ from azure.identity.aio import (
 )
 
 from .caches import BoundedLRU
+from .http_transport import make_transport
 from .identity import Identity, IdentityMode
 from .keyvault import ClientOptions, VaultClient
 from .parameters import MountParameters
@@ -45,8 +46,13 @@ def build_credential(
 ) -> tuple[AsyncTokenCredential, _Assertion | None]:
     if identity.mode is IdentityMode.MANAGED_IDENTITY:
         if identity.user_assigned_identity_id:
-            return ManagedIdentityCredential(client_id=identity.user_assigned_identity_id), None
-        return ManagedIdentityCredential(), None
+            return (
+                ManagedIdentityCredential(
+                    client_id=identity.user_assigned_identity_id, transport=make_transport()
+                ),
+                None,
+            )
+        return ManagedIdentityCredential(transport=make_transport()), None
     if identity.mode is IdentityMode.IDENTITY_BINDING:
         proxy = token_proxy or configure("", "")
         proxy.check()
@@ -63,13 +69,21 @@ def build_credential(
         holder = _Assertion(identity.assertion)
         return (
             ClientAssertionCredential(
-                identity.tenant_id, identity.client_id, holder, authority=authority
+                identity.tenant_id,
+                identity.client_id,
+                holder,
+                authority=authority,
+                transport=make_transport(),
             ),
             holder,
         )
     return (
         ClientSecretCredential(
-            identity.tenant_id, identity.client_id, identity.client_secret, authority=authority
+            identity.tenant_id,
+            identity.client_id,
+            identity.client_secret,
+            authority=authority,
+            transport=make_transport(),
         ),
         None,
     )

@@ -13,7 +13,6 @@ import datetime
 import functools
 import importlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from azure.keyvault.secrets._shared.async_challenge_auth_policy import (
 from azure.keyvault.secrets.aio import SecretClient
 
 from .errors import Kind, ProviderError, object_context
+from .http_transport import env_proxies, make_transport
 from .limits import MAX_LISTED_OBJECTS, MAX_LISTED_VERSIONS
 from .ratelimit import TokenBucket
 
@@ -66,10 +66,6 @@ async def _sdk(client: str, policy: str) -> tuple[Any, Any]:
         if name not in sys.modules:
             await asyncio.to_thread(importlib.import_module, name)
     return sys.modules[client], sys.modules[policy]
-
-
-def _env_proxies() -> bool:
-    return any(k.lower() in ("https_proxy", "http_proxy", "all_proxy") for k in os.environ)
 
 
 def _lean_policies(
@@ -231,15 +227,15 @@ class VaultClient:
             "read_timeout": options.timeout,
             "logging_enable": False,
         }
-        if not _env_proxies():
-            # aiohttp with trust_env reads the proxy settings and ~/.netrc in a thread on every
-            # request (~2 thread hops, the largest CPU cost of a GET); with no proxy configured
-            # there is nothing to read. A configured HTTP(S)_PROXY keeps the default.
+        if not env_proxies():
+            # No proxy configured: our transport (http_transport.py). With HTTP(S)_PROXY set,
+            # azure-core's aiohttp transport reads it (and ~/.netrc), as before.
             kwargs["use_env_settings"] = False
         self._secrets = SecretClient(
             vault_url,
             credential,
             policies=_lean_policies(credential, SecretChallenge, kwargs, decode=False),
+            transport=make_transport(**kwargs),
             **kwargs,
         )
         self._secrets_url = f"{self._secrets.vault_url.rstrip('/')}/secrets/"
@@ -256,7 +252,11 @@ class VaultClient:
             aio, policy = await _sdk(*_KEYS)
             if self._keys is None:  # another mount may have built it meanwhile
                 self._keys = aio.KeyClient(
-                    self._url, self._credential, **self._options(policy), **self._kwargs
+                    self._url,
+                    self._credential,
+                    **self._options(policy),
+                    transport=make_transport(**self._kwargs),
+                    **self._kwargs,
                 )
         return self._keys
 
@@ -265,7 +265,11 @@ class VaultClient:
             aio, policy = await _sdk(*_CERTS)
             if self._certs is None:
                 self._certs = aio.CertificateClient(
-                    self._url, self._credential, **self._options(policy), **self._kwargs
+                    self._url,
+                    self._credential,
+                    **self._options(policy),
+                    transport=make_transport(**self._kwargs),
+                    **self._kwargs,
                 )
         return self._certs
 

@@ -32,6 +32,12 @@ MAX_PATH_BYTES = 1024
 # An AzureStackCloud environment file (a few hundred bytes in practice).
 MAX_ENV_FILE = 64 * 1024
 
+# One HTTP answer from Key Vault or an identity service (http_transport.py): its headers, and its
+# body read whole. Key Vault keeps a secret of at most 25 KB and pages lists by 25; a token
+# answer is a few KiB. The driver's gRPC receive limit (4 MiB) bounds a whole Mount answer.
+MAX_HTTP_HEAD = 64 * 1024
+MAX_HTTP_BODY = 4 * 1024 * 1024
+
 # Distinct vaults one mount reads (the SPC's `keyvaultName` and the objects' own): each is a
 # Key Vault client of its own, and the client cache holds 64.
 MAX_VAULTS_PER_MOUNT = 10

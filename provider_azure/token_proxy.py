@@ -24,10 +24,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from azure.core.pipeline.transport import AioHttpTransport
-
 from . import cluster_sni
 from .errors import Kind, ProviderError
+from .http_transport import LeanTransport
 from .limits import shown
 
 log = logging.getLogger(__name__)
@@ -165,8 +164,9 @@ def _url_problem(url: str) -> str:
     return f"--token-proxy-url {shown(url)} {rule}" if rule else ""
 
 
-class ProxyTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core's stubs: Any
-    """An azure-core transport that sends each request to the proxy, with its SNI name."""
+class ProxyTransport(LeanTransport):
+    """An azure-core transport that sends each request to the proxy, with its SNI name (the
+    proxy is in-cluster: never through an HTTP proxy)."""
 
     def __init__(self, proxy: TokenProxy, **kwargs: Any) -> None:
         super().__init__(**kwargs)
