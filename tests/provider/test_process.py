@@ -56,6 +56,11 @@ def test_mount_over_socket_like_the_driver(tmp_path: Path, world: ProviderWorld)
         assert [(f.path, f.mode) for f in response.files] == [("plain", 0o644), ("ec-pem", 0o440)]
         assert response.files[0].contents == b"plain-value"
         assert [v.id for v in response.object_version] == ["secret/plain", "cert/ec-pem"]
+        # The provider's HTTP is its own transport (http_transport.py): aiohttp, whose C
+        # extensions would be mapped once imported, is never loaded without a proxy.
+        assert proc.proc is not None
+        maps = Path(f"/proc/{proc.proc.pid}/maps").read_text()
+        assert "/aiohttp/" not in maps and "/multidict/" not in maps
 
         with urllib.request.urlopen("http://127.0.0.1:28989/healthz", timeout=5) as r:
             assert r.status == 200 and r.read() == b"ok"
