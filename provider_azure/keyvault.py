@@ -63,7 +63,10 @@ async def _sdk(client: str, policy: str) -> tuple[Any, Any]:
     """An SDK client module and its challenge-policy module, imported off the event loop the
     first time."""
     for name in (client, policy):
-        if name not in sys.modules:
+        module = sys.modules.get(name)
+        # A module another mount's thread is still importing is in sys.modules half-made:
+        # import_module waits for that import to finish.
+        if module is None or getattr(module.__spec__, "_initializing", False):
             await asyncio.to_thread(importlib.import_module, name)
     return sys.modules[client], sys.modules[policy]
 
