@@ -57,7 +57,7 @@ def env_proxies() -> bool:
     return any(k.lower() in ("https_proxy", "http_proxy", "all_proxy") for k in os.environ)
 
 
-def make_transport(**kwargs: Any) -> AsyncHttpTransport:
+def make_transport(**kwargs: Any) -> AsyncHttpTransport[Any, Any]:
     """The transport for one SDK client: ours, or aiohttp's when a proxy is configured."""
     if env_proxies():
         from azure.core.pipeline.transport import AioHttpTransport
@@ -82,7 +82,7 @@ def default_context() -> ssl.SSLContext:
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "idle_since")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer, self.idle_since = reader, writer, 0.0
@@ -101,7 +101,7 @@ class _Conn:
 _Key = tuple[str, str, int, str, "ssl.SSLContext | None"]
 
 
-class LeanResponse(AsyncHttpResponseImpl):  # type: ignore[misc]  # azure-core's stubs: Any
+class LeanResponse(AsyncHttpResponseImpl):
     """An answer read whole: `body()`, `text()`, `json()`, `read()` and the iterators all serve
     the bytes in memory; there is no connection behind it to close."""
 
@@ -131,11 +131,11 @@ class LeanResponse(AsyncHttpResponseImpl):  # type: ignore[misc]  # azure-core's
         if attr[0] == "_":
             object.__setattr__(self, attr, value)
         else:
-            super().__setattr__(attr, value)
+            super().__setattr__(attr, value)  # type: ignore[no-untyped-call]
 
     def body(self) -> bytes:
-        content: bytes = self._content
-        return content
+        assert self._content is not None
+        return self._content
 
     async def load_body(self) -> None:
         return None
@@ -150,7 +150,7 @@ async def _chunks(response: LeanResponse, **_: Any) -> Any:
         yield content[i : i + size]
 
 
-class LeanTransport(AsyncHttpTransport):  # type: ignore[misc]  # azure-core's stubs: Any
+class LeanTransport(AsyncHttpTransport[HttpRequest, LeanResponse]):
     """HTTP/1.1 with keep-alive pooling; `connection_verify`/`connection_cert`,
     `connection_timeout` and `read_timeout` as azure-core passes them (per client or per call)."""
 
@@ -175,7 +175,7 @@ class LeanTransport(AsyncHttpTransport):  # type: ignore[misc]  # azure-core's s
             for conn in conns:
                 conn.close()
 
-    def _context(self, verify: Any, cert: Any) -> ssl.SSLContext:
+    def _verify_context(self, verify: Any, cert: Any) -> ssl.SSLContext:
         if verify is True and not cert:
             return default_context()
         context = self._contexts.get((verify, cert))
@@ -204,7 +204,7 @@ class LeanTransport(AsyncHttpTransport):  # type: ignore[misc]  # azure-core's s
         tls = url.scheme == "https"
         context: ssl.SSLContext | None = None
         if tls:
-            context = config.get("ssl") or self._context(
+            context = config.get("ssl") or self._verify_context(
                 config.get("connection_verify", self.connection_config.verify),
                 config.get("connection_cert", self.connection_config.cert),
             )
@@ -238,7 +238,7 @@ class LeanTransport(AsyncHttpTransport):  # type: ignore[misc]  # azure-core's s
         try:
             return await self._round_trip(key, conn, message, method, timeouts[1])
         except _Stale:
-            raise ServiceRequestError("the server closed the connection without answering") from None
+            raise ServiceRequestError("the server closed the connection unanswered") from None
 
     def _take(self, key: _Key) -> _Conn | None:
         conns = self._idle.get(key)
@@ -286,10 +286,10 @@ class LeanTransport(AsyncHttpTransport):  # type: ignore[misc]  # azure-core's s
         return status, reason, headers, body
 
 
-async def _connect(key: _Key, timeout: float) -> _Conn:
+async def _connect(key: _Key, connect_timeout: float) -> _Conn:
     _, host, port, sni, context = key
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(connect_timeout):
             reader, writer = await asyncio.open_connection(
                 host,
                 port,
@@ -299,7 +299,7 @@ async def _connect(key: _Key, timeout: float) -> _Conn:
             )
     except TimeoutError:
         raise ServiceRequestTimeoutError(
-            f"cannot connect to {host}:{port} within {timeout:g}s"
+            f"cannot connect to {host}:{port} within {connect_timeout:g}s"
         ) from None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise ServiceRequestError(f"cannot connect to {host}:{port}: {exc}", error=exc) from exc
