@@ -11,7 +11,8 @@ them the same: nothing could be sent (refused, DNS, TLS, connect timeout) → Se
 (ServiceRequestTimeoutError); the server hung up without a byte of answer → ServiceRequestError
 (aiohttp: ServerDisconnectedError); a broken answer (bad status line or headers, too large) →
 ServiceResponseError; a body cut short → IncompleteReadError; no answer within `read_timeout`
-→ ServiceResponseTimeoutError. A pooled connection the server had closed while idle is retried
+→ ServiceResponseTimeoutError (`read_timeout` bounds the whole answer, where aiohttp bounds
+each read; answers here are small). A pooled connection the server had closed while idle is retried
 once on a new connection, only when nothing of an answer arrived.
 
 Not done: HTTP proxies (`make_transport` keeps azure-core's AioHttpTransport when HTTP(S)_PROXY or
@@ -49,6 +50,8 @@ MAX_IDLE_PER_HOST = 16
 MAX_POOLED_HOSTS = 8
 # aiohttp's keep-alive default: an idle connection older than this is closed, not reused.
 IDLE_SECONDS = 15.0
+# aiohttp's default connector limit: requests beyond this many in flight per transport wait.
+MAX_CONNECTIONS = 100
 _NO_BODY = frozenset((204, 304))
 
 
@@ -158,6 +161,7 @@ class LeanTransport(AsyncHttpTransport[HttpRequest, LeanResponse]):
         self.connection_config = ConnectionConfiguration(**kwargs)
         self._idle: dict[_Key, deque[_Conn]] = {}
         self._contexts: dict[tuple[Any, Any], ssl.SSLContext] = {}
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def __aenter__(self) -> LeanTransport:
         await self.open()
@@ -216,7 +220,10 @@ class LeanTransport(AsyncHttpTransport[HttpRequest, LeanResponse]):
             config.get("connection_timeout", self.connection_config.timeout),
             config.get("read_timeout", self.connection_config.read_timeout),
         )
-        status, reason, headers, body = await self._exchange(key, message, request.method, timeouts)
+        async with self._slots:
+            status, reason, headers, body = await self._exchange(
+                key, message, request.method, timeouts
+            )
         response = LeanResponse(
             request, status, reason, headers, body, self.connection_config.data_block_size
         )

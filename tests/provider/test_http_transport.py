@@ -296,3 +296,23 @@ async def test_through_an_azure_core_pipeline_with_retries(
     assert result.http_response.status_code == 200
     assert result.http_response.json() == {"status": "200 OK"}
     assert server.connections == 1 and len(server.requests) == 2
+
+
+async def test_requests_in_flight_bounded(
+    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_transport, "MAX_CONNECTIONS", 2)
+    busy = peak = 0
+
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        nonlocal busy, peak
+        busy += 1
+        peak = max(peak, busy)
+        await asyncio.sleep(0.01)
+        busy -= 1
+        return await answer(b"ok")(request, writer)
+
+    server = await serve(slow)
+    async with LeanTransport() as transport:
+        await asyncio.gather(*(transport.send(HttpRequest("GET", url(server))) for _ in range(6)))
+    assert peak == 2 and server.connections == 2 and len(server.requests) == 6
