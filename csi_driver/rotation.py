@@ -4,7 +4,10 @@ Every `--rotation-poll-interval` (with jitter) it takes the mounts that are due 
 asks its PlanSource for their plans (plans.py: from the pod, its SPC, fresh service-account
 tokens and the current nodePublishSecretRef data; standalone: from files), calls the provider
 with the current object versions, and rewrites files atomically only when content changed.
-Mounts whose plans share a key get one provider call per tick.
+Mounts whose plans share a key (sharing.py) share one provider call: one call in flight per
+key, whether a tick or a kubelet republish asks, and a finished call also serves the group's
+volumes that come due within the tick clock's jitter after it (REUSE), so a group costs one call
+per interval whatever the order of ticks and republishes.
 
 A failure never touches what is mounted: the volume is retried with backoff (1-2-4-… s,
 capped at the interval), and the pod gets a Warning event. Kubelet republishes
@@ -19,6 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from prometheus_client import Counter
@@ -37,11 +41,13 @@ from .intervals import DEFAULT_MIN_INTERVAL, LOOK_EVERY, Intervals
 from .kube import SpcSource, get_spc
 from .metrics import OS_TYPE, Metrics
 from .mounts import MountTable
-from .plans import Plan, PlanSource, republish_plan
+from .plans import Plan, PlanSource, plain_request, republish_plan
 from .provider_client import MountResult, ProviderClients
-from .schedule import Schedule, Ticking
+from .schedule import JITTER, Schedule, Ticking
+from .sharing import ShareKey
+from .single_flight import SingleFlight
 from .spcps import PodStatusRecord, StatusWriter
-from .volumes import FILE_PERMISSION, PublishRequest, build_mount_request, go_json
+from .volumes import FILE_PERMISSION, PublishRequest, go_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,10 @@ ROTATION_FAILED = "MountRotationFailed"
 ROTATION_COMPLETE = "MountRotationComplete"
 
 Hook = Callable[[PodStatusRecord], Awaitable[None]]
+Request = Callable[[], Awaitable[tuple[str, str]]]
+# A group's finished call serves its volumes that come due this long after it started, as a
+# share of their interval: republishes run ahead of the tick by at most the clock's jitter.
+REUSE = 2 * JITTER
 
 
 class Reconciler:
@@ -88,6 +98,7 @@ class Reconciler:
         # each SPC may set its own interval (an annotation), bounded below by min_interval
         self.intervals = Intervals(self.schedule, spcs, events, min_interval, clock)
         self._limit = asyncio.Semaphore(concurrency)
+        self.flights: SingleFlight[ShareKey, MountResult] = SingleFlight(clock)
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
         self.provider_calls = 0
@@ -139,6 +150,7 @@ class Reconciler:
         now = self.clock()
         records = self.mounts.records()
         self.schedule.forget(self.mounts.targets())
+        self.flights.prune()
         due = [r for r in records if self.schedule.due(r.target_path, now, full)]
         for r in due:
             self.schedule.taken(r.target_path, now)
@@ -181,8 +193,7 @@ class Reconciler:
         started = self.clock()
         async with self._limit:
             try:
-                attributes, secrets = await self.plans.request(lead)
-                result = await self._mount(lead, attributes, secrets)
+                result = await self._shared_mount(lead, partial(self.plans.request, lead))
             except RotationError as e:
                 for p in plans:
                     self._failed(p.record, p.provider, e, p.pod_uid)
@@ -191,6 +202,22 @@ class Reconciler:
             self.calls_saved.labels(lead.provider, OS_TYPE).inc(len(plans) - 1)
         for p in plans:
             await self._apply(p, result, started, locked=False)
+
+    async def _shared_mount(self, plan: Plan, request: Request) -> MountResult:
+        """The plan's provider call, or its group's call in flight or just made."""
+
+        async def call() -> MountResult:
+            attributes, secrets = await request()
+            return await self._mount(plan, attributes, secrets)
+
+        key = plan.share_key() if self.share else None
+        if key is None:
+            return await call()
+        reuse = REUSE * self.schedule.interval_of(plan.target)
+        result, shared = await self.flights.run(key, call, reuse)
+        if shared:
+            self.calls_saved.labels(plan.provider, OS_TYPE).inc()
+        return result
 
     async def _mount(self, plan: Plan, attributes: str, secrets: str) -> MountResult:
         self.provider_calls += 1
@@ -333,11 +360,13 @@ class Reconciler:
             plan = republish_plan(
                 record, spc.provider, spc.parameters, req.volume_context, req.secrets
             )
-            attributes, secrets = build_mount_request(
-                spc.parameters, req.volume_context, req.secrets
-            )
-            result = await self._mount(plan, attributes, secrets)
+            result = await self._shared_mount(plan, partial(_own_request, plan))
         except RotationError as e:
             self._failed(record, provider, e, "")
             return
         await self._apply(plan, result, now, locked=True)
+
+
+async def _own_request(plan: Plan) -> tuple[str, str]:
+    """A republish's request: kubelet's context and secrets, its fresh tokens included."""
+    return plain_request(plan)
