@@ -43,7 +43,7 @@ async def test_different_keys_call_separately() -> None:
     a, b = _Call("a"), _Call("b")
     a.release.set()
     b.release.set()
-    assert await asyncio.gather(flights.run("a", a), flights.run("b", b)) == [
+    assert list(await asyncio.gather(flights.run("a", a), flights.run("b", b))) == [
         ("a1", False),
         ("b1", False),
     ]
