@@ -60,6 +60,8 @@ Request = Callable[[], Awaitable[tuple[str, str]]]
 # A group's finished call serves its volumes that come due this long after it started, as a
 # share of their interval: republishes run ahead of the tick by at most the clock's jitter.
 REUSE = 2 * JITTER
+# A volume busy with a kubelet republish is tried again this often before its tick skips it.
+BUSY_TRIES, BUSY_WAIT = 5, 0.05
 
 
 class Reconciler:
@@ -242,10 +244,7 @@ class Reconciler:
                 changed = await self._write_files(target, result.files)
             else:
                 try:
-                    # only the file swap holds the target's lock: API calls happen outside it,
-                    # so an unpublish is never refused because of rotation bookkeeping
-                    with self.mounts.lock(target):
-                        changed = await self._write_files(target, result.files)
+                    changed = await self._write_when_free(target, result.files)
                 except OperationPending:
                     log.info("rotation: %s busy (publish/unpublish in flight); next tick", target)
                     return
@@ -259,6 +258,22 @@ class Reconciler:
                 max(0.0, self.clock() - started)
             )
         self.schedule.succeeded(target)
+
+    async def _write_when_free(
+        self, target: str, files: dict[str, atomic_writer.FileProjection]
+    ) -> bool | None:
+        """Only the file swap holds the target's lock (API calls happen outside it, so an
+        unpublish is never refused for rotation's bookkeeping). A republish holds it for
+        milliseconds: wait that out (BUSY_TRIES), else OperationPending."""
+        for attempt in range(BUSY_TRIES):
+            try:
+                with self.mounts.lock(target):
+                    return await self._write_files(target, files)
+            except OperationPending:
+                if attempt == BUSY_TRIES - 1:
+                    raise
+                await self.sleep(BUSY_WAIT)
+        return None
 
     async def _write_files(
         self, target: str, files: dict[str, atomic_writer.FileProjection]
