@@ -34,9 +34,6 @@ import grpc
 import grpc.aio
 import httpx2 as httpx
 
-from testbed.ports import free_port
-from testbed.provider import ours
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
@@ -49,6 +46,8 @@ from csi_driver.kube import SecretProviderClass
 from testbed.driver import DriverProcess
 from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
 from testbed.kubelet import Kubelet, PodVolume
+from testbed.ports import free_port
+from testbed.provider import ours
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000021-0000-4000-8000-0000000000f1", "rotation-bench-secret"
@@ -73,14 +72,15 @@ def _provider_mounts(port: int) -> int:
     )
 
 
-async def _tick_line(driver: DriverProcess, seen: int, within: float) -> int:
-    """Waits for a tick line after the first `seen` that looked at mounts; its index + 1."""
+async def _tick_line(driver: DriverProcess, seen: int, within: float) -> tuple[int, int]:
+    """Waits for a tick line after the first `seen` that looked at mounts: (its index + 1,
+    the provider calls it made)."""
     deadline = time.monotonic() + within
     while True:
         ticks = TICK.findall(driver.logs())
         for i in range(seen, len(ticks)):
             if int(ticks[i][0]):
-                return i + 1
+                return i + 1, int(ticks[i][1])
         if time.monotonic() > deadline:
             raise TimeoutError("no rotation tick")
         await asyncio.sleep(0.05)
@@ -112,8 +112,8 @@ async def _interval_runs(
     interval: float,
 ) -> dict[str, object]:
     """Key Vault GETs and provider calls from one tick line to the next, republishes racing."""
-    seen = await _tick_line(driver, 0, 3 * interval)
-    gets, calls = [], []
+    seen, _ = await _tick_line(driver, 0, 3 * interval)
+    gets, calls, tick_calls = [], [], []
     for _ in range(runs):
         emu.clear_requests()
         mounts = _provider_mounts(port)
@@ -122,7 +122,8 @@ async def _interval_runs(
         while not tick.done():
             await _republish(kubelet, vols, 25)
             await asyncio.sleep(0.05)
-        seen = await tick
+        seen, made = await tick
+        tick_calls.append(made)
         gets.append(len(emu.requests(service="kv", method="GET")))
         calls.append(_provider_mounts(port) - mounts)
     return {
@@ -130,6 +131,8 @@ async def _interval_runs(
         "interval_s": interval,
         "key_vault_gets": gets,
         "provider_calls": calls,
+        # 0: the republishes came first and the tick took their call's answer
+        "calls_made_by_the_tick": tick_calls,
         "gets_min_median_max": [min(gets), statistics.median(gets), max(gets)],
         "calls_min_median_max": [min(calls), statistics.median(calls), max(calls)],
     }
