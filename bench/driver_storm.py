@@ -13,7 +13,9 @@ ours, Go, ...; between two of ours every pod is unpublished. `--no-share` adds o
 `--publish-share-provider-calls=false` (one Mount per publish, as upstream).
 
     tests/netns-run .venv/bin/python -m bench.driver_storm [--pods 250] [--objects 10]
-        [--inflight 25] [--rounds 2] [--latency 20] [--no-share]
+        [--inflight 25] [--rounds 2] [--latency 20] [--no-share] [--plot docs/x.svg]
+
+--plot writes the storms' completion over time as SVG (the `bench` extra: matplotlib).
 """
 
 from __future__ import annotations
@@ -136,18 +138,22 @@ def _driver(c: BenchCluster, plan: Plan, share: bool, name: str) -> DriverProces
     return d
 
 
+SAVED = "node_publish_provider_calls_saved_total"
+
+
 async def _ours(
     c: BenchCluster, driver: DriverProcess, plan: Plan, vols: list[PodVolume]
-) -> tuple[StormResult, float]:
-    """One storm through `driver`; then every pod unpublished. (result, driver CPU s)."""
+) -> tuple[StormResult, float, int]:
+    """One storm through `driver`; then every pod unpublished. (result, driver CPU s,
+    provider calls made)."""
     assert driver.proc is not None
     kubelet = Kubelet(c.admin, c.root / "kubelet", str(driver.socket))
-    cpu = _cpu_s(driver.proc.pid)
+    cpu, saved = _cpu_s(driver.proc.pid), driver.metric(SAVED)
     result = await _publish_storm(kubelet, vols, plan.inflight)
-    cpu = _cpu_s(driver.proc.pid) - cpu
+    cpu, saved = _cpu_s(driver.proc.pid) - cpu, driver.metric(SAVED) - saved
     await _unpublish_all(kubelet, vols)
     await kubelet.close()
-    return result, cpu
+    return result, cpu, plan.pods - result.failures - int(saved)
 
 
 async def _measure(c: BenchCluster, emu: Emulator, state: Path, plan: Plan) -> dict[str, object]:
@@ -176,13 +182,15 @@ async def _measure(c: BenchCluster, emu: Emulator, state: Path, plan: Plan) -> d
         emu.set_latency(plan.latency)
         storms: dict[str, list[StormResult]] = {name: [] for name in (*drivers, "Go")}
         cpu: dict[str, list[float]] = {name: [] for name in drivers}
+        calls: dict[str, list[int]] = {name: [] for name in drivers}
         use0 = {"ours": b_ours.usage(), "Go": b_go.usage()}
         attrs = functools.partial(storm_attributes, plan.objects)
         for _ in range(plan.rounds):
             for name, driver in drivers.items():
-                result, used = await _ours(c, driver, plan, vols)
+                result, used, made = await _ours(c, driver, plan, vols)
                 storms[name].append(result)
                 cpu[name].append(used)
+                calls[name].append(made)
                 print(f"storm {name}: {result.wall_seconds:.1f} s, {result.failures} failed")
             result = await asyncio.to_thread(
                 storm, theirs, attrs, SECRETS, pods=plan.pods, inflight=plan.inflight
@@ -193,7 +201,7 @@ async def _measure(c: BenchCluster, emu: Emulator, state: Path, plan: Plan) -> d
         usage = {"ours": b_ours.usage().since(use0["ours"]), "Go": b_go.usage().since(use0["Go"])}
         mine.stop()
         theirs.stop()
-    return _summary(plan, storms, cpu, usage)
+    return _summary(plan, storms, cpu, usage) | {"provider_calls": calls}
 
 
 def _summary(
@@ -214,7 +222,7 @@ def _summary(
         "ratio_to_go": {k: round(v / medians["Go"], 3) for k, v in medians.items() if k != "Go"},
         "driver_cpu_s": {k: [round(x, 2) for x in v] for k, v in cpu.items()},
         "provider_groups": {k: u.__dict__ for k, u in usage.items()},
-        "done_at": {name: [r.done_at for r in rs] for name, rs in storms.items()},
+        "storms": storms,
     }
 
 
@@ -239,15 +247,19 @@ def main() -> None:
             parser.add_argument(flag, action="store_true")
         else:
             parser.add_argument(flag, type=int, default=default)
-    plan = Plan(
-        **{k: getattr(args, k) for k in Plan().__dict__} if (args := parser.parse_args()) else {}
-    )
+    parser.add_argument("--plot", help="write the storms' completion over time (SVG) here")
+    args = parser.parse_args()
+    plan = Plan(**{k: getattr(args, k) for k in Plan().__dict__})
     if os.geteuid() != 0:
         sys.exit("the budget makes cgroup v1 groups: run as root")
     result = asyncio.run(run(plan))
-    done_at = result.pop("done_at")
+    storms = result.pop("storms")
     print(json.dumps(result, indent=2))
-    Path("/tmp/driver-storm-done-at.json").write_text(json.dumps(done_at))
+    if args.plot:
+        from bench.plots import storm_completion  # matplotlib: the `bench` extra
+
+        limits = f"cpu {plan.cpu_millis}m / memory {plan.memory_mib}Mi per provider"
+        storm_completion(Path(args.plot), storms, limits)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
