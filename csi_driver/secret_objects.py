@@ -16,8 +16,6 @@ from typing import Any
 
 from lightkube.resources.core_v1 import Pod
 
-from . import tls_split
-
 MAX_SECRET_SIZE = 1 << 20  # the API server's limit on the sum of a Secret's values
 SPCPS_API = "secrets-store.csi.x-k8s.io/v1"
 
@@ -180,6 +178,10 @@ def build_data(obj: SecretObject, target: str) -> dict[str, bytes]:
             contents[item.object_name] = read_mounted(target, item.object_name)
         content = contents[item.object_name]
         if obj.type == "kubernetes.io/tls":
+            # imported here: cryptography costs the driver ~10 MiB of RSS, and only
+            # kubernetes.io/tls Secrets need it
+            from . import tls_split
+
             try:
                 content = tls_split.tls_value(content, item.key)
             except tls_split.TlsError as e:
