@@ -36,7 +36,7 @@ from pathlib import Path
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from bench.__main__ import SECRETS, request, seed, storm_attributes, trust
+from bench.__main__ import SECRETS, StormPlan, request, seed, storm_attributes, trust
 from bench.budget import Budget, Usage, budget
 from bench.cluster import NAMESPACE, BenchCluster, bench_cluster
 from bench.storm import StormResult, storm
@@ -51,14 +51,9 @@ POD_KEYS = ("csi.storage.k8s.io/", "secretProviderClass")
 
 
 @dataclass(frozen=True)
-class Plan:
-    pods: int = 250
-    objects: int = 10
-    inflight: int = 25
-    rounds: int = 2
-    latency: int = 20
-    cpu_millis: int = 50
-    memory_mib: int = 100
+class Plan(StormPlan):
+    """bench's storm, and whether to add our storm with publish sharing off."""
+
     no_share: bool = False
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-import httpx2 as httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,29 +46,17 @@ from testbed.driver import DriverProcess
 from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
 from testbed.kubelet import Kubelet, PodVolume
 from testbed.ports import free_port
-from testbed.provider import ours
+from testbed.provider import mount_calls, ours
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000021-0000-4000-8000-0000000000f1", "rotation-bench-secret"
 INTERVAL = 30.0
-MOUNT = 'grpc_method="/v1alpha1.CSIDriverProvider/Mount"'
 TICK = re.compile(r"rotation tick: (\d+) mounts due, (\d+) provider calls, ([0-9.]+)s")
 
 
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _provider_mounts(port: int) -> int:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("grpc_request_count{") and MOUNT in line
-        )
-    )
 
 
 async def _tick_line(driver: DriverProcess, seen: int, within: float) -> tuple[int, int]:
@@ -116,7 +103,7 @@ async def _interval_runs(
     gets, calls, tick_calls = [], [], []
     for _ in range(runs):
         emu.clear_requests()
-        mounts = _provider_mounts(port)
+        mounts = mount_calls(port)
         await asyncio.sleep(0.85 * interval)
         tick = asyncio.ensure_future(_tick_line(driver, seen, 3 * interval))
         while not tick.done():
@@ -125,7 +112,7 @@ async def _interval_runs(
         seen, made = await tick
         tick_calls.append(made)
         gets.append(len(emu.requests(service="kv", method="GET")))
-        calls.append(_provider_mounts(port) - mounts)
+        calls.append(mount_calls(port) - mounts)
     return {
         "runs": runs,
         "interval_s": interval,

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx2 as httpx
 import pytest
 import yaml
 from lightkube import AsyncClient
@@ -24,23 +24,18 @@ from testbed.driver import DriverProcess
 from testbed.emulator import TENANT_ID, Emulator
 from testbed.kubelet import Kubelet, PodVolume, rpc_error
 from testbed.ports import free_port
-from testbed.provider import ProviderProcess, ours
+from testbed.provider import ProviderProcess, mount_calls, ours
 
 from .conftest import SpcFactory, unique
 
 VAULT = "kv-publish-share"
 WI_CLIENT = "0d000031-0000-4000-8000-0000000000f1"
 OTHER_SA = "share-other"
-MOUNT = '"/v1alpha1.CSIDriverProvider/Mount"'
 
 
 @pytest.fixture(scope="module")
 def share_world(emulator: Emulator, control_plane: ControlPlane, namespace: str) -> Emulator:
-    jwks = httpx.get(
-        f"{control_plane.server}/openid/v1/jwks",
-        headers={"Authorization": f"Bearer {control_plane.admin_token}"},
-        verify=str(control_plane.ca_file),
-    ).json()
+    jwks = control_plane.jwks()
     subjects = [f"system:serviceaccount:{namespace}:{sa}" for sa in ("default", OTHER_SA)]
     emulator.seed(
         {
@@ -138,17 +133,6 @@ async def pods(
         await kubelet.close()
 
 
-def provider_mounts(port: int) -> int:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("grpc_request_count{") and f"grpc_method={MOUNT}" in line
-        )
-    )
-
-
 async def wi_spc(make_spc: SpcFactory, *names: str) -> str:
     items = [yaml.safe_dump({"objectName": n, "objectType": "secret"}) for n in names]
     return await make_spc(
@@ -182,84 +166,86 @@ async def publish_all(
         await kubelet.close()
 
 
-def slow_first_get(world: Emulator, name: str) -> None:
-    """The first GET of `name` takes 1.5 s, so every publish sent at once overlaps the call."""
-    world.add_fault(service="kv", method="GET", path=f"/secrets/{name}", delay_ms=1500, count=1)
+@dataclass
+class Share:
+    """One test's pieces: the emulator, the provider's metrics port, drivers, SPCs, pods."""
+
+    world: Emulator
+    port: int
+    client: AsyncClient
+    start_driver: DriverFactory
+    make_spc: SpcFactory
+    pods: Callable[..., Awaitable[list[PodVolume]]]
+
+    async def storm(
+        self, driver: DriverProcess, vols: list[PodVolume], slow: str
+    ) -> tuple[list[BaseException | None], int]:
+        """Every publish at once, the first GET of `slow` held 1.5 s so that they all overlap
+        the call: (each publish's error or None, provider Mount calls made)."""
+        self.world.add_fault(
+            service="kv", method="GET", path=f"/secrets/{slow}", delay_ms=1500, count=1
+        )
+        before = mount_calls(self.port)
+        errors = await publish_all(self.client, driver, vols)
+        return errors, mount_calls(self.port) - before
 
 
-@pytest.mark.parametrize("share", [True, False])
-async def test_concurrent_publishes_of_one_spc_share_one_provider_call(
-    share: bool,
+@pytest.fixture
+def share(
     share_world: Emulator,
     share_provider: tuple[ProviderProcess, int],
     start_driver: DriverFactory,
     make_spc: SpcFactory,
     pods: Callable[..., Awaitable[list[PodVolume]]],
     admin_client: AsyncClient,
+) -> Share:
+    return Share(share_world, share_provider[1], admin_client, start_driver, make_spc, pods)
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_concurrent_publishes_of_one_spc_share_one_provider_call(
+    on: bool, share: Share
 ) -> None:
-    _, port = share_provider
-    driver = start_driver(f"--publish-share-provider-calls={str(share).lower()}")
-    spc = await wi_spc(make_spc, "share-a", "share-b")
-    vols = await pods(driver, spc, 20)
-    slow_first_get(share_world, "share-a")
-    before = provider_mounts(port)
-    assert await publish_all(admin_client, driver, vols) == [None] * 20
-    calls = provider_mounts(port) - before
-    assert calls == (1 if share else 20)
+    driver = share.start_driver(f"--publish-share-provider-calls={str(on).lower()}")
+    spc = await wi_spc(share.make_spc, "share-a", "share-b")
+    vols = await share.pods(driver, spc, 20)
+    errors, calls = await share.storm(driver, vols, "share-a")
+    assert errors == [None] * 20
+    assert calls == (1 if on else 20)
     for v in vols:
         assert (v.target / "share-a").read_text() == "value-a"
         assert (v.target / "share-b").read_text() == "value-b"
         assert str(v.target) in mounter.mount_points()  # each its own tmpfs
     saved = driver.metric("node_publish_provider_calls_saved_total")
-    assert saved == (19 if share else 0)
+    assert saved == (19 if on else 0)
     assert driver.metric("node_publish_total") == 20
 
 
-async def test_different_identities_do_not_share(
-    share_world: Emulator,
-    share_provider: tuple[ProviderProcess, int],
-    start_driver: DriverFactory,
-    make_spc: SpcFactory,
-    pods: Callable[..., Awaitable[list[PodVolume]]],
-    admin_client: AsyncClient,
-    namespace: str,
-) -> None:
-    _, port = share_provider
+async def test_different_identities_do_not_share(share: Share, namespace: str) -> None:
+    client = share.client
     if not [
         sa
-        async for sa in admin_client.list(ServiceAccount, namespace=namespace)
+        async for sa in client.list(ServiceAccount, namespace=namespace)
         if sa.metadata is not None and sa.metadata.name == OTHER_SA
     ]:
-        await admin_client.create(
-            ServiceAccount(metadata=ObjectMeta(name=OTHER_SA, namespace=namespace))
-        )
-    driver = start_driver()
-    spc = await wi_spc(make_spc, "share-a")
-    vols = await pods(driver, spc, 5) + await pods(driver, spc, 5, OTHER_SA)
-    slow_first_get(share_world, "share-a")
-    before = provider_mounts(port)
-    assert await publish_all(admin_client, driver, vols) == [None] * 10
-    assert provider_mounts(port) - before == 2  # one per service account
+        await client.create(ServiceAccount(metadata=ObjectMeta(name=OTHER_SA, namespace=namespace)))
+    driver = share.start_driver()
+    spc = await wi_spc(share.make_spc, "share-a")
+    vols = await share.pods(driver, spc, 5) + await share.pods(driver, spc, 5, OTHER_SA)
+    errors, calls = await share.storm(driver, vols, "share-a")
+    assert errors == [None] * 10
+    assert calls == 2  # one per service account
     assert all((v.target / "share-a").read_text() == "value-a" for v in vols)
 
 
 async def test_a_failing_shared_call_fails_every_publish_alike_and_writes_nothing(
-    share_world: Emulator,
-    share_provider: tuple[ProviderProcess, int],
-    start_driver: DriverFactory,
-    make_spc: SpcFactory,
-    pods: Callable[..., Awaitable[list[PodVolume]]],
-    admin_client: AsyncClient,
-    namespace: str,
+    share: Share, namespace: str
 ) -> None:
-    _, port = share_provider
-    driver = start_driver()
-    spc = await wi_spc(make_spc, "share-a", "share-missing")
-    vols = await pods(driver, spc, 8)
-    slow_first_get(share_world, "share-missing")
-    before = provider_mounts(port)
-    errors = await publish_all(admin_client, driver, vols)
-    assert provider_mounts(port) - before == 1
+    driver = share.start_driver()
+    spc = await wi_spc(share.make_spc, "share-a", "share-missing")
+    vols = await share.pods(driver, spc, 8)
+    errors, calls = await share.storm(driver, vols, "share-missing")
+    assert calls == 1
     details = set()
     for v, e in zip(vols, errors, strict=True):
         assert v.pod.metadata is not None and e is not None
@@ -273,7 +259,7 @@ async def test_a_failing_shared_call_fails_every_publish_alike_and_writes_nothin
         assert not v.target.exists() or not any(v.target.iterdir())
         spcps = [
             s
-            async for s in admin_client.list(SecretProviderClassPodStatus, namespace=namespace)
+            async for s in share.client.list(SecretProviderClassPodStatus, namespace=namespace)
             if s.metadata is not None
             and (s.metadata.name or "").startswith(f"{v.pod.metadata.name}-")
         ]

@@ -77,11 +77,7 @@ def vault_hosts() -> Iterator[None]:
 def world(
     emulator: Emulator, control_plane: ControlPlane, namespace: str, vault_hosts: None
 ) -> Emulator:
-    jwks = httpx.get(
-        f"{control_plane.server}/openid/v1/jwks",
-        headers={"Authorization": f"Bearer {control_plane.admin_token}"},
-        verify=str(control_plane.ca_file),
-    ).json()
+    jwks = control_plane.jwks()
     emulator.seed(
         {
             "issuers": [{"issuer": ISSUER, "jwks": jwks}],
