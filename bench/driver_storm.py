@@ -8,12 +8,14 @@ in its budget. `pods` pods on one SecretProviderClass and one service principal
 answer. Go: the same pods' Mount calls straight to the Go provider v1.8.2 in the same budget
 (bench/storm.py): the upstream driver, which cannot be built here (PEERS.md), makes one Mount
 per publish, and its own cost is left out, which favours Go. Our driver runs unconstrained
-(the goal budgets the provider); its CPU during each storm is reported. Storms interleave:
+(the goal budgets the provider) unless `--driver-cpu-millis` puts it in groups of its own;
+its CPU during each storm is reported. Storms interleave:
 ours, Go, ...; between two of ours every pod is unpublished. `--no-share` adds our storm with
 `--publish-share-provider-calls=false` (one Mount per publish, as upstream).
 
     tests/netns-run .venv/bin/python -m bench.driver_storm [--pods 250] [--objects 10]
         [--inflight 25] [--rounds 2] [--latency 20] [--no-share] [--plot docs/x.svg]
+        [--driver-cpu-millis 200] [--driver-memory-mib 200]
 
 --plot writes the storms' completion over time as SVG (the `bench` extra: matplotlib).
 """
@@ -30,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +55,21 @@ POD_KEYS = ("csi.storage.k8s.io/", "secretProviderClass")
 
 @dataclass(frozen=True)
 class Plan(StormPlan):
-    """bench's storm, and whether to add our storm with publish sharing off."""
+    """bench's storm; whether to add our storm with publish sharing off; the driver's own
+    budget (0: unconstrained; upstream's chart gives it cpu 200m / memory 200Mi)."""
 
     no_share: bool = False
+    driver_cpu_millis: int = 0
+    driver_memory_mib: int = 200
+
+
+class BudgetedDriver(DriverProcess):
+    """The driver exec'd inside its cgroups (`prefix`: bench.budget's wrapper)."""
+
+    prefix: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        return [*self.prefix, *super().argv()]
 
 
 def _cpu_s(pid: int) -> float:
@@ -119,15 +134,18 @@ def _start_provider(proc: ProviderProcess, group: Budget, objects: int) -> None:
     proc.mount(storm_attributes(objects, "warm-up", "0" * 8), SECRETS, timeout=120)
 
 
-def _driver(c: BenchCluster, plan: Plan, share: bool, name: str) -> DriverProcess:
+def _driver(c: BenchCluster, plan: Plan, share: bool, name: str, stack: ExitStack) -> DriverProcess:
     flags = (f"--publish-share-provider-calls={str(share).lower()}",)
-    d = DriverProcess(
+    d = BudgetedDriver(
         c.root,
         kubeconfig=c.driver_kubeconfig,
         provider_dirs=c.provider_dirs,
         extra=flags,
         name=name,
     )
+    if plan.driver_cpu_millis:
+        limits = (plan.driver_cpu_millis, plan.driver_memory_mib)
+        d.prefix = tuple(stack.enter_context(budget(f"{name}-{os.getpid()}", *limits)).prefix)
     d.start()
     c.started(d)
     return d
@@ -158,15 +176,16 @@ async def _measure(c: BenchCluster, emu: Emulator, state: Path, plan: Plan) -> d
     with (
         budget(f"storm-ours-{tag}", *limits) as b_ours,
         budget(f"storm-go-{tag}", *limits) as b_go,
+        ExitStack() as stack,
     ):
         mine = ours(c.provider_dirs[0] / "azure.sock", log=c.root / "provider.log")
         theirs = upstream(peer_path("azure-provider"), state / "go.sock")
         for proc, group in ((mine, b_ours), (theirs, b_go)):
             _start_provider(proc, group, plan.objects)
             c.started(proc)
-        drivers = {"ours": _driver(c, plan, True, "driver")}
+        drivers = {"ours": _driver(c, plan, True, "driver", stack)}
         if plan.no_share:
-            drivers["ours, sharing off"] = _driver(c, plan, False, "driver-noshare")
+            drivers["ours, sharing off"] = _driver(c, plan, False, "driver-noshare", stack)
         setup = Kubelet(c.admin, c.root / "kubelet", str(drivers["ours"].socket))
         pods = [
             await setup.create_pod(NAMESPACE, f"storm-{i:04d}", "storm", secret_ref="kv-creds")
@@ -194,6 +213,8 @@ async def _measure(c: BenchCluster, emu: Emulator, state: Path, plan: Plan) -> d
             print(f"storm Go: {result.wall_seconds:.1f} s, {result.failures} failed", flush=True)
         emu.set_latency(0)
         usage = {"ours": b_ours.usage().since(use0["ours"]), "Go": b_go.usage().since(use0["Go"])}
+        for d in drivers.values():  # out of their groups before the groups go
+            d.stop()
         mine.stop()
         theirs.stop()
     return _summary(plan, storms, cpu, usage) | {"provider_calls": calls}
