@@ -173,7 +173,7 @@ class Reconciler:
                         self._failed(p.record, p.provider, e, p.pod_uid)
                 return
         calls = self.provider_calls
-        await asyncio.gather(*(self._reconcile_group(plans) for plans in groups.values()))
+        await asyncio.gather(*(self._reconcile_group(plans, now) for plans in groups.values()))
         log.info(
             "rotation tick: %d mounts due, %d provider calls, %.3fs",
             len(due),
@@ -190,12 +190,13 @@ class Reconciler:
             groups.setdefault(key if key is not None else ("solo", plan.target), []).append(plan)
         return groups
 
-    async def _reconcile_group(self, plans: list[Plan]) -> None:
+    async def _reconcile_group(self, plans: list[Plan], began: float) -> None:
         lead = plans[0]
         started = self.clock()
         async with self._limit:
             try:
-                result = await self._shared_mount(lead, partial(self.plans.request, lead))
+                request = partial(self.plans.request, lead)
+                result = await self._shared_mount(lead, request, began)
             except RotationError as e:
                 for p in plans:
                     self._failed(p.record, p.provider, e, p.pod_uid)
@@ -205,8 +206,11 @@ class Reconciler:
         for p in plans:
             await self._apply(p, result, started, locked=False)
 
-    async def _shared_mount(self, plan: Plan, request: Request) -> MountResult:
-        """The plan's provider call, or its group's call in flight or just made."""
+    async def _shared_mount(
+        self, plan: Plan, request: Request, began: float | None = None
+    ) -> MountResult:
+        """The plan's provider call, or its group's call in flight or just made (before
+        `began`, the tick's start, plus REUSE of the interval)."""
 
         async def call() -> MountResult:
             attributes, secrets = await request()
@@ -216,7 +220,7 @@ class Reconciler:
         if key is None:
             return await call()
         reuse = REUSE * self.schedule.interval_of(plan.target)
-        result, shared = await self.flights.run(key, call, reuse)
+        result, shared = await self.flights.run(key, call, reuse, began)
         if shared:
             self.calls_saved.labels(plan.provider, OS_TYPE).inc()
         return result

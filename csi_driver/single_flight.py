@@ -29,15 +29,20 @@ class SingleFlight(Generic[K, V]):
         self.calls = 0  # calls made (for tests and logs)
 
     async def run(
-        self, key: K, call: Callable[[], Awaitable[V]], reuse: float = 0.0
+        self,
+        key: K,
+        call: Callable[[], Awaitable[V]],
+        reuse: float = 0.0,
+        asked_at: float | None = None,
     ) -> tuple[V, bool]:
         """The outcome of `call` or of the same key's call in flight (or kept): (result,
-        True when another caller's call gave it)."""
+        True when another caller's call gave it). `asked_at`: when the caller's need arose
+        (a tick's start, before its planning), for the kept result's age; default now."""
         flight = self._flights.get(key)
         if flight is not None:
             return await asyncio.shield(flight), True
         kept = self._kept.get(key)
-        if kept is not None and self.clock() < kept[0]:
+        if kept is not None and (self.clock() if asked_at is None else asked_at) < kept[0]:
             return kept[1], True
         self._kept.pop(key, None)
         self.calls += 1

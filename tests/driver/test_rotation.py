@@ -422,7 +422,7 @@ async def test_due_republishes_and_the_tick_share_one_call_an_interval(
     has passed until the tick, so they come before or after the tick (its clock has ±10 %
     jitter): either way the group gets one Key Vault GET per object and interval, and every
     pod the new value."""
-    interval, pods = 3.0, 6
+    interval, pods = 4.0, 6
     name = unique("rot-repub-share")
     world.set_secret(VAULT, name, "v0")
     spc = await wi_spc(make_spc, name)

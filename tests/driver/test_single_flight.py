@@ -84,7 +84,9 @@ async def test_a_finished_result_serves_only_within_reuse() -> None:
     assert await flights.run("k", call, reuse=6) == ("v1", False)
     now[0] = 105.9  # reuse counts from when the call started
     assert await flights.run("k", call, reuse=6) == ("v1", True)
+    assert await flights.run("k", call, reuse=6, asked_at=105.9) == ("v1", True)
     now[0] = 106.0
+    assert await flights.run("k", call, reuse=6, asked_at=105.5) == ("v1", True)  # a tick's start
     assert await flights.run("k", call, reuse=6) == ("v2", False)
     assert await flights.run("other", call) == ("v3", False)
     now[0] = 113.0
