@@ -450,6 +450,18 @@ async def test_due_republishes_and_the_tick_share_one_call_an_interval(
         orders.append("republishes first" if tick_calls == 0 else "tick first")
     print(f"{pods} pods, 4 intervals: 1 Key Vault GET each; orders: {orders}")
     assert driver.metric("rotation_provider_calls_saved_total") >= 4 * (pods - 1)
+    for v in vols:  # while the driver still ticks: Aborted (a tick swapping files) is retried
+        await wait_for(lambda v=v: _unpublished(node, v), 5, "unpublished")
+
+
+async def _unpublished(node: Node, vol: PodVolume) -> bool:
+    try:
+        await node.kubelet.unpublish(vol)
+        return True
+    except grpc.aio.AioRpcError as e:
+        if e.code() != grpc.StatusCode.ABORTED:
+            raise
+        return False
 
 
 # ---- republish and the force annotation --------------------------------------------------------
