@@ -193,7 +193,7 @@ class Node:
     async def close(self) -> None:
         for v in self.volumes:
             with contextlib.suppress(Exception):
-                await self.kubelet.unpublish(v)
+                await self.kubelet.unpublish_as_kubelet(v)
             with contextlib.suppress(Exception):
                 await self.kubelet.delete_pod(v.pod)
         await self.kubelet.close()
