@@ -4,8 +4,13 @@ Real kube-apiserver + etcd (+ kube-controller-manager), the driver as a process 
 own ServiceAccount, the fake test provider (answers at once: this measures the driver, not
 Key Vault). Reports wall time, per-call latency, driver RSS, leftover mounts.
 
+`--cycles N` then publishes and unpublishes every volume again and again (all at once, then all
+undone) until N publish/unpublish cycles are done, sampling the driver's RSS every `--sample`
+cycles: is it flat?
+
 Run (root, private namespace):
     tests/netns-run .venv/bin/python bench/driver_publish.py [--volumes 50] [--files 10]
+        [--cycles 10000] [--sample 1000]
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from bench.cluster import bench_cluster
 from csi_driver import mounter
 from csi_driver.kube import SecretProviderClass
 from testbed.driver import DriverProcess
-from testbed.kubelet import Kubelet
+from testbed.kubelet import Kubelet, PodVolume
 from testbed.provider import ProviderProcess
 
 
@@ -37,7 +42,24 @@ def _rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-async def run(volumes: int, files: int) -> dict[str, object]:
+async def _cycles(
+    kubelet: Kubelet, vols: list[PodVolume], pid: int, cycles: int, sample: int
+) -> list[tuple[int, float]]:
+    """(cycles done, RSS MiB) from the first sample on."""
+    series = [(0, _rss_kib(pid)[0] / 1024)]
+    done = 0
+    while done < cycles:
+        batch = vols[: cycles - done]
+        await asyncio.gather(*(kubelet.publish(v) for v in batch))
+        await asyncio.gather(*(kubelet.unpublish(v) for v in batch))
+        before, done = done, done + len(batch)
+        if done // sample > before // sample or done == cycles:
+            series.append((done, round(_rss_kib(pid)[0] / 1024, 1)))
+            print(f"{done} cycles: driver RSS {series[-1][1]} MiB", file=sys.stderr, flush=True)
+    return series
+
+
+async def run(volumes: int, files: int, cycles: int = 0, sample: int = 1000) -> dict[str, object]:
     async with bench_cluster() as c:
         root, admin, dirs = c.root, c.admin, c.provider_dirs
         provider = ProviderProcess.fake(dirs[0] / "fake.sock", root / "provider.log")
@@ -92,9 +114,11 @@ async def run(volumes: int, files: int) -> dict[str, object]:
             await kubelet.publish(v)
             sequential.append(time.perf_counter() - t1)
             await kubelet.unpublish(v)
+        series = await _cycles(kubelet, vols, driver.proc.pid, cycles, sample) if cycles else []
         leftover = [p for p in mounter.mount_points() if p.startswith(f"{root}/")]
         await kubelet.close()
         return {
+            "rss_mib_over_cycles": series,
             "volumes": volumes,
             "files_per_volume": files,
             "all_published_and_readable": ok,
@@ -114,8 +138,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--volumes", type=int, default=50)
     parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--cycles", type=int, default=0)
+    parser.add_argument("--sample", type=int, default=1000)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.volumes, args.files)), indent=2))
+    result = asyncio.run(run(args.volumes, args.files, args.cycles, args.sample))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def storm_completion(path: Path, storms: Mapping[str, Sequence[Storm]], limits: 
             ys = list(range(len(xs)))
             label = f"{name} (storm {i + 1}: {result.wall_seconds:.1f} s)"
             style = "-" if i == 0 else ":"
-            ax.step(xs, ys, style, where="post", color=COLOURS[name], label=label)
+            colour = COLOURS.get(name, "#7f7f7f")
+            ax.step(xs, ys, style, where="post", color=colour, label=label)
     ax.set_title(f"Mount storm under {limits}: Mounts done over time")
     ax.set_xlabel("seconds from the first Mount")
     ax.set_ylabel("pods mounted")

@@ -6,8 +6,14 @@ then counts the Key Vault requests of the next rotation tick from the emulator's
 with provider-call sharing on, then again (driver restarted) with it off. Also the tick's wall
 time (the driver's "rotation tick" log line) and the driver's CPU during it.
 
+With `--runs N` it measures N intervals instead, sharing on, while the kubelet stand-in
+republishes every pod again and again from 85 % of the interval until the tick (so due
+republishes and the tick come in either order): Key Vault GETs and provider Mount calls (the
+provider's own counter) per interval, and their min/median/max.
+
 Run (root, private namespace):
     tests/netns-run .venv/bin/python bench/rotation_tick.py [--pods 100] [--objects 10]
+        [--runs 20] [--interval 10]
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import base64
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from testbed.provider import ours
+import grpc
+import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +44,9 @@ from bench.cluster import BenchCluster, bench_cluster
 from csi_driver.kube import SecretProviderClass
 from testbed.driver import DriverProcess
 from testbed.emulator import DEFAULT_SEED, TENANT_ID, Emulator
-from testbed.kubelet import Kubelet
+from testbed.kubelet import Kubelet, PodVolume
+from testbed.ports import free_port
+from testbed.provider import mount_calls, ours
 
 VAULT = "kv-bench"
 SP_ID, SP_SECRET = "0d000021-0000-4000-8000-0000000000f1", "rotation-bench-secret"
@@ -49,13 +59,79 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _one_tick(emu: Emulator, driver: DriverProcess) -> dict[str, object]:
+async def _tick_line(driver: DriverProcess, seen: int, within: float) -> tuple[int, int]:
+    """Waits for a tick line after the first `seen` that looked at mounts: (its index + 1,
+    the provider calls it made)."""
+    deadline = time.monotonic() + within
+    while True:
+        ticks = TICK.findall(driver.logs())
+        for i in range(seen, len(ticks)):
+            if int(ticks[i][0]):
+                return i + 1, int(ticks[i][1])
+        if time.monotonic() > deadline:
+            raise TimeoutError("no rotation tick")
+        await asyncio.sleep(0.05)
+
+
+async def _republish(kubelet: Kubelet, vols: list[PodVolume], inflight: int) -> None:
+    """One republish of every pod, `inflight` at a time; Aborted (files being swapped) is
+    retried at kubelet's next sync, as kubelet does."""
+    sem = asyncio.Semaphore(inflight)
+
+    async def one(v: PodVolume) -> None:
+        async with sem:
+            try:
+                await kubelet.publish(v)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.ABORTED:
+                    raise
+
+    await asyncio.gather(*(one(v) for v in vols))
+
+
+async def _interval_runs(
+    emu: Emulator,
+    driver: DriverProcess,
+    kubelet: Kubelet,
+    vols: list[PodVolume],
+    port: int,
+    runs: int,
+    interval: float,
+) -> dict[str, object]:
+    """Key Vault GETs and provider calls from one tick line to the next, republishes racing."""
+    seen, _ = await _tick_line(driver, 0, 3 * interval)
+    gets, calls, tick_calls = [], [], []
+    for _ in range(runs):
+        emu.clear_requests()
+        mounts = mount_calls(port)
+        await asyncio.sleep(0.85 * interval)
+        tick = asyncio.ensure_future(_tick_line(driver, seen, 3 * interval))
+        while not tick.done():
+            await _republish(kubelet, vols, 25)
+            await asyncio.sleep(0.05)
+        seen, made = await tick
+        tick_calls.append(made)
+        gets.append(len(emu.requests(service="kv", method="GET")))
+        calls.append(mount_calls(port) - mounts)
+    return {
+        "runs": runs,
+        "interval_s": interval,
+        "key_vault_gets": gets,
+        "provider_calls": calls,
+        # 0: the republishes came first and the tick took their call's answer
+        "calls_made_by_the_tick": tick_calls,
+        "gets_min_median_max": [min(gets), statistics.median(gets), max(gets)],
+        "calls_min_median_max": [min(calls), statistics.median(calls), max(calls)],
+    }
+
+
+async def _one_tick(emu: Emulator, driver: DriverProcess, interval: float) -> dict[str, object]:
     """Waits for the driver's next tick line; counts what happened since the last one."""
     assert driver.proc is not None
     seen = len(TICK.findall(driver.logs()))
     emu.clear_requests()
     cpu0 = _cpu_s(driver.proc.pid)
-    deadline = time.monotonic() + 3 * INTERVAL
+    deadline = time.monotonic() + 3 * interval
     while True:
         ticks = TICK.findall(driver.logs())
         if len(ticks) > seen and int(ticks[seen][0]) > 0:
@@ -77,18 +153,22 @@ async def _one_tick(emu: Emulator, driver: DriverProcess) -> dict[str, object]:
     }
 
 
-async def run(pods: int, objects: int) -> dict[str, object]:
+async def run(
+    pods: int, objects: int, runs: int = 0, interval: float = INTERVAL
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-emulator-", dir="/tmp") as emu_dir:
         trust(Path(emu_dir))
         emu = Emulator.start(Path(emu_dir), seeds=[DEFAULT_SEED])
         try:
             async with bench_cluster() as c:
-                return await _measure(c, emu, pods, objects)
+                return await _measure(c, emu, pods, objects, runs, interval)
         finally:
             emu.stop()
 
 
-async def _measure(c: BenchCluster, emu: Emulator, pods: int, objects: int) -> dict[str, object]:
+async def _measure(
+    c: BenchCluster, emu: Emulator, pods: int, objects: int, runs: int, interval: float
+) -> dict[str, object]:
     root, admin, dirs = c.root, c.admin, c.provider_dirs
     emu.seed(
         {
@@ -141,10 +221,11 @@ async def _measure(c: BenchCluster, emu: Emulator, pods: int, objects: int) -> d
         )
     )
     sock = dirs[0] / "azure.sock"
-    provider = ours(sock, log=root / "provider.log")
+    port = free_port()
+    provider = ours(sock, prometheus_port=port, log=root / "provider.log")
     provider.start()
     c.started(provider)
-    flags = ("--enable-secret-rotation=true", f"--rotation-poll-interval={INTERVAL:g}s")
+    flags = ("--enable-secret-rotation=true", f"--rotation-poll-interval={interval:g}s")
     driver = DriverProcess(root, kubeconfig=c.driver_kubeconfig, provider_dirs=dirs, extra=flags)
     driver.start()
     c.started(driver)
@@ -165,7 +246,12 @@ async def _measure(c: BenchCluster, emu: Emulator, pods: int, objects: int) -> d
 
     await asyncio.gather(*(publish(v) for v in vols))
     publish_wall = time.perf_counter() - t0
-    shared = await _one_tick(emu, driver)
+    if runs:
+        await _republish(kubelet, vols, 25)  # kubelet's first republish starts each clock
+        result = await _interval_runs(emu, driver, kubelet, vols, port, runs, interval)
+        await kubelet.close()
+        return {"pods": pods, "objects_per_pod": objects, **result}
+    shared = await _one_tick(emu, driver, interval)
     driver.stop()
     driver = DriverProcess(
         root,
@@ -176,7 +262,7 @@ async def _measure(c: BenchCluster, emu: Emulator, pods: int, objects: int) -> d
     )
     driver.start()
     c.started(driver)
-    unshared = await _one_tick(emu, driver)
+    unshared = await _one_tick(emu, driver, interval)
     await kubelet.close()
     return {
         "pods": pods,
@@ -192,8 +278,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--objects", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=0, help="intervals with republishes racing")
+    parser.add_argument("--interval", type=float, default=INTERVAL, help="seconds")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.pods, args.objects)), indent=2))
+    result = asyncio.run(run(args.pods, args.objects, args.runs, args.interval))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

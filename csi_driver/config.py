@@ -124,6 +124,7 @@ class Config:
     provider_timeout: float
     version: bool
     rotation_share_provider_calls: bool = True
+    publish_share_provider_calls: bool = True
     provider_wait_timeout: float = 60.0
     remove_startup_taint: bool = False
     startup_taint_providers: tuple[str, ...] = ()
@@ -145,8 +146,15 @@ _DAEMON_FLAGS = (
     Flag(
         "rotation-share-provider-calls",
         True,
-        "one provider call per tick for mounts sharing SPC, namespace, service account and "
-        "nodePublishSecretRef [this driver only]",
+        "one provider call per interval for mounts sharing SPC, namespace, service account and "
+        "nodePublishSecretRef data, whether ticks or republishes ask [this driver only]",
+        "bool",
+    ),
+    Flag(
+        "publish-share-provider-calls",
+        True,
+        "one provider call in flight for concurrent publishes sharing SPC, namespace, service "
+        "account and nodePublishSecretRef data [this driver only]",
         "bool",
     ),
     Flag(
@@ -228,6 +236,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         provider_timeout=values["provider-timeout"],
         version=values["version"],
         rotation_share_provider_calls=values["rotation-share-provider-calls"],
+        publish_share_provider_calls=values["publish-share-provider-calls"],
         provider_wait_timeout=values["provider-wait-timeout"],
         remove_startup_taint=values["remove-startup-taint"],
         startup_taint_providers=tuple(

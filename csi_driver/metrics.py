@@ -68,6 +68,16 @@ class Metrics:
             registry=registry,
         )
 
+        # this driver's own: publishes served by another publish's provider call (node.py)
+        self.publish_calls_saved = Counter(
+            "node_publish_provider_calls_saved",
+            "Provider Mount calls saved by sharing one call in flight among concurrent publishes "
+            "with the same SecretProviderClass, namespace, service account and "
+            "nodePublishSecretRef data",
+            ["provider", "os_type"],
+            registry=registry,
+        )
+
         # upstream declares these and never records them; recorded here on every Secret write
         self.sync_k8s_secret = Counter(
             "sync_k8s_secret",

@@ -3,7 +3,9 @@
 Plain Python: takes a PublishRequest, raises errors.DriverError subclasses; servicers.py maps
 those to gRPC codes. Operations on one target path are serialized through the mount table's
 lock (a concurrent one is refused, as the CSI spec asks); different target paths run in
-parallel.
+parallel. Concurrent first publishes whose share keys are equal (sharing.py: same SPC, namespace,
+service account, nodePublishSecretRef data and attributes) share one provider call in flight;
+each still mounts, writes and records its own target (`--publish-share-provider-calls`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 
 from lightkube import AsyncClient
 
@@ -32,15 +35,18 @@ from .errors import (
 )
 from .events import PodRef
 from .kube import SecretProviderClassSpec, SpcSource, api_error_text, get_spc, is_forbidden
-from .metrics import Metrics
+from .metrics import OS_TYPE, Metrics
 from .mounts import MountTable
 from .provider_client import MountResult, ProviderClients
 from .provider_wait import ProviderWait
+from .sharing import ShareKey, share_key
+from .single_flight import SingleFlight
 from .spcps import PodStatusRecord, StatusWriter, list_for_node
 from .volumes import (
     FILE_PERMISSION,
     POD_NAME,
     POD_NAMESPACE,
+    POD_SA_NAME,
     POD_UID,
     SPC_FIELD,
     PublishRequest,
@@ -80,6 +86,7 @@ class NodeService:
         on_published: Callable[[PodStatusRecord], Awaitable[None]] | None = None,
         on_republish: Callable[[PublishRequest], Awaitable[None]] | None = None,
         provider_wait: ProviderWait | None = None,
+        share: bool = True,
     ) -> None:
         self.node_id = node_id
         self.providers = providers
@@ -97,6 +104,8 @@ class NodeService:
         self.on_republish = on_republish
         # a missing provider: wait for it (default: not at all)
         self.provider_wait = provider_wait or ProviderWait(providers, timeout=0, metrics=metrics)
+        # one provider call in flight per share key (None: every publish calls alone)
+        self.flights: SingleFlight[ShareKey, MountResult] | None = SingleFlight() if share else None
 
     # ---- publish ---------------------------------------------------------------------------
 
@@ -253,15 +262,37 @@ class NodeService:
         pod = PodRef(
             attrib.get(POD_NAME, ""), attrib.get(POD_NAMESPACE, ""), attrib.get(POD_UID, "")
         )
-        result = await self.provider_wait.mount(
-            spc.provider, pod, attributes, secrets, target, go_json(FILE_PERMISSION)
+        call = partial(
+            self.provider_wait.mount,
+            spc.provider,
+            pod,
+            attributes,
+            secrets,
+            target,
+            go_json(FILE_PERMISSION),
         )
+        result = await self._shared(spc.provider, _publish_key(req, spc), call)
         try:
             if result.files:
                 group = mount_group(req.volume_mount_group)
                 await asyncio.to_thread(atomic_writer.replace, target, result.files, group)
         except (OSError, atomic_writer.PayloadError) as e:
             raise ProviderError(str(e), FILE_WRITE_ERROR) from None
+        return result
+
+    async def _shared(
+        self, provider: str, key: ShareKey | None, call: Callable[[], Awaitable[MountResult]]
+    ) -> MountResult:
+        """The publish's provider call, or the same key's call in flight. A provider that
+        answers without files writes into the target itself: then each publish calls alone."""
+        if self.flights is None or key is None:
+            return await call()
+        result, shared = await self.flights.run(key, call)
+        if not shared:
+            return result
+        if not result.files:
+            return await call()
+        self.metrics.publish_calls_saved.labels(provider, OS_TYPE).inc()
         return result
 
     async def _roll_back(self, target: str) -> None:
@@ -349,6 +380,19 @@ class NodeService:
                 found += 1
         log.info("recovered %d existing mounts on node %s", found, self.node_id)
         return found
+
+
+def _publish_key(req: PublishRequest, spc: SecretProviderClassSpec) -> ShareKey | None:
+    attrib = req.volume_context
+    return share_key(
+        namespace=attrib.get(POD_NAMESPACE, ""),
+        spc_name=spc.name,
+        provider=spc.provider,
+        parameters=spc.parameters,
+        volume_context=attrib,
+        secrets=req.secrets,
+        service_account=attrib.get(POD_SA_NAME, ""),
+    )
 
 
 def _remove_entries(target: str) -> None:

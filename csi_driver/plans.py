@@ -9,7 +9,7 @@ import base64
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Pod, Secret
@@ -24,11 +24,11 @@ from .errors import (
     RotationError,
 )
 from .kube import ROLE_ROTATION, SpcSource, api_error_text, get_spc
+from .sharing import ShareKey, share_key
 from .spcps import PodStatusRecord
 from .tokens import TokenSettings, pod_tokens, token_settings
 from .volumes import (
     POD_SA_NAME,
-    POD_SPECIFIC,
     POD_UID,
     SA_TOKENS,
     build_mount_request,
@@ -60,25 +60,19 @@ class Plan:
     def target(self) -> str:
         return self.record.target_path
 
-    def share_key(self) -> tuple[Any, ...] | None:
-        """Mounts with equal keys get byte-identical requests but for pod facts and tokens;
-        their authorization is the same by construction. Pod identity (aad-pod-identity)
-        authorizes per pod, so it never shares."""
+    def share_key(self) -> ShareKey | None:
+        """Mounts with equal keys may share one provider call (sharing.py says why that is
+        safe); a forced refresh calls alone."""
         if self.forced:
             return None
-        merged = dict(self.spc_parameters) | self.volume_context
-        if merged.get("usePodIdentity", "").lower() == "true":
-            return None
-        attrs = tuple(
-            sorted((k, v) for k, v in self.volume_context.items() if k not in POD_SPECIFIC)
-        )
-        return (
-            self.record.namespace,
-            self.record.spc_name,
-            self.provider,
-            self.service_account,
-            self.secret_ref,
-            attrs,
+        return share_key(
+            namespace=self.record.namespace,
+            spc_name=self.record.spc_name,
+            provider=self.provider,
+            parameters=self.spc_parameters,
+            volume_context=self.volume_context,
+            secrets=self.secrets,
+            service_account=self.service_account,
         )
 
 

@@ -4,7 +4,10 @@ Every `--rotation-poll-interval` (with jitter) it takes the mounts that are due 
 asks its PlanSource for their plans (plans.py: from the pod, its SPC, fresh service-account
 tokens and the current nodePublishSecretRef data; standalone: from files), calls the provider
 with the current object versions, and rewrites files atomically only when content changed.
-Mounts whose plans share a key get one provider call per tick.
+Mounts whose plans share a key (sharing.py) share one provider call: one call in flight per
+key, whether a tick or a kubelet republish asks, and a finished call also serves the group's
+volumes that come due within the tick clock's jitter after it (REUSE), so a group costs one call
+per interval whatever the order of ticks and republishes.
 
 A failure never touches what is mounted: the volume is retried with backoff (1-2-4-… s,
 capped at the interval), and the pod gets a Warning event. Kubelet republishes
@@ -19,6 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from prometheus_client import Counter
@@ -37,11 +41,13 @@ from .intervals import DEFAULT_MIN_INTERVAL, LOOK_EVERY, Intervals
 from .kube import SpcSource, get_spc
 from .metrics import OS_TYPE, Metrics
 from .mounts import MountTable
-from .plans import Plan, PlanSource, republish_plan
+from .plans import Plan, PlanSource, plain_request, republish_plan
 from .provider_client import MountResult, ProviderClients
-from .schedule import Schedule, Ticking
+from .schedule import JITTER, Schedule, Ticking
+from .sharing import ShareKey
+from .single_flight import SingleFlight
 from .spcps import PodStatusRecord, StatusWriter
-from .volumes import FILE_PERMISSION, PublishRequest, build_mount_request, go_json
+from .volumes import FILE_PERMISSION, PublishRequest, go_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,12 @@ ROTATION_FAILED = "MountRotationFailed"
 ROTATION_COMPLETE = "MountRotationComplete"
 
 Hook = Callable[[PodStatusRecord], Awaitable[None]]
+Request = Callable[[], Awaitable[tuple[str, str]]]
+# A group's finished call serves its volumes that come due this long after it started, as a
+# share of their interval: republishes run ahead of the tick by at most the clock's jitter.
+REUSE = 2 * JITTER
+# A volume busy with a kubelet republish is tried again this often before its tick skips it.
+BUSY_TRIES, BUSY_WAIT = 5, 0.05
 
 
 class Reconciler:
@@ -88,6 +100,7 @@ class Reconciler:
         # each SPC may set its own interval (an annotation), bounded below by min_interval
         self.intervals = Intervals(self.schedule, spcs, events, min_interval, clock)
         self._limit = asyncio.Semaphore(concurrency)
+        self.flights: SingleFlight[ShareKey, MountResult] = SingleFlight(clock)
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
         self.provider_calls = 0
@@ -139,6 +152,7 @@ class Reconciler:
         now = self.clock()
         records = self.mounts.records()
         self.schedule.forget(self.mounts.targets())
+        self.flights.prune()
         due = [r for r in records if self.schedule.due(r.target_path, now, full)]
         for r in due:
             self.schedule.taken(r.target_path, now)
@@ -159,7 +173,7 @@ class Reconciler:
                         self._failed(p.record, p.provider, e, p.pod_uid)
                 return
         calls = self.provider_calls
-        await asyncio.gather(*(self._reconcile_group(plans) for plans in groups.values()))
+        await asyncio.gather(*(self._reconcile_group(plans, now) for plans in groups.values()))
         log.info(
             "rotation tick: %d mounts due, %d provider calls, %.3fs",
             len(due),
@@ -176,13 +190,13 @@ class Reconciler:
             groups.setdefault(key if key is not None else ("solo", plan.target), []).append(plan)
         return groups
 
-    async def _reconcile_group(self, plans: list[Plan]) -> None:
+    async def _reconcile_group(self, plans: list[Plan], began: float) -> None:
         lead = plans[0]
         started = self.clock()
         async with self._limit:
             try:
-                attributes, secrets = await self.plans.request(lead)
-                result = await self._mount(lead, attributes, secrets)
+                request = partial(self.plans.request, lead)
+                result = await self._shared_mount(lead, request, began)
             except RotationError as e:
                 for p in plans:
                     self._failed(p.record, p.provider, e, p.pod_uid)
@@ -191,6 +205,25 @@ class Reconciler:
             self.calls_saved.labels(lead.provider, OS_TYPE).inc(len(plans) - 1)
         for p in plans:
             await self._apply(p, result, started, locked=False)
+
+    async def _shared_mount(
+        self, plan: Plan, request: Request, began: float | None = None
+    ) -> MountResult:
+        """The plan's provider call, or its group's call in flight or just made (before
+        `began`, the tick's start, plus REUSE of the interval)."""
+
+        async def call() -> MountResult:
+            attributes, secrets = await request()
+            return await self._mount(plan, attributes, secrets)
+
+        key = plan.share_key() if self.share else None
+        if key is None:
+            return await call()
+        reuse = REUSE * self.schedule.interval_of(plan.target)
+        result, shared = await self.flights.run(key, call, reuse, began)
+        if shared:
+            self.calls_saved.labels(plan.provider, OS_TYPE).inc()
+        return result
 
     async def _mount(self, plan: Plan, attributes: str, secrets: str) -> MountResult:
         self.provider_calls += 1
@@ -215,10 +248,7 @@ class Reconciler:
                 changed = await self._write_files(target, result.files)
             else:
                 try:
-                    # only the file swap holds the target's lock: API calls happen outside it,
-                    # so an unpublish is never refused because of rotation bookkeeping
-                    with self.mounts.lock(target):
-                        changed = await self._write_files(target, result.files)
+                    changed = await self._write_when_free(target, result.files)
                 except OperationPending:
                     log.info("rotation: %s busy (publish/unpublish in flight); next tick", target)
                     return
@@ -232,6 +262,22 @@ class Reconciler:
                 max(0.0, self.clock() - started)
             )
         self.schedule.succeeded(target)
+
+    async def _write_when_free(
+        self, target: str, files: dict[str, atomic_writer.FileProjection]
+    ) -> bool | None:
+        """Only the file swap holds the target's lock (API calls happen outside it, so an
+        unpublish is never refused for rotation's bookkeeping). A republish holds it for
+        milliseconds: wait that out (BUSY_TRIES), else OperationPending."""
+        for attempt in range(BUSY_TRIES):
+            try:
+                with self.mounts.lock(target):
+                    return await self._write_files(target, files)
+            except OperationPending:
+                if attempt == BUSY_TRIES - 1:
+                    raise
+                await self.sleep(BUSY_WAIT)
+        return None
 
     async def _write_files(
         self, target: str, files: dict[str, atomic_writer.FileProjection]
@@ -333,11 +379,13 @@ class Reconciler:
             plan = republish_plan(
                 record, spc.provider, spc.parameters, req.volume_context, req.secrets
             )
-            attributes, secrets = build_mount_request(
-                spc.parameters, req.volume_context, req.secrets
-            )
-            result = await self._mount(plan, attributes, secrets)
+            result = await self._shared_mount(plan, partial(_own_request, plan))
         except RotationError as e:
             self._failed(record, provider, e, "")
             return
         await self._apply(plan, result, now, locked=True)
+
+
+async def _own_request(plan: Plan) -> tuple[str, str]:
+    """A republish's request: kubelet's context and secrets, its fresh tokens included."""
+    return plain_request(plan)

@@ -85,6 +85,7 @@ class Driver:
             tmpfs_size=config.tmpfs_size,
             status=self.status,
             mounts=self.mounts,
+            share=config.publish_share_provider_calls,
             on_published=self.sync.sync_now if self.sync is not None else None,
             on_republish=self.rotation.republish if self.rotation is not None else None,
             provider_wait=ProviderWait(

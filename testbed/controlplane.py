@@ -209,6 +209,16 @@ class ControlPlane:
             ],
         )
 
+    def jwks(self) -> dict[str, object]:
+        """The service-account issuer's keys, for an Entra ID stand-in to trust (as Entra ID
+        trusts a cluster's OIDC issuer)."""
+        keys: dict[str, object] = httpx.get(
+            f"{self.server}/openid/v1/jwks",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            verify=str(self.ca_file),
+        ).json()
+        return keys
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):

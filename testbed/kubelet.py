@@ -4,6 +4,7 @@ what kubelet 1.37 sends, on a kubelet-shaped target path."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -237,6 +238,18 @@ class Kubelet:
             csi_pb2.NodeUnpublishVolumeRequest(volume_id=v.volume_id, target_path=str(v.target)),
             timeout=deadline,
         )
+
+    async def unpublish_as_kubelet(self, v: PodVolume, attempts: int = 20) -> None:
+        """Unpublish, retried as kubelet retries it while the driver answers ABORTED (another
+        operation on that target in flight, e.g. a rotation tick's swap)."""
+        for attempt in range(attempts):
+            try:
+                await self.unpublish(v)
+                return
+            except aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def delete_pod(self, pod: Pod) -> None:
         assert pod.metadata is not None and pod.metadata.name is not None

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
+import httpx2 as httpx
 
 from secrets_store_api import provider_pb2, provider_pb2_grpc
 from testbed import REPO
@@ -193,6 +194,19 @@ def with_cluster_ca(argv: Sequence[str], ca_file: str | os.PathLike[str]) -> lis
         POD_CLUSTER_CA,
         *argv,
     ]
+
+
+def mount_calls(prometheus_port: int) -> int:
+    """Mount calls our provider has answered (its own grpc_request histogram's count)."""
+    text = httpx.get(f"http://127.0.0.1:{prometheus_port}/metrics", timeout=5).text
+    method = 'grpc_method="/v1alpha1.CSIDriverProvider/Mount"'
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("grpc_request_count{") and method in line
+        )
+    )
 
 
 def files_of(response: provider_pb2.MountResponse) -> list[tuple[str, int, bytes]]:

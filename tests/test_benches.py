@@ -85,3 +85,24 @@ def test_secretsync_bench() -> None:
     assert {"first_sync", "idle_poll", "poll_after_one_object_changed"} <= set(result), out
     idle = result["idle_poll"]
     assert isinstance(idle, dict) and {"key_vault_gets", "api_writes", "rss_mib"} <= set(idle)
+
+
+def test_rotation_tick_bench_runs() -> None:
+    """Intervals with kubelet republishes racing the tick, at their smallest: one GET per
+    object per interval."""
+    peer("kube-apiserver")
+    args = ["--pods", "3", "--objects", "2", "--runs", "2", "--interval", "3"]
+    result = _json_tail(_run("bench/rotation_tick.py", *args))
+    assert result["key_vault_gets"] == [2, 2], result
+    assert result["provider_calls"] == [1, 1], result
+
+
+def test_driver_storm_bench() -> None:
+    """The storm through the driver beside the Go provider, under the budget, at its smallest."""
+    peer("kube-apiserver")
+    peer("azure-provider")
+    args = ["--pods", "4", "--inflight", "2", "--rounds", "1", "--no-share"]
+    result = _json_tail(_run("-m", "bench.driver_storm", *args, timeout=300))
+    assert result["failures"] == {"ours": 0, "ours, sharing off": 0, "Go": 0}, result
+    assert result["provider_calls"]["ours, sharing off"] == [4], result  # type: ignore[index]
+    assert set(result["ratio_to_go"]) == {"ours", "ours, sharing off"}, result  # type: ignore[arg-type]

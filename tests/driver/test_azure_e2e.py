@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2 as httpx
 import pytest
 import yaml
 from lightkube import AsyncClient
@@ -41,11 +40,7 @@ def _objects(*names: str) -> str:
 
 @pytest.fixture(scope="module")
 def azure_world(emulator: Emulator, control_plane: ControlPlane, namespace: str) -> None:
-    jwks = httpx.get(
-        f"{control_plane.server}/openid/v1/jwks",
-        headers={"Authorization": f"Bearer {control_plane.admin_token}"},
-        verify=str(control_plane.ca_file),
-    ).json()
+    jwks = control_plane.jwks()
     emulator.seed(
         {
             "issuers": [{"issuer": ISSUER, "jwks": jwks}],

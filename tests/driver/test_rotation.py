@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import grpc
+import grpc.aio
 import httpx2 as httpx
 import pytest
 import yaml
@@ -75,11 +77,7 @@ def vault_hosts() -> Iterator[None]:
 def world(
     emulator: Emulator, control_plane: ControlPlane, namespace: str, vault_hosts: None
 ) -> Emulator:
-    jwks = httpx.get(
-        f"{control_plane.server}/openid/v1/jwks",
-        headers={"Authorization": f"Bearer {control_plane.admin_token}"},
-        verify=str(control_plane.ca_file),
-    ).json()
+    jwks = control_plane.jwks()
     emulator.seed(
         {
             "issuers": [{"issuer": ISSUER, "jwks": jwks}],
@@ -195,7 +193,7 @@ class Node:
     async def close(self) -> None:
         for v in self.volumes:
             with contextlib.suppress(Exception):
-                await self.kubelet.unpublish(v)
+                await self.kubelet.unpublish_as_kubelet(v)
             with contextlib.suppress(Exception):
                 await self.kubelet.delete_pod(v.pod)
         await self.kubelet.close()
@@ -386,6 +384,84 @@ async def test_pods_sharing_identity_share_one_call(
         assert saved == 0
     ticks = re.findall(r"rotation tick: (\d+) mounts due, (\d+) provider calls", driver.logs())
     assert ticks and all(int(c) == (1 if share else int(m)) for m, c in ticks[1:] if int(m))
+
+
+TICK_LINE = re.compile(r"rotation tick: (\d+) mounts due, (\d+) provider calls")
+
+
+async def _next_tick(driver: DriverProcess, seen: int, within: float) -> tuple[int, int]:
+    """Waits for a tick line after the first `seen` that looked at mounts: (its index, calls)."""
+
+    def found() -> tuple[int, int] | None:
+        lines = TICK_LINE.findall(driver.logs())
+        for i in range(seen, len(lines)):
+            if int(lines[i][0]):
+                return i + 1, int(lines[i][1])
+        return None
+
+    result: tuple[int, int] = await wait_for(found, within, "a rotation tick")
+    return result
+
+
+async def _republish(node: Node, vol: PodVolume) -> None:
+    """As kubelet: ABORTED (the tick is swapping this volume's files) is retried next sync."""
+    try:
+        await node.kubelet.publish(vol)
+    except grpc.aio.AioRpcError as e:
+        if e.code() != grpc.StatusCode.ABORTED:
+            raise
+
+
+async def test_due_republishes_and_the_tick_share_one_call_an_interval(
+    world: Emulator,
+    start_driver: DriverFactory,
+    make_node: Callable[[DriverProcess], Node],
+    make_spc: SpcFactory,
+) -> None:
+    """Kubelet republishes every pod at once, again and again, from just before the interval
+    has passed until the tick, so they come before or after the tick (its clock has ±10 %
+    jitter): either way the group gets one Key Vault GET per object and interval, and every
+    pod the new value."""
+    interval, pods = 4.0, 6
+    name = unique("rot-repub-share")
+    world.set_secret(VAULT, name, "v0")
+    spc = await wi_spc(make_spc, name)
+    driver = start_driver(interval=interval)
+    node = make_node(driver)
+    vols = [await node.pod(spc) for _ in range(pods)]
+    for v in vols:
+        await node.kubelet.publish(v)  # kubelet's first republish starts each volume's clock
+    seen, _ = await _next_tick(driver, 0, 3 * interval)
+    orders = []
+    for round_ in range(4):
+        value = f"v{round_ + 1}"
+        world.set_secret(VAULT, name, value)
+        world.clear_requests()
+        await asyncio.sleep(0.85 * interval)
+        tick = asyncio.ensure_future(_next_tick(driver, seen, 3 * interval))
+        while not tick.done():
+            await asyncio.gather(*(_republish(node, v) for v in vols))
+            await asyncio.sleep(0.05)
+        seen, tick_calls = await tick
+        assert kv_gets(world, name) == 1, f"round {round_}"
+        for v in vols:
+            path = v.target / name
+            await wait_for(lambda p=path, x=value: p.read_text() == x, 2, "new value")
+        orders.append("republishes first" if tick_calls == 0 else "tick first")
+    print(f"{pods} pods, 4 intervals: 1 Key Vault GET each; orders: {orders}")
+    assert driver.metric("rotation_provider_calls_saved_total") >= 4 * (pods - 1)
+    for v in vols:  # while the driver still ticks: Aborted (a tick swapping files) is retried
+        await wait_for(lambda v=v: _unpublished(node, v), 5, "unpublished")
+
+
+async def _unpublished(node: Node, vol: PodVolume) -> bool:
+    try:
+        await node.kubelet.unpublish(vol)
+        return True
+    except grpc.aio.AioRpcError as e:
+        if e.code() != grpc.StatusCode.ABORTED:
+            raise
+        return False
 
 
 # ---- republish and the force annotation --------------------------------------------------------

@@ -146,7 +146,8 @@ def test_pods_differing_only_in_pod_facts_share() -> None:
     "other",
     [
         {"service_account": "other"},
-        {"secret_ref": "creds"},
+        {"secrets": {"clientid": "x", "clientsecret": "y"}},
+        {"spc_parameters": {"keyvaultName": "kv", "objects": "other"}},
         {"context": {"keyvaultName": "elsewhere"}},
         {"provider": "vault"},
     ],
@@ -155,9 +156,20 @@ def test_anything_else_separates(other: dict[str, Any]) -> None:
     assert _plan(pod="a").share_key() != _plan(pod="b", **other).share_key()
 
 
-def test_forced_and_pod_identity_never_share() -> None:
+def test_forced_pod_identity_and_unknown_service_account_never_share() -> None:
     assert _plan(forced=True).share_key() is None
     assert _plan(spc_parameters={"usePodIdentity": "true"}).share_key() is None
+    assert _plan(service_account="").share_key() is None
+
+
+def test_tokens_and_the_secret_ref_name_do_not_separate() -> None:
+    """Pod-bound tokens differ per pod; what authorizes is the service account and the
+    credentials' content, so a republish (which does not know the ref's name) matches a tick."""
+    tokens = "csi.storage.k8s.io/serviceAccount.tokens"
+    creds = {"clientid": "x", "clientsecret": "y"}
+    a = _plan(pod="a", secrets={**creds, tokens: "a"}, context={tokens: "a"}, secret_ref="kv")
+    b = _plan(pod="b", secrets={**creds, tokens: "b"}, context={tokens: "b"})
+    assert a.share_key() == b.share_key()
 
 
 async def test_run_ticks_on_the_interval_and_wakes_for_retries() -> None:
@@ -311,3 +323,119 @@ def test_pods_gone_terminating_or_elsewhere_are_skipped(pod: Any, live: bool) ->
     plans = KubePlans(None, _Spcs(), "n")  # type: ignore[arg-type]
     record = PodStatusRecord("p", "ns", "u1", "spc", TARGET, "n", True, {})
     assert plans.live(pod, record) is live
+
+
+# ---- one call per group per interval, whatever the order of ticks and republishes -----------
+
+
+class _GroupPlans:
+    """Every due volume planned as its pod's kubelet would send it: one SPC, one account."""
+
+    async def plans(self, due: Any) -> Batch:
+        return Batch(plans=[_group_plan(r) for r in due])
+
+    async def prepare(self) -> None:
+        return None
+
+    async def request(self, plan: Plan) -> tuple[str, str]:
+        from csi_driver.plans import plain_request
+
+        return plain_request(plan)
+
+
+def _group_context(record: PodStatusRecord) -> dict[str, str]:
+    return {
+        "secretProviderClass": "spc",
+        "csi.storage.k8s.io/pod.name": record.pod_name,
+        "csi.storage.k8s.io/pod.namespace": record.namespace,
+        "csi.storage.k8s.io/pod.uid": record.pod_uid,
+        "csi.storage.k8s.io/serviceAccount.name": "default",
+    }
+
+
+def _group_plan(record: PodStatusRecord) -> Plan:
+    return Plan(
+        record=record,
+        provider="azure",
+        spc_parameters={"keyvaultName": "kv"},
+        volume_context=_group_context(record),
+        secrets={},
+        service_account="default",
+        secret_ref="",
+    )
+
+
+class _SlowProviders(_Providers):
+    """Each Mount takes one loop turn, so concurrent callers overlap."""
+
+    async def mount(self, *args: Any) -> Any:
+        await asyncio.sleep(0)
+        return await super().mount(*args)
+
+
+def _group(tmp_path: Any, pods: int) -> tuple[MountTable, list[PodStatusRecord]]:
+    from csi_driver import atomic_writer
+
+    mounts, records = MountTable(), []
+    for i in range(pods):
+        target = str(tmp_path / "pods" / f"u{i}" / "volumes" / "kubernetes.io~csi" / "v" / "mount")
+        os.makedirs(target)
+        atomic_writer.write(target, {"s": atomic_writer.FileProjection(b"v0", 0o644)})
+        record = PodStatusRecord(f"p{i}", "ns", f"u{i}", "spc", target, "n", True, {})
+        mounts.add(record)
+        records.append(record)
+    return mounts, records
+
+
+async def _republish(r: Reconciler, record: PodStatusRecord) -> None:
+    from csi_driver.volumes import PublishRequest
+
+    context = _group_context(record)
+    await r.republish(PublishRequest("vol", record.target_path, True, True, context, {}))
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        "tick, then republishes",
+        "republishes together, then tick",
+        "republishes one by one, then tick",
+        "republishes around the tick",
+    ],
+)
+async def test_a_group_costs_one_call_an_interval_whatever_the_order(
+    tmp_path: Any, order: str
+) -> None:
+    pods = 6
+    mounts, records = _group(tmp_path, pods)
+    providers = _SlowProviders()
+    now = [0.0]
+    r = reconciler(interval=60, mounts=mounts, providers=providers, clock=lambda: now[0])
+    r.plans = _GroupPlans()
+    await r.tick(True)  # the first round: one call for the group
+    for rec in records:
+        await _republish(r, rec)  # kubelet's first republish starts each volume's clock
+    assert len(providers.calls) == 1
+    providers.version = "v2"
+    now[0] = 60.0  # the interval has passed: every volume is due, by republish or by tick
+    if order == "tick, then republishes":
+        now[0] = 59.0  # the tick's jitter may bring it early
+        await r.tick(True)
+        now[0] = 60.5
+        await asyncio.gather(*(_republish(r, rec) for rec in records))
+    elif order == "republishes together, then tick":
+        await asyncio.gather(*(_republish(r, rec) for rec in records))
+        now[0] = 66.0
+        await r.tick(True)
+    elif order == "republishes one by one, then tick":
+        for i, rec in enumerate(records):
+            now[0] = 60.0 + i
+            await _republish(r, rec)
+        await r.tick(True)
+    else:
+        await _republish(r, records[0])
+        now[0] = 61.0
+        await asyncio.gather(r.tick(True), *(_republish(r, rec) for rec in records[1:]))
+    assert len(providers.calls) == 2, order
+    assert all(_read(rec.target_path) == "v2" for rec in records)
+    assert r.calls_saved.labels("azure", "linux")._value.get() >= 2 * (pods - 1)

@@ -291,7 +291,7 @@ class Case:
         volumes, pods, self.volumes, self.pods = self.volumes, self.pods, [], []
         for v in volumes:
             with contextlib.suppress(Exception):
-                await self.kubelet.unpublish(v)
+                await self.kubelet.unpublish_as_kubelet(v)
         for p in pods:
             assert p.metadata is not None and p.metadata.name is not None
             with contextlib.suppress(Exception):
