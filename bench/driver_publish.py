@@ -33,6 +33,13 @@ from testbed.driver import DriverProcess
 from testbed.kubelet import Kubelet, PodVolume
 from testbed.provider import ProviderProcess
 
+SETTLE_S = 3.0  # csi_driver.heap.QUIET_SECONDS and a margin
+
+
+async def _settled_mib(pid: int) -> float:
+    await asyncio.sleep(SETTLE_S)
+    return round(_rss_kib(pid)[0] / 1024, 1)
+
 
 def _rss_kib(pid: int) -> tuple[int, int]:
     fields = {}
@@ -44,9 +51,9 @@ def _rss_kib(pid: int) -> tuple[int, int]:
 
 async def _cycles(
     kubelet: Kubelet, vols: list[PodVolume], pid: int, cycles: int, sample: int
-) -> list[tuple[int, float]]:
-    """(cycles done, RSS MiB) from the first sample on."""
-    series = [(0, _rss_kib(pid)[0] / 1024)]
+) -> list[tuple[int, float, float]]:
+    """(cycles done, RSS MiB at once, RSS MiB settled) from the first sample on."""
+    series = [(0, round(_rss_kib(pid)[0] / 1024, 1), await _settled_mib(pid))]
     done = 0
     while done < cycles:
         batch = vols[: cycles - done]
@@ -54,8 +61,13 @@ async def _cycles(
         await asyncio.gather(*(kubelet.unpublish(v) for v in batch))
         before, done = done, done + len(batch)
         if done // sample > before // sample or done == cycles:
-            series.append((done, round(_rss_kib(pid)[0] / 1024, 1)))
-            print(f"{done} cycles: driver RSS {series[-1][1]} MiB", file=sys.stderr, flush=True)
+            at_once = round(_rss_kib(pid)[0] / 1024, 1)
+            series.append((done, at_once, await _settled_mib(pid)))
+            print(
+                f"{done} cycles: driver RSS {at_once} MiB, {series[-1][2]} MiB settled",
+                file=sys.stderr,
+                flush=True,
+            )
     return series
 
 
@@ -103,6 +115,7 @@ async def run(volumes: int, files: int, cycles: int = 0, sample: int = 1000) -> 
         await asyncio.gather(*(one(v) for v in vols))
         publish_wall = time.perf_counter() - t0
         rss, hwm = _rss_kib(driver.proc.pid)
+        rss_settled = await _settled_mib(driver.proc.pid)
         ok = all((v.target / "secret-0").read_text() == "x" * 1024 for v in vols)
         t0 = time.perf_counter()
         await asyncio.gather(*(kubelet.unpublish(v) for v in vols))
@@ -129,6 +142,7 @@ async def run(volumes: int, files: int, cycles: int = 0, sample: int = 1000) -> 
             "single_publish_p50_ms": round(statistics.median(sequential) * 1000, 1),
             "driver_rss_idle_mib": round(rss_idle / 1024, 1),
             "driver_rss_after_mib": round(rss / 1024, 1),
+            "driver_rss_settled_mib": rss_settled,
             "driver_rss_peak_mib": round(hwm / 1024, 1),
             "leftover_mounts": len(leftover),
         }

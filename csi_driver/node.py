@@ -34,6 +34,7 @@ from .errors import (
     TargetPathError,
 )
 from .events import PodRef
+from .heap import HeapTrim
 from .kube import SecretProviderClassSpec, SpcSource, api_error_text, get_spc, is_forbidden
 from .metrics import OS_TYPE, Metrics
 from .mounts import MountTable
@@ -87,6 +88,7 @@ class NodeService:
         on_republish: Callable[[PublishRequest], Awaitable[None]] | None = None,
         provider_wait: ProviderWait | None = None,
         share: bool = True,
+        heap: HeapTrim | None = None,
     ) -> None:
         self.node_id = node_id
         self.providers = providers
@@ -106,10 +108,16 @@ class NodeService:
         self.provider_wait = provider_wait or ProviderWait(providers, timeout=0, metrics=metrics)
         # one provider call in flight per share key (None: every publish calls alone)
         self.flights: SingleFlight[ShareKey, MountResult] | None = SingleFlight() if share else None
+        # freed heap back to the OS after a burst (heap.py)
+        self.heap = HeapTrim() if heap is None else heap
 
     # ---- publish ---------------------------------------------------------------------------
 
     async def publish(self, req: PublishRequest) -> None:
+        with self.heap.busy():
+            await self._publish(req)
+
+    async def _publish(self, req: PublishRequest) -> None:
         # the metric's provider label: the volume context's until the SPC says
         provider = req.volume_context.get("providerName", "") if req.volume_context else ""
         try:
@@ -308,6 +316,10 @@ class NodeService:
     # ---- unpublish -------------------------------------------------------------------------
 
     async def unpublish(self, volume_id: str, target_path: str) -> None:
+        with self.heap.busy():
+            await self._unpublish(volume_id, target_path)
+
+    async def _unpublish(self, volume_id: str, target_path: str) -> None:
         try:
             if not volume_id:
                 raise InvalidRequest("Volume ID missing in request")

@@ -12,6 +12,11 @@ from typing import Any
 
 Key = tuple[str, str]  # (namespace, name)
 
+# What a sync decision reads of an SPCPS's metadata (reconcile, owners_for); its status is kept
+# whole (a change of it is what makes a mount due). managedFields, annotations and the rest are
+# dropped: they were most of what 250 mounts kept alive.
+_SPCPS_META = ("name", "namespace", "uid", "labels", "deletionTimestamp")
+
 
 def key_of(data: Mapping[str, Any]) -> Key:
     meta = data.get("metadata") or {}
@@ -38,7 +43,7 @@ class SyncIndex:
             self._spcps.pop(key, None)
             return []
         old = self._spcps.get(key)
-        self._spcps[key] = data
+        self._spcps[key] = data = _slim(data)
         return [key] if old is None or old.get("status") != data.get("status") else []
 
     def on_spc(self, event: str, data: dict[str, Any]) -> list[Key]:
@@ -91,3 +96,11 @@ class SyncIndex:
             for (ns, name), spcps in list(self._spcps.items())
             if ns == namespace and wanted(spcps.get("status") or {})
         ]
+
+
+def _slim(data: Mapping[str, Any]) -> dict[str, Any]:
+    meta = data.get("metadata") or {}
+    return {
+        "metadata": {k: meta[k] for k in _SPCPS_META if k in meta},
+        "status": data.get("status"),
+    }

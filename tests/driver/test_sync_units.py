@@ -24,6 +24,7 @@ from csi_driver.secret_objects import (
     read_mounted,
 )
 from csi_driver.secret_writer import merge_owners
+from csi_driver.sync_index import SyncIndex
 from csi_driver.volumes import parse_target
 
 from .test_sync import chain, pem, pkcs8
@@ -205,3 +206,25 @@ def test_owners() -> None:
     assert owners_for(_pod({"ownerReferences": [other]}), spcps) == [other]
     existing = [{**other, "blockOwnerDeletion": True}]
     assert merge_owners(existing, [rs, other]) == [existing[0], rs]
+
+
+def test_index_keeps_what_sync_reads_of_an_spcps() -> None:
+    """The watch's SPCPS is kept without managedFields and the like (memory per mount), but
+    with every field reconcile and owners_for read, and its status whole."""
+    status = {"podName": "p", "secretProviderClassName": "s", "targetPath": "/t", "objects": []}
+    meta = {
+        "name": "p-ns-s",
+        "namespace": "ns",
+        "uid": "u",
+        "labels": {"internal.secrets-store.csi.k8s.io/node-name": "n"},
+        "deletionTimestamp": "2026-12-06T00:00:00Z",
+    }
+    heavy = {"managedFields": [{"manager": "x", "fieldsV1": {"f:status": {}}}], "annotations": {}}
+    index = SyncIndex()
+    assert index.on_spcps("ADDED", {"metadata": {**meta, **heavy}, "status": status}) == [
+        ("ns", "p-ns-s")
+    ]
+    assert index.spcps(("ns", "p-ns-s")) == {"metadata": meta, "status": status}
+    assert index.on_spcps("MODIFIED", {"metadata": {**meta, **heavy}, "status": status}) == []
+    changed = {**status, "objects": [{"id": "secret/a", "version": "2"}]}
+    assert index.on_spcps("MODIFIED", {"metadata": meta, "status": changed}) == [("ns", "p-ns-s")]
