@@ -42,6 +42,12 @@ def _key(obj: Mapping[str, Any]) -> Key:
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
+def spc_version(spc: Mapping[str, Any]) -> str:
+    """What makes an SPC a new one for a sync: its uid and generation."""
+    meta = spc.get("metadata") or {}
+    return f"{meta.get('uid')}/{meta.get('generation')}"
+
+
 class Controller:
     def __init__(
         self,
@@ -63,6 +69,7 @@ class Controller:
         self._pending: set[Key] = set()
         self._running: set[Key] = set()
         self._again: set[Key] = set()
+        self._spc_only: set[Key] = set()  # queued only because their SPC's watch spoke
         self._backoff: dict[Key, float] = {}
 
     # ---- the Status protocol of the reconciler --------------------------------------------
@@ -76,12 +83,11 @@ class Controller:
                 )
             except ApiError as e:
                 raise LookupError(api_error_text(e)) from None
-        meta = data.get("metadata") or {}
         spec = data.get("spec") or {}
         return SpcRef(
             namespace=namespace,
             name=name,
-            version=f"{meta.get('uid')}/{meta.get('generation')}",
+            version=spc_version(data),
             provider=str(spec.get("provider") or ""),
             parameters={str(k): str(v) for k, v in (spec.get("parameters") or {}).items()},
         )
@@ -102,12 +108,29 @@ class Controller:
 
     # ---- triggers --------------------------------------------------------------------------
 
-    def enqueue(self, key: Key) -> None:
+    def enqueue(self, key: Key, spc_only: bool = False) -> None:
+        """`spc_only`: the SPC's watch is the only reason, and the sync is skipped if it
+        already used that SPC version (an SPC's first event may come after its syncs ran)."""
+        if not spc_only:
+            self._spc_only.discard(key)
+        elif key not in self._pending and key not in self._again:
+            self._spc_only.add(key)
         if key in self._running:
             self._again.add(key)
-        elif key not in self._pending:
+        else:
+            self._queue_once(key)
+
+    def _queue_once(self, key: Key) -> None:
+        if key not in self._pending:
             self._pending.add(key)
             self._queue.put_nowait(key)
+
+    def _already_synced(self, key: Key, obj: Mapping[str, Any]) -> bool:
+        """This sync's last success used the SPC version the watch holds now."""
+        spc_name = str((obj.get("spec") or {}).get("secretProviderClassName") or "")
+        spc = self.spcs.get((key[0], spc_name))
+        used = self.reconciler.spc_versions.get(key) if self.reconciler else None
+        return spc is not None and used == spc_version(spc)
 
     def on_sync(self, event: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
@@ -136,7 +159,7 @@ class Controller:
         ns, name = key
         for skey, sobj in self.syncs.items():
             if skey[0] == ns and (sobj.get("spec") or {}).get("secretProviderClassName") == name:
-                self.enqueue(skey)
+                self.enqueue(skey, spc_only=True)
 
     def on_secret(self, event: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
@@ -195,8 +218,12 @@ class Controller:
         while True:
             key = await self._queue.get()
             self._pending.discard(key)
+            spc_only = key in self._spc_only
+            self._spc_only.discard(key)
             obj = self.syncs.get(key)
             if obj is None or self.reconciler is None:
+                continue
+            if spc_only and self._already_synced(key, obj):
                 continue
             self._running.add(key)
             try:
@@ -205,7 +232,7 @@ class Controller:
                 self._running.discard(key)
             if key in self._again:
                 self._again.discard(key)
-                self.enqueue(key)
+                self._queue_once(key)  # keeps the spc_only mark of what came while running
 
     async def _one(self, key: Key, obj: dict[str, Any]) -> None:
         assert self.reconciler is not None

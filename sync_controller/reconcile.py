@@ -123,10 +123,12 @@ class Reconciler:
         self.key = key
         self._forced: dict[tuple[str, str], str] = {}  # last force value synced
         self.digests: dict[tuple[str, str], str] = {}  # what each Secret holds, as we wrote it
+        self.spc_versions: dict[tuple[str, str], str] = {}  # the SPC version each last synced
 
     def forget(self, key: tuple[str, str]) -> None:
         self._forced.pop(key, None)
         self.digests.pop(key, None)
+        self.spc_versions.pop(key, None)
 
     async def reconcile(self, obj: Mapping[str, Any]) -> Done:
         status = dict(obj.get("status") or {})
@@ -179,6 +181,7 @@ class Reconciler:
         outcome = await self.writer.ensure(sync.namespace, obj, data, [sync.owner()])
         if outcome.written or outcome.result is Written.UNCHANGED:
             self._forced[sync.key] = sync.force
+            self.spc_versions[sync.key] = spc.version
         elif previous is None:
             self.digests.pop(sync.key, None)
         else:

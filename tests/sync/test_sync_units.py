@@ -281,3 +281,51 @@ async def test_tokens_failure_not_cached() -> None:
         assert "failed to request a token for serviceaccount ns/sa" in str(e.value)
         assert "(audience aud)" in str(e.value)
     assert api.requests == 2  # one per round: shared in flight, never cached
+
+
+class _Synced:
+    """The one part of the reconciler the controller's queue reads: the SPC versions used."""
+
+    def __init__(self) -> None:
+        self.spc_versions: dict[tuple[str, str], str] = {}
+
+
+def _obj(kind_name: str, generation: int, spc: str = "") -> dict[str, Any]:
+    meta = {"namespace": "ns", "name": kind_name, "uid": f"u-{kind_name}", "generation": generation}
+    return {"metadata": meta, "spec": {"secretProviderClassName": spc} if spc else {}}
+
+
+async def _ran(controller: Any) -> list[tuple[str, str]]:
+    """The keys the worker would sync now, in order (the queue drained by the real worker
+    with `_one` recorded instead of run)."""
+    ran: list[tuple[str, str]] = []
+
+    async def one(key: tuple[str, str], _obj: Any) -> None:
+        ran.append(key)
+
+    controller._one = one
+    worker = asyncio.create_task(controller._worker())
+    await asyncio.sleep(0.05)
+    worker.cancel()
+    return ran
+
+
+async def test_an_spc_event_after_its_syncs_ran_does_not_sync_them_again() -> None:
+    """An SPC's first watch event may come after its SecretSyncs synced with that very SPC:
+    nothing to do. A new generation of it, or another reason alongside, syncs again."""
+    from sync_controller.controller import Controller, spc_version
+
+    ctl = Controller(client=None, poll=0)  # type: ignore[arg-type]
+    ctl.reconciler = _Synced()  # type: ignore[assignment]
+    ctl.on_sync("ADDED", _obj("ss", 1, spc="spc"))
+    assert await _ran(ctl) == [("ns", "ss")]
+    spc = _obj("spc", 1)
+    ctl.reconciler.spc_versions[("ns", "ss")] = spc_version(spc)  # what the sync used
+    ctl.on_spc("ADDED", spc)
+    assert await _ran(ctl) == []
+    ctl.on_spc("MODIFIED", _obj("spc", 2))
+    assert await _ran(ctl) == [("ns", "ss")]
+    ctl.on_spc("MODIFIED", _obj("spc", 3))
+    ctl.on_sync("MODIFIED", _obj("ss", 2, spc="spc"))  # another reason: synced whatever
+    ctl.reconciler.spc_versions[("ns", "ss")] = spc_version(_obj("spc", 3))
+    assert await _ran(ctl) == [("ns", "ss")]
