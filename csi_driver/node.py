@@ -1,3 +1,4 @@
+# Over 400 lines: publish and unpublish are one flow (plan, share, mount, write, record, undo).
 """NodePublishVolume / NodeUnpublishVolume, in upstream's order with upstream's messages.
 
 Plain Python: takes a PublishRequest, raises errors.DriverError subclasses; servicers.py maps

@@ -253,3 +253,20 @@ async def world(
         world.controller.stop()  # the one a test handed over to, if any
         controller.stop()
         provider.stop()
+
+
+def fast_lease_controller(world: World, log: str, *extra: str) -> SyncControllerProcess:
+    """A controller of the session's world electing on a short Lease (3 s), for stories
+    that stop, kill or hand over leaders; logs to `log` under the world's root."""
+    return SyncControllerProcess(
+        world.kubeconfig,
+        world.provider.socket.parent,
+        world.root / log,
+        f"--token-request-audience={AUDIENCE}",
+        f"--rotation-poll-interval={POLL}s",
+        "--leader-elect",
+        "--leader-election-lease-duration=3s",
+        "--leader-election-renew-deadline=2s",
+        "--leader-election-retry-period=0.5s",
+        *extra,
+    )

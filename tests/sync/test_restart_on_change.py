@@ -27,26 +27,14 @@ from sync_controller.restart import ANNOTATION, DIGEST_ANNOTATION
 from testbed.controlplane import manifests
 from testbed.sync_controller import SyncControllerProcess
 
-from .conftest import AUDIENCE, NAMESPACE, POLL, World, unique, until
+from .conftest import NAMESPACE, World, fast_lease_controller, unique, until
 
 pytestmark = pytest.mark.peers
 
 MIN_INTERVAL = 3.0
 
 
-def _controller(world: World, log: str, *extra: str) -> SyncControllerProcess:
-    return SyncControllerProcess(
-        world.kubeconfig,
-        world.provider.socket.parent,
-        world.root / log,
-        f"--token-request-audience={AUDIENCE}",
-        f"--rotation-poll-interval={POLL}s",
-        "--leader-elect",
-        "--leader-election-lease-duration=3s",
-        "--leader-election-renew-deadline=2s",
-        "--leader-election-retry-period=0.5s",
-        *extra,
-    )
+_controller = fast_lease_controller
 
 
 def _restarting(world: World, log: str) -> SyncControllerProcess:

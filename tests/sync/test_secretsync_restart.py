@@ -10,25 +10,23 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import CascadeType
 
 from sync_controller.api import SecretSync
-from testbed.sync_controller import SyncControllerProcess
 
-from .conftest import AUDIENCE, NAMESPACE, POLL, VAULT, World, condition, decoded, unique, until
+from .conftest import (
+    NAMESPACE,
+    POLL,
+    VAULT,
+    World,
+    condition,
+    decoded,
+    fast_lease_controller,
+    unique,
+    until,
+)
 
 pytestmark = pytest.mark.peers
 
 
-def _controller(world: World, log: str) -> SyncControllerProcess:
-    return SyncControllerProcess(
-        world.kubeconfig,
-        world.provider.socket.parent,
-        world.root / log,
-        f"--token-request-audience={AUDIENCE}",
-        f"--rotation-poll-interval={POLL}s",
-        "--leader-elect",
-        "--leader-election-lease-duration=3s",
-        "--leader-election-renew-deadline=2s",
-        "--leader-election-retry-period=0.5s",
-    )
+_controller = fast_lease_controller
 
 
 async def _synced(world: World, name: str, data: dict[str, str]) -> bool:
